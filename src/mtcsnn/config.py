@@ -1,0 +1,55 @@
+"""Config helpers: OmegaConf resolvers and the checks run before any training starts."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from mtcsnn.errors import ConfigError
+
+
+def epoch_fractions(max_epochs: int, fractions: list[float]) -> list[int]:
+    """Epoch numbers at the given fractions of the run, e.g. (100, [0.5, 0.75]) -> [50, 75].
+
+    Lets the learning-rate milestones follow ``trainer.max_epochs`` instead of being fixed numbers.
+    """
+    return [max(1, round(float(f) * int(max_epochs))) for f in fractions]
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("epoch_fractions"):
+        OmegaConf.register_new_resolver("epoch_fractions", epoch_fractions)
+
+
+def _choice(cfg: DictConfig, key: str, allowed: tuple) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value is not None and value not in allowed:
+        raise ConfigError(key, value, "choose one of: " + ", ".join(map(str, allowed)))
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Reject values that would fail later, naming the key and what is allowed."""
+    from mtcsnn.data import IMAGE_SIZES
+    from mtcsnn.losses import DIFFERENCES
+    from mtcsnn.models import BACKBONES, STEMS
+
+    _choice(cfg, "model.net.backbone", tuple(BACKBONES))
+    _choice(cfg, "model.net.stem", STEMS)
+    _choice(cfg, "loss.difference", DIFFERENCES)
+    _choice(cfg, "data.size", IMAGE_SIZES)
+
+    lam = OmegaConf.select(cfg, "loss.lam")
+    if lam is not None and not (isinstance(lam, (int, float)) and lam >= 0):
+        raise ConfigError("loss.lam", lam, "it must be a number >= 0")
+
+    batch_size = OmegaConf.select(cfg, "data.batch_size")
+    if batch_size is not None and not (
+        isinstance(batch_size, int) and batch_size >= 2 and batch_size % 2 == 0
+    ):
+        raise ConfigError(
+            "data.batch_size", batch_size,
+            "it counts images and must be an even number >= 2 (each batch is batch_size/2 pairs)",
+        )
+
+    max_epochs = OmegaConf.select(cfg, "trainer.max_epochs")
+    if max_epochs is not None and not (isinstance(max_epochs, int) and max_epochs >= 1):
+        raise ConfigError("trainer.max_epochs", max_epochs, "it must be an integer >= 1")

@@ -1,0 +1,88 @@
+"""The Lightning data module shared by all datasets: pairs for training, single images to evaluate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from mtcsnn.data.augment import AUGMENTATIONS, augment
+from mtcsnn.data.datasets import ImageDataset, PairDataset
+from mtcsnn.data.pairing import PairSampler
+
+SPLITS = ("train", "val", "test")
+
+
+class PairDataModule(pl.LightningDataModule):
+    """Holds each split once as a uint8 NCHW tensor; subclasses say how to load a split.
+
+    Training batches are ``batch_size // 2`` pairs from :class:`PairSampler`; val and test
+    batches hold every image once, in order. Images become floats in [0, 1] (and are augmented
+    during training) after they reach the device, in :meth:`on_after_batch_transfer`.
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 128,
+        eval_batch_size: int = 256,
+        augment: str = "none",
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if batch_size < 2 or batch_size % 2:
+            raise ValueError(f"batch_size counts images and must be even and >= 2, got {batch_size}")
+        if augment not in AUGMENTATIONS:
+            raise ValueError(f"unknown augment {augment!r}; choose one of {AUGMENTATIONS}")
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.augment = augment
+        self.seed = seed
+        self.num_workers = num_workers
+        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def load_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(images uint8 N x 3 x H x W, grades int64 N)`` for one split."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        for split in SPLITS:
+            if split not in self.splits:
+                self.splits[split] = self.load_split(split)
+
+    def train_dataloader(self) -> DataLoader:
+        images, grades = self.splits["train"]
+        sampler = PairSampler(len(images), self.batch_size // 2, seed=self.seed)
+        return self._loader(PairDataset(images, grades), sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        images, grades = self.splits[split]
+        batches = list(torch.arange(len(images)).split(self.eval_batch_size))
+        return self._loader(ImageDataset(images, grades), batches)
+
+    def _loader(self, dataset: Any, sampler: Any) -> DataLoader:
+        # The sampler yields whole batches of indices and the dataset indexes them at once,
+        # hence batch_size=None (no collation).
+        return DataLoader(
+            dataset,
+            sampler=sampler,
+            batch_size=None,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        training = self.trainer is not None and self.trainer.training
+        for key in ("image", "image_a", "image_b"):
+            if key in batch:
+                images = batch[key].float().div_(255)
+                batch[key] = augment(images, self.augment) if training else images
+        return batch

@@ -1,0 +1,17 @@
+"""Errors that the command-line tools report as one line instead of a traceback."""
+
+
+class MTCSNNError(Exception):
+    """Base class: a problem the user can fix (bad config, missing data)."""
+
+
+class ConfigError(MTCSNNError, ValueError):
+    """A config value is not allowed."""
+
+    def __init__(self, key: str, value: object, allowed: str) -> None:
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"config error: {key}={value!r} is not allowed; {allowed}")
+
+
+class DataError(MTCSNNError):
+    """The dataset is missing or cannot be read."""

@@ -1,0 +1,72 @@
+"""Pair losses: the MTCSNN multi-task loss and the plain cross-entropy baseline."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtcsnn.models.siamese_resnet import BranchOutput
+
+DIFFERENCES = ("absolute", "signed")
+
+
+def pair_cross_entropy(
+    out_a: BranchOutput, out_b: BranchOutput, grade_a: torch.Tensor, grade_b: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """CE on each branch's grades; the classification part of every pair loss."""
+    ce_a = F.cross_entropy(out_a.logits, grade_a)
+    ce_b = F.cross_entropy(out_b.logits, grade_b)
+    return {"loss": ce_a + ce_b, "ce_a": ce_a, "ce_b": ce_b}
+
+
+def score_difference_mse(
+    score_a: torch.Tensor,
+    score_b: torch.Tensor,
+    grade_a: torch.Tensor,
+    grade_b: torch.Tensor,
+    difference: str = "absolute",
+) -> torch.Tensor:
+    """MSE between the score difference and the grade difference of each pair."""
+    score_diff = score_a - score_b
+    grade_diff = (grade_a - grade_b).to(score_diff.dtype)
+    if difference == "absolute":
+        score_diff, grade_diff = score_diff.abs(), grade_diff.abs()
+    elif difference != "signed":
+        raise ValueError(f"unknown difference {difference!r}; choose one of {DIFFERENCES}")
+    return F.mse_loss(score_diff, grade_diff)
+
+
+class PairCrossEntropyLoss(nn.Module):
+    """The plain ResNet baseline: CE(a) + CE(b), classification only."""
+
+    def forward(
+        self, out_a: BranchOutput, out_b: BranchOutput, grade_a: torch.Tensor, grade_b: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        return pair_cross_entropy(out_a, out_b, grade_a, grade_b)
+
+
+class MultiTaskLoss(nn.Module):
+    """MTCSNN: CE(a) + CE(b) + lam * MSE(|s_a - s_b|, |y_a - y_b|).
+
+    ``difference="signed"`` compares ``s_a - s_b`` with ``y_a - y_b`` instead, which also fixes
+    the direction of the severity score.
+    """
+
+    def __init__(self, lam: float = 0.5, difference: str = "absolute") -> None:
+        super().__init__()
+        if lam < 0:
+            raise ValueError(f"lam must be >= 0, got {lam}")
+        if difference not in DIFFERENCES:
+            raise ValueError(f"unknown difference {difference!r}; choose one of {DIFFERENCES}")
+        self.lam = lam
+        self.difference = difference
+
+    def forward(
+        self, out_a: BranchOutput, out_b: BranchOutput, grade_a: torch.Tensor, grade_b: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        terms = pair_cross_entropy(out_a, out_b, grade_a, grade_b)
+        reg = score_difference_mse(out_a.score, out_b.score, grade_a, grade_b, self.difference)
+        terms["reg"] = reg
+        terms["loss"] = terms["loss"] + self.lam * reg
+        return terms

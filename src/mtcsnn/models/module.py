@@ -1,0 +1,109 @@
+"""The LightningModule: Siamese training on pairs, single-image evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtcsnn.metrics import grade_metrics, scalar_metrics
+from mtcsnn.models.siamese_resnet import SiameseResNet
+
+
+class MTCSNNModule(pl.LightningModule):
+    """Trains ``net`` on image pairs with ``loss``; evaluates every val/test image on its own.
+
+    Logs each loss term (``train/ce_a``, ``train/ce_b``, ``train/reg``, ``train/loss``) and the
+    val/test grade metrics. After a test epoch, ``test_predictions`` and ``test_confusion``
+    hold what the run writes to disk.
+    """
+
+    def __init__(
+        self,
+        net: SiameseResNet,
+        loss: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        num_classes: int = 5,
+    ) -> None:
+        super().__init__()
+        # Only plain values go into hparams, so checkpoints load with weights_only=True.
+        self.save_hyperparameters(logger=False, ignore=["net", "loss", "optimizer", "scheduler"])
+        self.net = net
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        # The resolved run config (plain dict), saved in every checkpoint so that a checkpoint
+        # can be rebuilt and used with its own settings.
+        self.run_config: dict | None = None
+        self.val_metrics = grade_metrics(num_classes)
+        self.test_metrics = grade_metrics(num_classes)
+        self._test_outputs: list[dict[str, torch.Tensor]] = []
+        self.test_predictions: dict[str, torch.Tensor] = {}
+        self.test_confusion: list[list[int]] = []
+
+    def forward(self, images: torch.Tensor):
+        return self.net(images)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        out_a, out_b = self.net.forward_pair(batch["image_a"], batch["image_b"])
+        terms = self.loss(out_a, out_b, batch["grade_a"], batch["grade_b"])
+        self.log_dict(
+            {f"train/{name}": value for name, value in terms.items()},
+            on_step=False,
+            on_epoch=True,
+            batch_size=len(batch["grade_a"]),
+        )
+        return terms["loss"]
+
+    def _evaluate(self, batch: dict[str, torch.Tensor], stage: str):
+        out = self.net(batch["image"])
+        probs = out.logits.softmax(-1)
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        metrics.update(probs, batch["grade"])
+        loss = F.cross_entropy(out.logits, batch["grade"])
+        self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=len(batch["grade"]))
+        return out, probs
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(scalar_metrics(self.val_metrics.compute(), "val/"), prog_bar=False)
+        self.val_metrics.reset()
+
+    def on_test_epoch_start(self) -> None:
+        self._test_outputs = []
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        out, probs = self._evaluate(batch, "test")
+        self._test_outputs.append(
+            {
+                "index": batch["index"].cpu(),
+                "grade": batch["grade"].cpu(),
+                "probs": probs.float().cpu(),
+                "score": out.score.float().cpu(),
+            }
+        )
+
+    def on_test_epoch_end(self) -> None:
+        values = self.test_metrics.compute()
+        self.log_dict(scalar_metrics(values, "test/"))
+        self.test_confusion = values["confusion"].int().tolist()
+        self.test_metrics.reset()
+        self.test_predictions = {
+            key: torch.cat([o[key] for o in self._test_outputs]) for key in self._test_outputs[0]
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["mtcsnn_config"] = self.run_config
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

@@ -1,0 +1,66 @@
+"""What a run leaves in its output dir, written atomically so a kill never leaves half a file."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import torch
+
+PACKAGES = ("mtcsnn", "torch", "torchvision", "pytorch-lightning", "torchmetrics", "medmnist",
+            "hydra-core", "omegaconf", "wandb")
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def predictions_csv(predictions: dict[str, torch.Tensor]) -> str:
+    """CSV text: index, true grade, predicted grade, one probability per class, severity score."""
+    probs = predictions["probs"]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["index", "grade", "pred", *[f"prob_{c}" for c in range(probs.shape[1])], "score"])
+    order = predictions["index"].argsort()
+    for i in order.tolist():
+        writer.writerow(
+            [
+                int(predictions["index"][i]),
+                int(predictions["grade"][i]),
+                int(probs[i].argmax()),
+                *[f"{p:.6f}" for p in probs[i].tolist()],
+                f"{float(predictions['score'][i]):.6f}",
+            ]
+        )
+    return buf.getvalue()
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out

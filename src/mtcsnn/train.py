@@ -1,0 +1,103 @@
+"""Entry point: ``python -m mtcsnn.train [overrides]`` (or ``mtcsnn-train``).
+
+Composes the config, builds data, model, callbacks, loggers and trainer from ``_target_``,
+trains, then validates and tests the best-val checkpoint once and writes ``metrics.json`` and
+``test_predictions.csv`` into the run's output dir.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from mtcsnn.config import check_config
+from mtcsnn.errors import MTCSNNError
+from mtcsnn.outputs import predictions_csv, versions, write_json, write_text_atomic
+
+log = logging.getLogger(__name__)
+CONFIG_PATH = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def instantiate_group(group: DictConfig | None) -> list:
+    """Instantiate every entry of a callbacks/logger group that has a ``_target_``."""
+    if not group:
+        return []
+    return [instantiate(node) for node in group.values() if node and "_target_" in node]
+
+
+def best_epoch(ckpt_path: str) -> int | None:
+    if not ckpt_path:
+        return None
+    return int(torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=True)["epoch"])
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fit, then validate and test the best-val checkpoint; returns what ``metrics.json`` holds."""
+    check_config(cfg)
+    pl.seed_everything(cfg.seed, workers=True)
+    out_dir = Path(cfg.paths.output_dir)
+
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model, loss=instantiate(cfg.loss))
+    model.run_config = OmegaConf.to_container(cfg, resolve=True)
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer,
+        callbacks=instantiate_group(cfg.get("callbacks")),
+        logger=instantiate_group(cfg.get("logger")) or False,
+    )
+
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule)
+    fit_seconds = time.perf_counter() - start
+
+    # Model selection on val only: the test set is touched once, by the best-val checkpoint.
+    checkpoint = trainer.checkpoint_callback
+    ckpt_path = checkpoint.best_model_path if checkpoint is not None else ""
+    val = trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path or None)[0]
+    test = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path or None)[0]
+
+    results = {
+        "val": {k.removeprefix("val/"): float(v) for k, v in val.items()},
+        "test": {k.removeprefix("test/"): float(v) for k, v in test.items()},
+        "test_confusion": model.test_confusion,
+        "best_epoch": best_epoch(ckpt_path),
+        "best_checkpoint": ckpt_path or None,
+        "monitor": checkpoint.monitor if checkpoint is not None else None,
+        "epochs": trainer.current_epoch,
+        "seed": cfg.seed,
+        "wall_time_s": {"fit": round(fit_seconds, 2), "total": round(time.perf_counter() - start, 2)},
+        "versions": versions(),
+        "config": model.run_config,
+    }
+    write_text_atomic(out_dir / "test_predictions.csv", predictions_csv(model.test_predictions))
+    write_json(out_dir / "metrics.json", results)
+    log.info(
+        "test: auroc %.4f acc %.4f kappa %.4f mae %.4f (best val epoch %s); wrote %s",
+        results["test"]["auroc"], results["test"]["acc"], results["test"]["kappa"],
+        results["test"]["mae"], results["best_epoch"], out_dir / "metrics.json",
+    )
+    return results
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        results = train(cfg)
+    except MTCSNNError as err:
+        raise SystemExit(f"error: {err}") from None
+    metric = cfg.get("optimized_metric")
+    if not metric:
+        return None
+    stage, name = metric.split("/", 1)
+    return results[stage][name]
+
+
+if __name__ == "__main__":
+    main()
