@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+import mtcsnn  # noqa: F401  (registers the config resolvers)
+from mtcsnn.train import CONFIG_PATH
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("MTCSNN_DATA_DIR", ROOT.parent / "shared" / "data"))
+REAL_NPZ = DATA_DIR / "retinamnist.npz"
+
+# W&B must never reach the network or ask for a key in tests.
+os.environ.setdefault("WANDB_MODE", "offline")
+
+
+def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
+    """The real train config with overrides, its output going to ``output_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.log_dir = str(output_dir)
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig().set_config(cfg)
+    return cfg
+
+
+# Tiny CPU settings: a couple of epochs on a few synthetic images.
+TINY_SYNTHETIC = ["data.num_train=40", "data.num_val=20", "data.num_test=20", "data.batch_size=16"]
+TINY = [
+    "trainer=cpu",
+    "trainer.max_epochs=2",
+    "trainer.enable_progress_bar=false",
+    "logger=csv",
+]
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path: Path):
+    def make(*overrides: str, data: str = "synthetic") -> DictConfig:
+        data_overrides = [f"data={data}", *(TINY_SYNTHETIC if data == "synthetic" else [])]
+        return compose_train([*data_overrides, *TINY, *overrides], tmp_path)
+
+    yield make
+    GlobalHydra.instance().clear()
+
+
+@pytest.fixture
+def real_data_dir() -> Path:
+    if not REAL_NPZ.exists():
+        pytest.skip(f"real RetinaMNIST not found at {REAL_NPZ} (set MTCSNN_DATA_DIR to its folder)")
+    return DATA_DIR

@@ -1,0 +1,75 @@
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from mtcsnn.config import check_config
+from mtcsnn.errors import ConfigError
+from mtcsnn.models import MTCSNNModule
+
+
+@pytest.mark.parametrize("loss", ["ce", "mtcsnn"])
+@pytest.mark.parametrize("model", ["resnet18", "resnet34", "resnet50"])
+def test_every_model_and_loss_composes_and_builds(tiny_cfg, model, loss):
+    cfg = tiny_cfg(f"model={model}", f"loss={loss}")
+    check_config(cfg)
+    module = instantiate(cfg.model, loss=instantiate(cfg.loss))
+    assert isinstance(module, MTCSNNModule)
+    assert module.net.backbone is not None
+    assert cfg.model.net.backbone == model
+    a, b = torch.rand(2, 3, 28, 28), torch.rand(2, 3, 28, 28)
+    out_a, out_b = module.net.forward_pair(a, b)
+    terms = module.loss(out_a, out_b, torch.tensor([0, 4]), torch.tensor([1, 2]))
+    assert torch.isfinite(terms["loss"])
+    assert ("reg" in terms) == (loss == "mtcsnn")
+
+
+@pytest.mark.parametrize("data", ["retinamnist", "synthetic"])
+def test_data_configs_compose(tiny_cfg, data, tmp_path):
+    cfg = tiny_cfg(f"data.root={tmp_path}" if data == "retinamnist" else "seed=3", data=data)
+    datamodule = instantiate(cfg.data)
+    assert datamodule.batch_size == cfg.data.batch_size
+    assert datamodule.seed == cfg.seed
+
+
+def test_smoke_experiment_composes(tiny_cfg):
+    cfg = tiny_cfg("experiment=smoke")
+    assert cfg.data._target_.endswith("SyntheticDataModule")
+    assert cfg.task_name == "smoke"
+
+
+def test_lr_milestones_follow_max_epochs(tiny_cfg):
+    assert list(tiny_cfg("trainer.max_epochs=100").model.scheduler.milestones) == [50, 75]
+    assert list(tiny_cfg("trainer.max_epochs=8").model.scheduler.milestones) == [4, 6]
+
+
+def test_defaults_follow_the_medmnist_recipe(tiny_cfg, tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from mtcsnn.train import CONFIG_PATH
+
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+        cfg = compose("train")
+    assert cfg.trainer.max_epochs == 100
+    assert cfg.model.optimizer._target_ == "torch.optim.Adam" and cfg.model.optimizer.lr == 1e-3
+    assert cfg.data.batch_size == 128
+    assert cfg.loss.lam == 0.5
+    assert cfg.callbacks.model_checkpoint.monitor == "val/auroc"
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "hint"),
+    [
+        ("model.net.backbone=resnet19", "model.net.backbone", "resnet18, resnet34, resnet50"),
+        ("model.net.stem=deep", "model.net.stem", "imagenet, cifar"),
+        ("loss.lam=-0.5", "loss.lam", ">= 0"),
+        ("loss.difference=squared", "loss.difference", "absolute, signed"),
+        ("data.batch_size=7", "data.batch_size", "even number"),
+        ("data.batch_size=0", "data.batch_size", "even number"),
+        ("data.size=32", "data.size", "28, 64, 128, 224"),
+    ],
+)
+def test_bad_values_name_the_key_and_what_is_allowed(tiny_cfg, override, key, hint):
+    cfg = tiny_cfg(override, data="retinamnist")
+    with pytest.raises(ConfigError) as info:
+        check_config(cfg)
+    assert key in str(info.value) and hint in str(info.value)

@@ -1,0 +1,94 @@
+import numpy as np
+import pytest
+import torch
+
+from mtcsnn.data import RetinaMNISTDataModule, SyntheticDataModule
+from mtcsnn.data.augment import augment
+from mtcsnn.errors import DataError
+
+
+def write_medmnist_npz(folder, size, counts=(10, 4, 6), seed=0):
+    """A file in the medmnist format (keys, dtypes and shapes) for sizes not available here."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, n in zip(("train", "val", "test"), counts):
+        arrays[f"{split}_images"] = rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(n) % 5).reshape(n, 1).astype(np.uint8)
+    np.savez(folder / f"retinamnist_{size}.npz", **arrays)
+    return arrays
+
+
+def test_synthetic_batches_are_pairs_of_uint8_images():
+    dm = SyntheticDataModule(num_train=30, num_val=10, num_test=12, batch_size=8)
+    dm.setup()
+    batches = list(dm.train_dataloader())
+    assert [len(b["grade_a"]) for b in batches] == [4, 4, 4, 3]  # 15 pairs, 4 a batch
+    batch = batches[0]
+    assert batch["image_a"].shape == (4, 3, 28, 28) and batch["image_a"].dtype == torch.uint8
+    assert torch.equal(batch["diff"], batch["grade_a"] - batch["grade_b"])
+    seen = torch.cat([torch.cat([b["index_a"], b["index_b"]]) for b in batches])
+    assert sorted(seen.tolist()) == list(range(30))
+
+
+def test_val_and_test_see_every_image_exactly_once():
+    dm = SyntheticDataModule(num_train=20, num_val=13, num_test=300, eval_batch_size=128)
+    dm.setup()
+    for loader, n in ((dm.val_dataloader(), 13), (dm.test_dataloader(), 300)):
+        indices = torch.cat([b["index"] for b in loader])
+        assert indices.tolist() == list(range(n))
+
+
+def test_synthetic_grades_are_ordinal_in_the_images():
+    images, grades = SyntheticDataModule(num_train=200).load_split("train")
+    brightness = images.float().mean(dim=(1, 2, 3))
+    means = [brightness[grades == g].mean().item() for g in range(5)]
+    assert means == sorted(means)
+    assert set(grades.tolist()) == set(range(5))
+
+
+def test_batches_become_floats_and_augmentation_only_in_training():
+    dm = SyntheticDataModule(num_train=20, batch_size=8, augment="dihedral")
+    dm.setup()
+    batch = next(iter(dm.val_dataloader()))
+    raw = batch["image"].clone()
+    out = dm.on_after_batch_transfer(batch, 0)  # no trainer: evaluation path
+    assert out["image"].dtype == torch.float32
+    assert torch.allclose(out["image"] * 255, raw.float())
+
+
+def test_dihedral_augmentation_only_moves_pixels():
+    torch.manual_seed(0)
+    images = torch.rand(64, 3, 8, 8)
+    out = augment(images, "dihedral")
+    assert not torch.equal(out, images)
+    for before, after in zip(images, out):  # each image keeps its own pixels
+        assert torch.equal(before.flatten().sort().values, after.flatten().sort().values)
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_larger_medmnist_sizes_load(tmp_path, size):
+    arrays = write_medmnist_npz(tmp_path, size)
+    dm = RetinaMNISTDataModule(root=str(tmp_path), size=size, download=False, batch_size=4)
+    dm.setup()
+    images, grades = dm.splits["val"]
+    assert images.shape == (4, 3, size, size)
+    assert torch.equal(images.permute(0, 2, 3, 1), torch.from_numpy(arrays["val_images"]))
+    assert grades.tolist() == arrays["val_labels"].reshape(-1).tolist()
+
+
+def test_missing_file_offline_names_folder_file_and_env(tmp_path):
+    dm = RetinaMNISTDataModule(root=str(tmp_path / "nowhere"), download=False)
+    with pytest.raises(DataError) as info:
+        dm.setup()
+    message = str(info.value)
+    assert "retinamnist.npz" in message and "nowhere" in message and "MTCSNN_DATA_DIR" in message
+
+
+def test_real_retinamnist_splits(real_data_dir):
+    dm = RetinaMNISTDataModule(root=str(real_data_dir), download=False)
+    dm.setup()
+    sizes = {split: len(dm.splits[split][0]) for split in ("train", "val", "test")}
+    assert sizes == {"train": 1080, "val": 120, "test": 400}
+    assert dm.splits["train"][0].shape[1:] == (3, 28, 28)
+    counts = torch.bincount(dm.splits["train"][1], minlength=5).tolist()
+    assert counts == [486, 128, 206, 194, 66]

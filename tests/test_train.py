@@ -1,0 +1,130 @@
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, cohen_kappa_score, roc_auc_score
+
+from mtcsnn.train import train
+
+
+def read_predictions(path: Path):
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    grades = np.array([int(r["grade"]) for r in rows])
+    probs = np.array([[float(r[f"prob_{c}"]) for c in range(5)] for r in rows])
+    return rows, grades, probs
+
+
+def check_run_dir(run_dir: Path, num_test: int) -> dict:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for stage in ("val", "test"):
+        assert {"acc", "auroc", "kappa", "mae", "recall_0", "recall_4"} <= set(metrics[stage])
+    assert {"config", "seed", "epochs", "wall_time_s", "versions", "best_epoch"} <= set(metrics)
+    assert np.array(metrics["test_confusion"]).sum() == num_test
+    rows, grades, probs = read_predictions(run_dir / "test_predictions.csv")
+    assert [int(r["index"]) for r in rows] == list(range(num_test))
+    assert np.allclose(probs.sum(1), 1, atol=1e-4)
+    # the file and the reported metrics describe the same predictions
+    pred = probs.argmax(1)
+    assert metrics["test"]["acc"] == pytest.approx(accuracy_score(grades, pred), abs=1e-6)
+    assert metrics["test"]["kappa"] == pytest.approx(
+        cohen_kappa_score(grades, pred, weights="quadratic"), abs=1e-4
+    )
+    if len(set(grades)) == 5:
+        auroc = roc_auc_score(grades, probs, multi_class="ovr", average="macro")
+        assert metrics["test"]["auroc"] == pytest.approx(auroc, abs=1e-3)
+    return metrics
+
+
+@pytest.mark.parametrize("loss", ["ce", "mtcsnn"])
+def test_synthetic_train_writes_metrics_and_predictions(tiny_cfg, tmp_path, loss):
+    cfg = tiny_cfg(f"loss={loss}", "seed=5")
+    results = train(cfg)
+    metrics = check_run_dir(tmp_path, num_test=20)
+    assert metrics["test"] == results["test"]
+    assert metrics["seed"] == 5 and metrics["epochs"] == 2
+    assert metrics["config"]["loss"]["_target_"].endswith(
+        "PairCrossEntropyLoss" if loss == "ce" else "MultiTaskLoss"
+    )
+    assert metrics["best_epoch"] in (0, 1)
+    assert Path(metrics["best_checkpoint"]).exists()
+    logged = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0]
+    for term in ("train/ce_a", "train/ce_b", "train/loss", "val/auroc"):
+        assert term in logged
+    assert ("train/reg" in logged) == (loss == "mtcsnn")
+
+
+@pytest.mark.slow
+def test_short_real_data_train(tiny_cfg, tmp_path, real_data_dir):
+    cfg = tiny_cfg(
+        f"data.root={real_data_dir}", "data.download=false", "trainer.max_epochs=2",
+        data="retinamnist",
+    )
+    train(cfg)
+    metrics = check_run_dir(tmp_path, num_test=400)
+    assert sum(map(sum, metrics["test_confusion"])) == 400
+    assert 0.0 <= metrics["test"]["auroc"] <= 1.0
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None):
+    full_env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "mtcsnn.train", *args],
+        capture_output=True, text=True, env=full_env, cwd=cwd, timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_multirun_smoke_gives_each_job_its_own_metrics(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    proc = run_cli(
+        "--multirun", "experiment=smoke", "loss=ce,mtcsnn", "trainer.max_epochs=1",
+        "data.num_train=40", "data.num_val=20", "data.num_test=20", "trainer.enable_progress_bar=false",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for job in ("0", "1"):
+        metrics = json.loads((sweep_dir / job / "metrics.json").read_text())
+        assert metrics["epochs"] == 1
+    losses = {
+        json.loads((sweep_dir / j / "metrics.json").read_text())["config"]["loss"]["_target_"]
+        for j in ("0", "1")
+    }
+    assert len(losses) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["model.net.backbone=resnet19"], ["model.net.backbone", "resnet18, resnet34, resnet50"]),
+        (["loss.lam=-1"], ["loss.lam", ">= 0"]),
+        (["data.batch_size=9"], ["data.batch_size", "even"]),
+    ],
+)
+def test_cli_config_errors_are_one_clear_message(tmp_path, args, expected):
+    proc = run_cli("experiment=smoke", f"hydra.run.dir={tmp_path}", *args)
+    assert proc.returncode != 0
+    for text in expected:
+        assert text in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.slow
+def test_cli_missing_dataset_offline(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_cli(
+        "data.download=false", f"hydra.run.dir={tmp_path / 'run'}",
+        env={"MTCSNN_DATA_DIR": str(empty)},
+    )
+    assert proc.returncode != 0
+    assert str(empty) in proc.stderr
+    assert "retinamnist.npz" in proc.stderr and "MTCSNN_DATA_DIR" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not (tmp_path / "run" / "metrics.json").exists()
