@@ -11,7 +11,7 @@ def write_medmnist_npz(folder, size, counts=(10, 4, 6), seed=0):
     """A file in the medmnist format (keys, dtypes and shapes) for sizes not available here."""
     rng = np.random.default_rng(seed)
     arrays = {}
-    for split, n in zip(("train", "val", "test"), counts):
+    for split, n in zip(("train", "val", "test"), counts, strict=True):
         arrays[f"{split}_images"] = rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
         arrays[f"{split}_labels"] = (np.arange(n) % 5).reshape(n, 1).astype(np.uint8)
     np.savez(folder / f"retinamnist_{size}.npz", **arrays)
@@ -61,7 +61,7 @@ def test_dihedral_augmentation_only_moves_pixels():
     images = torch.rand(64, 3, 8, 8)
     out = augment(images, "dihedral")
     assert not torch.equal(out, images)
-    for before, after in zip(images, out):  # each image keeps its own pixels
+    for before, after in zip(images, out, strict=True):  # each image keeps its own pixels
         assert torch.equal(before.flatten().sort().values, after.flatten().sort().values)
 
 

@@ -10,7 +10,9 @@ from mtcsnn.models import BranchOutput
 
 
 def branch(logits, score):
-    return BranchOutput(torch.tensor(logits, dtype=torch.float), torch.tensor(score, dtype=torch.float))
+    return BranchOutput(
+        torch.tensor(logits, dtype=torch.float), torch.tensor(score, dtype=torch.float)
+    )
 
 
 def test_hand_computed_case():

@@ -32,10 +32,14 @@ def test_metrics_equal_scikit_learn_and_medmnist(fixed_predictions):
     values = metrics.compute()
     pred = probs.argmax(1)
     assert values["acc"].item() == pytest.approx(accuracy_score(grades, pred), abs=1e-6)
-    assert values["acc"].item() == pytest.approx(getACC(grades, probs, "ordinal-regression"), abs=1e-6)
+    assert values["acc"].item() == pytest.approx(
+        getACC(grades, probs, "ordinal-regression"), abs=1e-6
+    )
     auroc = roc_auc_score(grades, probs, multi_class="ovr", average="macro")
     assert values["auroc"].item() == pytest.approx(auroc, abs=1e-5)
-    assert values["auroc"].item() == pytest.approx(getAUC(grades, probs, "ordinal-regression"), abs=1e-5)
+    assert values["auroc"].item() == pytest.approx(
+        getAUC(grades, probs, "ordinal-regression"), abs=1e-5
+    )
     kappa = cohen_kappa_score(grades, pred, weights="quadratic")
     assert values["kappa"].item() == pytest.approx(kappa, abs=1e-5)
     assert values["mae"].item() == pytest.approx(mean_absolute_error(grades, pred), abs=1e-6)
@@ -46,7 +50,11 @@ def test_metrics_equal_scikit_learn_and_medmnist(fixed_predictions):
 
 
 def test_scalar_metrics_flattens_per_class_values():
-    values = {"acc": torch.tensor(0.5), "recall": torch.tensor([0.1, 0.2]), "confusion": torch.eye(2)}
+    values = {
+        "acc": torch.tensor(0.5),
+        "recall": torch.tensor([0.1, 0.2]),
+        "confusion": torch.eye(2),
+    }
     assert scalar_metrics(values, "val/") == {
         "val/acc": 0.5,
         "val/recall_0": pytest.approx(0.1),

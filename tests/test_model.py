@@ -21,7 +21,9 @@ def test_one_backbone_serves_both_branches():
     plain = torchvision.models.resnet18(weights=None)
     features = plain.fc.in_features
     heads = (features * 5 + 5) + (features + 1)
-    backbone = sum(p.numel() for p in plain.parameters()) - sum(p.numel() for p in plain.fc.parameters())
+    backbone = sum(p.numel() for p in plain.parameters()) - sum(
+        p.numel() for p in plain.fc.parameters()
+    )
     assert sum(p.numel() for p in net.parameters()) == backbone + heads
     # the pair pass gives exactly what each image gets on its own through the same weights
     a, b = torch.rand(4, 3, 28, 28), torch.rand(4, 3, 28, 28)

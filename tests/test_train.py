@@ -62,7 +62,9 @@ def test_synthetic_train_writes_metrics_and_predictions(tiny_cfg, tmp_path, loss
 @pytest.mark.slow
 def test_short_real_data_train(tiny_cfg, tmp_path, real_data_dir):
     cfg = tiny_cfg(
-        f"data.root={real_data_dir}", "data.download=false", "trainer.max_epochs=2",
+        f"data.root={real_data_dir}",
+        "data.download=false",
+        "trainer.max_epochs=2",
         data="retinamnist",
     )
     train(cfg)
@@ -75,7 +77,11 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None):
     full_env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "mtcsnn.train", *args],
-        capture_output=True, text=True, env=full_env, cwd=cwd, timeout=600,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=600,
     )
 
 
@@ -83,8 +89,14 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None):
 def test_multirun_smoke_gives_each_job_its_own_metrics(tmp_path):
     sweep_dir = tmp_path / "sweep"
     proc = run_cli(
-        "--multirun", "experiment=smoke", "loss=ce,mtcsnn", "trainer.max_epochs=1",
-        "data.num_train=40", "data.num_val=20", "data.num_test=20", "trainer.enable_progress_bar=false",
+        "--multirun",
+        "experiment=smoke",
+        "loss=ce,mtcsnn",
+        "trainer.max_epochs=1",
+        "data.num_train=40",
+        "data.num_val=20",
+        "data.num_test=20",
+        "trainer.enable_progress_bar=false",
         f"hydra.sweep.dir={sweep_dir}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -120,7 +132,8 @@ def test_cli_missing_dataset_offline(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     proc = run_cli(
-        "data.download=false", f"hydra.run.dir={tmp_path / 'run'}",
+        "data.download=false",
+        f"hydra.run.dir={tmp_path / 'run'}",
         env={"MTCSNN_DATA_DIR": str(empty)},
     )
     assert proc.returncode != 0

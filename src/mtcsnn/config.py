@@ -46,7 +46,8 @@ def check_config(cfg: DictConfig) -> None:
         isinstance(batch_size, int) and batch_size >= 2 and batch_size % 2 == 0
     ):
         raise ConfigError(
-            "data.batch_size", batch_size,
+            "data.batch_size",
+            batch_size,
             "it counts images and must be an even number >= 2 (each batch is batch_size/2 pairs)",
         )
 

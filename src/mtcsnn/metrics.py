@@ -40,7 +40,7 @@ def grade_metrics(num_classes: int = 5) -> MetricCollection:
 
 
 def scalar_metrics(values: dict[str, torch.Tensor], prefix: str) -> dict[str, float]:
-    """Loggable scalars: per-class recall becomes ``recall_0`` ...; the confusion matrix is left out."""
+    """Loggable scalars: per-class recall becomes ``recall_0`` ...; no confusion matrix."""
     out = {}
     for name, value in values.items():
         if name == "confusion":

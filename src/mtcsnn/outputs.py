@@ -13,8 +13,17 @@ from pathlib import Path
 
 import torch
 
-PACKAGES = ("mtcsnn", "torch", "torchvision", "pytorch-lightning", "torchmetrics", "medmnist",
-            "hydra-core", "omegaconf", "wandb")
+PACKAGES = (
+    "mtcsnn",
+    "torch",
+    "torchvision",
+    "pytorch-lightning",
+    "torchmetrics",
+    "medmnist",
+    "hydra-core",
+    "omegaconf",
+    "wandb",
+)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -41,7 +50,9 @@ def predictions_csv(predictions: dict[str, torch.Tensor]) -> str:
     probs = predictions["probs"]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["index", "grade", "pred", *[f"prob_{c}" for c in range(probs.shape[1])], "score"])
+    writer.writerow(
+        ["index", "grade", "pred", *[f"prob_{c}" for c in range(probs.shape[1])], "score"]
+    )
     order = predictions["index"].argsort()
     for i in order.tolist():
         writer.writerow(

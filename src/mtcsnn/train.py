@@ -72,7 +72,10 @@ def train(cfg: DictConfig) -> dict:
         "monitor": checkpoint.monitor if checkpoint is not None else None,
         "epochs": trainer.current_epoch,
         "seed": cfg.seed,
-        "wall_time_s": {"fit": round(fit_seconds, 2), "total": round(time.perf_counter() - start, 2)},
+        "wall_time_s": {
+            "fit": round(fit_seconds, 2),
+            "total": round(time.perf_counter() - start, 2),
+        },
         "versions": versions(),
         "config": model.run_config,
     }
@@ -80,8 +83,12 @@ def train(cfg: DictConfig) -> dict:
     write_json(out_dir / "metrics.json", results)
     log.info(
         "test: auroc %.4f acc %.4f kappa %.4f mae %.4f (best val epoch %s); wrote %s",
-        results["test"]["auroc"], results["test"]["acc"], results["test"]["kappa"],
-        results["test"]["mae"], results["best_epoch"], out_dir / "metrics.json",
+        results["test"]["auroc"],
+        results["test"]["acc"],
+        results["test"]["kappa"],
+        results["test"]["mae"],
+        results["best_epoch"],
+        out_dir / "metrics.json",
     )
     return results
 

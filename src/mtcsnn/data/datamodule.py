@@ -1,4 +1,4 @@
-"""The Lightning data module shared by all datasets: pairs for training, single images to evaluate."""
+"""The data module shared by all datasets: pairs for training, single images to evaluate."""
 
 from __future__ import annotations
 
@@ -33,7 +33,9 @@ class PairDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         if batch_size < 2 or batch_size % 2:
-            raise ValueError(f"batch_size counts images and must be even and >= 2, got {batch_size}")
+            raise ValueError(
+                f"batch_size counts images and must be even and >= 2, got {batch_size}"
+            )
         if augment not in AUGMENTATIONS:
             raise ValueError(f"unknown augment {augment!r}; choose one of {AUGMENTATIONS}")
         self.batch_size = batch_size

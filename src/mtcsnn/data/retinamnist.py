@@ -26,9 +26,7 @@ class RetinaMNISTDataModule(PairDataModule):
     is used as it is, so a folder holding ``retinamnist.npz`` works with no network.
     """
 
-    def __init__(
-        self, root: str, size: int = 28, download: bool = True, **kwargs: object
-    ) -> None:
+    def __init__(self, root: str, size: int = 28, download: bool = True, **kwargs: object) -> None:
         super().__init__(**kwargs)
         if size not in IMAGE_SIZES:
             raise ValueError(f"size must be one of {IMAGE_SIZES}, got {size}")
@@ -55,7 +53,8 @@ class RetinaMNISTDataModule(PairDataModule):
     def _missing_message(self, why: str) -> str:
         return (
             f"RetinaMNIST file {self.path.name} not found in {self.root} and {why}. "
-            f"Put {self.path.name} in a folder and set {DATA_DIR_ENV}=<folder> (or data.root=<folder>)."
+            f"Put {self.path.name} in a folder and set {DATA_DIR_ENV}=<folder> "
+            "(or data.root=<folder>)."
         )
 
     def load_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
