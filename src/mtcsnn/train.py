@@ -47,10 +47,9 @@ def train(cfg: DictConfig) -> dict:
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, loss=instantiate(cfg.loss))
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
+    loggers = instantiate_group(cfg.get("logger")) or False
     trainer: pl.Trainer = instantiate(
-        cfg.trainer,
-        callbacks=instantiate_group(cfg.get("callbacks")),
-        logger=instantiate_group(cfg.get("logger")) or False,
+        cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=loggers
     )
 
     start = time.perf_counter()
@@ -58,10 +57,13 @@ def train(cfg: DictConfig) -> dict:
     fit_seconds = time.perf_counter() - start
 
     # Model selection on val only: the test set is touched once, by the best-val checkpoint.
+    # A trainer without the training callbacks evaluates exactly the weights the checkpoint
+    # holds (callbacks such as weight averaging would otherwise swap weights in and out).
     checkpoint = trainer.checkpoint_callback
     ckpt_path = checkpoint.best_model_path if checkpoint is not None else ""
-    val = trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path or None)[0]
-    test = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path or None)[0]
+    evaluator: pl.Trainer = instantiate(cfg.trainer, callbacks=[], logger=loggers)
+    val = evaluator.validate(model, datamodule=datamodule, ckpt_path=ckpt_path or None)[0]
+    test = evaluator.test(model, datamodule=datamodule, ckpt_path=ckpt_path or None)[0]
 
     results = {
         "val": {k.removeprefix("val/"): float(v) for k, v in val.items()},
