@@ -48,6 +48,7 @@ def test_synthetic_train_writes_metrics_and_predictions(tiny_cfg, tmp_path, loss
     metrics = check_run_dir(tmp_path, num_test=20)
     assert metrics["test"] == results["test"]
     assert metrics["seed"] == 5 and metrics["epochs"] == 2
+    assert metrics["choices"]["loss"] == loss and metrics["choices"]["data"] == "synthetic"
     assert metrics["config"]["loss"]["_target_"].endswith(
         "PairCrossEntropyLoss" if loss == "ce" else "MultiTaskLoss"
     )

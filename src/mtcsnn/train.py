@@ -14,6 +14,7 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -36,6 +37,14 @@ def best_epoch(ckpt_path: str) -> int | None:
     if not ckpt_path:
         return None
     return int(torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=True)["epoch"])
+
+
+def config_choices() -> dict[str, str]:
+    """Which file of each config group the run used, e.g. ``{"model": "resnet18"}``."""
+    if not HydraConfig.initialized():
+        return {}
+    choices = HydraConfig.get().runtime.choices
+    return {k: v for k, v in choices.items() if not k.startswith("hydra") and v is not None}
 
 
 def train(cfg: DictConfig) -> dict:
@@ -74,6 +83,7 @@ def train(cfg: DictConfig) -> dict:
         "monitor": checkpoint.monitor if checkpoint is not None else None,
         "epochs": trainer.current_epoch,
         "seed": cfg.seed,
+        "choices": config_choices(),
         "wall_time_s": {
             "fit": round(fit_seconds, 2),
             "total": round(time.perf_counter() - start, 2),
