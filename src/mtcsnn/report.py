@@ -1,0 +1,459 @@
+"""``python -m mtcsnn.report <folder>``: one table and a few figures from the runs under a folder.
+
+A run is a folder holding ``metrics.json`` and ``test_predictions.csv`` (what
+``python -m mtcsnn.train`` writes). Runs are grouped into configurations by the config values
+that differ between them, seeds aside; each configuration gets the mean and standard deviation
+over its seeds. MTCSNN configurations are compared with the CE run of the same backbone and seed,
+with a bootstrap 95% CI over test images. The "best configuration" of the figures is the one
+with the highest mean *val* AUROC: the test split never chooses anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import rankdata
+
+from mtcsnn.outputs import write_text_atomic
+
+METRICS = ("auroc", "acc", "kappa", "mae")
+# config keys that differ between runs without making them different configurations
+IGNORED_KEYS = {
+    "seed",
+    "data.seed",
+    "data.root",
+    "data.num_workers",
+    "data.eval_batch_size",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+}
+IGNORED_PREFIXES = ("paths.", "logger.", "hydra.")
+IGNORED_SUFFIXES = (".dirpath", ".save_dir", "default_root_dir")
+
+
+@dataclass
+class Run:
+    path: Path
+    metrics: dict
+    grades: np.ndarray
+    probs: np.ndarray
+    settings: dict = field(default_factory=dict)  # flattened choices and config
+
+    @property
+    def seed(self) -> int:
+        return int(self.metrics.get("seed", 0))
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise ValueError("no rows")
+    classes = sorted(int(k.split("_")[1]) for k in rows[0] if k.startswith("prob_"))
+    rows.sort(key=lambda r: int(r["index"]))
+    grades = np.array([int(r["grade"]) for r in rows])
+    probs = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows])
+    return grades, probs
+
+
+def load_run(folder: Path) -> Run | str:
+    """The run in ``folder``, or the reason it cannot be used."""
+    metrics_path = folder / "metrics.json"
+    if not metrics_path.exists():
+        return "unfinished: no metrics.json"
+    predictions_path = folder / "test_predictions.csv"
+    if not predictions_path.exists():
+        return "missing test_predictions.csv"
+    try:
+        metrics = json.loads(metrics_path.read_text())
+        grades, probs = read_predictions(predictions_path)
+    except (OSError, ValueError, KeyError) as err:
+        return f"unreadable ({type(err).__name__}: {err})"
+    if not all(m in metrics.get("test", {}) for m in METRICS):
+        return "metrics.json has no test metrics"
+    settings = flatten({"choices": metrics.get("choices", {}), "config": metrics.get("config", {})})
+    return Run(folder, metrics, grades, probs, settings)
+
+
+def collect_runs(root: Path) -> tuple[list[Run], list[tuple[Path, str]]]:
+    """Every run under ``root`` (``root`` itself may be one), and the skipped folders with why."""
+    folders = {p.parent for p in root.rglob("metrics.json")}
+    folders |= {p.parent.parent for p in root.rglob(".hydra/config.yaml")}
+    runs, skipped = [], []
+    for folder in sorted(folders):
+        loaded = load_run(folder)
+        if isinstance(loaded, Run):
+            runs.append(loaded)
+        else:
+            skipped.append((folder, loaded))
+    return runs, skipped
+
+
+def _ignored(key: str) -> bool:
+    name = key.split(".", 1)[1]
+    return (
+        name in IGNORED_KEYS or name.startswith(IGNORED_PREFIXES) or name.endswith(IGNORED_SUFFIXES)
+    )
+
+
+def varying_keys(runs: list[Run]) -> list[str]:
+    """Settings that tell configurations apart: chosen config files, then values within them."""
+    keys = sorted({k for r in runs for k in r.settings if not _ignored(k)})
+    varying = [k for k in keys if len({r.settings.get(k) for r in runs}) > 1]
+    choices = [k for k in varying if k.startswith("choices.")]
+    chosen_groups = {k.split(".", 1)[1] for k in choices}
+    values = []
+    for key in varying:
+        if key.startswith("choices."):
+            continue
+        group = key.split(".")[1]
+        if group in chosen_groups:
+            # e.g. loss.lam differs between loss=ce and loss=mtcsnn only because ce has none
+            by_choice = defaultdict(set)
+            for r in runs:
+                by_choice[r.settings.get(f"choices.{group}")].add(r.settings.get(key))
+            if all(len(v) == 1 for v in by_choice.values()):
+                continue
+        values.append(key)
+    return choices + values
+
+
+def short(key: str) -> str:
+    """``choices.loss`` -> ``loss``, ``config.loss.lam`` -> ``loss.lam``."""
+    return key.split(".", 1)[1]
+
+
+def label(config: tuple) -> str:
+    return ", ".join(f"{short(k)}={v}" for k, v in config) or "all runs"
+
+
+def group_runs(runs: list[Run]) -> dict[tuple, list[Run]]:
+    keys = varying_keys(runs)
+    groups: dict[tuple, list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[tuple((k, run.settings.get(k)) for k in keys)].append(run)
+    return dict(groups)
+
+
+def ovr_auroc(grades: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Macro one-vs-rest AUROC (MedMNIST's definition) of each row of a batch of resamples.
+
+    ``grades``: (B, n) ints, ``probs``: (B, n, C). Uses the rank-sum form of the AUROC, with
+    ties counted as half, so B resamples cost one sort each.
+    """
+    grades, probs = np.atleast_2d(grades), probs.reshape(-1, *probs.shape[-2:])
+    total = np.zeros(grades.shape[0])
+    num_classes = probs.shape[-1]
+    for c in range(num_classes):
+        positive = grades == c
+        n_pos = positive.sum(1)
+        n_neg = positive.shape[1] - n_pos
+        ranks = rankdata(probs[..., c], axis=1)
+        rank_sum = (ranks * positive).sum(1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            total += (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    return total / num_classes
+
+
+def accuracy(grades: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    return (probs.argmax(-1) == grades).mean(-1)
+
+
+PAIRED_METRICS = {"auroc": ovr_auroc, "acc": accuracy}
+
+
+def paired_difference(
+    pairs: list[tuple[Run, Run]], metric: str, num_resamples: int = 1000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean over seed pairs of metric(a) - metric(b), with a bootstrap 95% CI over test images.
+
+    The same resampled images are used for both runs of every pair (a paired bootstrap).
+    """
+    fn = PAIRED_METRICS[metric]
+    n = len(pairs[0][0].grades)
+    for a, b in pairs:
+        if len(a.grades) != n or not np.array_equal(a.grades, b.grades):
+            raise ValueError(f"{a.path} and {b.path} were not tested on the same images")
+    point = float(np.mean([fn(a.grades, a.probs)[0] - fn(b.grades, b.probs)[0] for a, b in pairs]))
+    idx = np.random.default_rng(seed).integers(0, n, size=(num_resamples, n))
+    deltas = np.zeros(num_resamples)
+    for a, b in pairs:
+        grades = a.grades[idx]
+        deltas += fn(grades, a.probs[idx]) - fn(grades, b.probs[idx])
+    deltas /= len(pairs)
+    low, high = np.nanpercentile(deltas, [2.5, 97.5])
+    return point, float(low), float(high)
+
+
+def summarise(runs: list[Run]) -> dict[str, tuple[float, float]]:
+    out = {}
+    for stage in ("test", "val"):
+        for m in METRICS:
+            values = [r.metrics[stage][m] for r in runs if m in r.metrics.get(stage, {})]
+            if values:
+                std = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+                out[f"{stage}/{m}"] = (float(np.mean(values)), std)
+    return out
+
+
+def baseline_of(config: tuple, groups: dict[tuple, list[Run]]) -> tuple | None:
+    """The CE configuration that matches ``config`` in everything but the loss."""
+    settings = dict(config)
+    if settings.get("choices.loss") in (None, "ce"):
+        return None
+    for other in groups:
+        other_settings = dict(other)
+        if other_settings.get("choices.loss") != "ce":
+            continue
+        same = all(
+            other_settings.get(k) == v
+            for k, v in settings.items()
+            if k != "choices.loss" and not k.startswith("config.loss.")
+        )
+        if same:
+            return other
+    return None
+
+
+def comparisons(groups: dict[tuple, list[Run]], num_resamples: int) -> list[dict]:
+    rows = []
+    for config, runs in groups.items():
+        base = baseline_of(config, groups)
+        if base is None:
+            continue
+        by_seed = {r.seed: r for r in groups[base]}
+        pairs = [(r, by_seed[r.seed]) for r in runs if r.seed in by_seed]
+        if not pairs:
+            continue
+        row = {"config": config, "baseline": base, "seeds": len(pairs)}
+        for metric in PAIRED_METRICS:
+            row[metric] = paired_difference(pairs, metric, num_resamples)
+        rows.append(row)
+    return rows
+
+
+def mean_std(mean: float, std: float) -> str:
+    return f"{mean:.4f}" if np.isnan(std) else f"{mean:.4f} +/- {std:.4f}"
+
+
+def results_markdown(
+    groups: dict[tuple, list[Run]],
+    compared: list[dict],
+    skipped: list[tuple[Path, str]],
+    root: Path,
+) -> str:
+    lines = [
+        f"# Results: {root}",
+        "",
+        "Test metrics of the best-val checkpoint of each run, mean +/- std over seeds.",
+        "",
+        "| configuration | seeds | test AUROC | test accuracy | test quadratic kappa | test MAE "
+        "| val AUROC |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for config, runs in sorted(groups.items(), key=lambda kv: label(kv[0])):
+        s = summarise(runs)
+        cells = [mean_std(*s[f"test/{m}"]) for m in METRICS]
+        val_cell = mean_std(*s["val/auroc"]) if "val/auroc" in s else "-"
+        lines.append(f"| {label(config)} | {len(runs)} | " + " | ".join(cells) + f" | {val_cell} |")
+    if compared:
+        lines += [
+            "",
+            "## MTCSNN vs CE, same backbone and seed",
+            "",
+            "Mean over seeds of (MTCSNN - CE) on the test set; 95% CI from a paired bootstrap "
+            "over test images.",
+            "",
+            "| configuration | vs | paired seeds | AUROC difference [95% CI] "
+            "| accuracy difference [95% CI] |",
+            "|---|---|---|---|---|",
+        ]
+        for row in compared:
+            cells = [f"{p:+.4f} [{lo:+.4f}, {hi:+.4f}]" for p, lo, hi in (row["auroc"], row["acc"])]
+            lines.append(
+                f"| {label(row['config'])} | {label(row['baseline'])} | {row['seeds']} | "
+                + " | ".join(cells)
+                + " |"
+            )
+    if skipped:
+        lines += ["", "## Skipped runs", ""]
+        lines += [f"- `{path}`: {why}" for path, why in skipped]
+    return "\n".join(lines) + "\n"
+
+
+def best_configuration(groups: dict[tuple, list[Run]]) -> tuple:
+    """Highest mean val AUROC: the test split plays no part in choosing."""
+    return max(groups, key=lambda c: summarise(groups[c]).get("val/auroc", (-1.0, 0))[0])
+
+
+def val_curve(run: Run) -> tuple[np.ndarray, np.ndarray] | None:
+    path = run.path / "csv" / "metrics.csv"
+    if not path.exists():
+        return None
+    epochs, values = [], []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("val/auroc") and row.get("epoch"):
+                epochs.append(int(float(row["epoch"])))
+                values.append(float(row["val/auroc"]))
+    return (np.array(epochs), np.array(values)) if epochs else None
+
+
+def write_figures(groups: dict[tuple, list[Run]], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+    from torchmetrics.functional.classification import multiclass_roc
+
+    written = []
+    best = best_configuration(groups)
+    best_runs = groups[best]
+    title = f"{label(best)} ({len(best_runs)} seed(s), best mean val AUROC)"
+
+    confusion = sum(np.array(r.metrics["test_confusion"]) for r in best_runs)
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.imshow(confusion, cmap="Blues")
+    for (i, j), v in np.ndenumerate(confusion):
+        ax.text(
+            j,
+            i,
+            int(v),
+            ha="center",
+            va="center",
+            color="white" if v > confusion.max() / 2 else "black",
+        )
+    ax.set(xlabel="predicted grade", ylabel="true grade", title="test confusion, summed over seeds")
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    written.append(out / "confusion_matrix.png")
+    fig.savefig(written[-1], dpi=120)
+    plt.close(fig)
+
+    grades = torch.from_numpy(np.concatenate([r.grades for r in best_runs]))
+    probs = torch.from_numpy(np.concatenate([r.probs for r in best_runs])).float()
+    fpr, tpr, _ = multiclass_roc(probs, grades, num_classes=probs.shape[1])
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    for c in range(probs.shape[1]):
+        ax.plot(fpr[c].numpy(), tpr[c].numpy(), label=f"grade {c} vs rest")
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set(
+        xlabel="false positive rate",
+        ylabel="true positive rate",
+        title="test ROC, one vs rest (seeds pooled)",
+    )
+    ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    written.append(out / "roc_curves.png")
+    fig.savefig(written[-1], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for config, runs in sorted(groups.items(), key=lambda kv: label(kv[0])):
+        curves = [c for c in (val_curve(r) for r in runs) if c is not None]
+        if not curves:
+            continue
+        length = min(len(c[1]) for c in curves)
+        mean = np.mean([c[1][:length] for c in curves], axis=0)
+        ax.plot(curves[0][0][:length], mean, label=label(config))
+    ax.set(xlabel="epoch", ylabel="val AUROC (mean over seeds)", title="validation curves")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    written.append(out / "val_curves.png")
+    fig.savefig(written[-1], dpi=120)
+    plt.close(fig)
+
+    lam_figure = lambda_figure(groups, out, plt)
+    if lam_figure:
+        written.append(lam_figure)
+    return written
+
+
+def lambda_figure(groups: dict[tuple, list[Run]], out: Path, plt) -> Path | None:
+    """Test AUROC against lambda (CE counts as lambda 0), one line per other setting."""
+    series: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for config, runs in groups.items():
+        settings = dict(config)
+        for run in runs:
+            loss = run.settings.get("choices.loss")
+            lam = 0.0 if loss == "ce" else run.settings.get("config.loss.lam")
+            if lam is None:
+                continue
+            rest = tuple(
+                (k, v)
+                for k, v in settings.items()
+                if k != "choices.loss" and not k.startswith("config.loss.")
+            )
+            series[label(rest)][float(lam)].append(run.metrics["test"]["auroc"])
+    if not any(len(points) > 1 for points in series.values()):
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, points in sorted(series.items()):
+        lams = sorted(points)
+        means = [np.mean(points[x]) for x in lams]
+        stds = [np.std(points[x], ddof=1) if len(points[x]) > 1 else 0.0 for x in lams]
+        ax.errorbar(lams, means, yerr=stds, marker="o", capsize=3, label=name)
+    ax.set(
+        xlabel="lambda", ylabel="test AUROC (mean +/- std over seeds)", title="test AUROC vs lambda"
+    )
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "auroc_vs_lambda.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mtcsnn-report", description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path, help="a run folder or a multirun folder")
+    parser.add_argument("--out", type=Path, help="where to write (default: the folder)")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    args = parser.parse_args(argv)
+
+    root: Path = args.folder
+    if not root.is_dir():
+        print(f"error: {root} is not a folder", file=sys.stderr)
+        return 2
+    runs, skipped = collect_runs(root)
+    for path, why in skipped:
+        print(f"skipped {path}: {why}", file=sys.stderr)
+    if not runs:
+        print(f"error: no finished runs under {root}", file=sys.stderr)
+        return 1
+    out = args.out or root
+    out.mkdir(parents=True, exist_ok=True)
+    groups = group_runs(runs)
+    compared = comparisons(groups, args.bootstrap)
+    write_text_atomic(out / "results.md", results_markdown(groups, compared, skipped, root))
+    figures = write_figures(groups, out)
+    print(f"{len(runs)} run(s) in {len(groups)} configuration(s), {len(skipped)} skipped")
+    print(f"wrote {out / 'results.md'}")
+    for figure in figures:
+        print(f"wrote {figure}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
