@@ -193,7 +193,14 @@ def paired_difference(
     for a, b in pairs:
         if len(a.grades) != n or not np.array_equal(a.grades, b.grades):
             raise ValueError(f"{a.path} and {b.path} were not tested on the same images")
-    point = float(np.mean([fn(a.grades, a.probs)[0] - fn(b.grades, b.probs)[0] for a, b in pairs]))
+    point = float(
+        np.mean(
+            [
+                fn(a.grades[None], a.probs[None])[0] - fn(b.grades[None], b.probs[None])[0]
+                for a, b in pairs
+            ]
+        )
+    )
     idx = np.random.default_rng(seed).integers(0, n, size=(num_resamples, n))
     deltas = np.zeros(num_resamples)
     for a, b in pairs:
@@ -369,20 +376,25 @@ def write_figures(groups: dict[tuple, list[Run]], out: Path) -> list[Path]:
     fig.savefig(written[-1], dpi=120)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    curves = {}
     for config, runs in sorted(groups.items(), key=lambda kv: label(kv[0])):
-        curves = [c for c in (val_curve(r) for r in runs) if c is not None]
-        if not curves:
-            continue
-        length = min(len(c[1]) for c in curves)
-        mean = np.mean([c[1][:length] for c in curves], axis=0)
-        ax.plot(curves[0][0][:length], mean, label=label(config))
-    ax.set(xlabel="epoch", ylabel="val AUROC (mean over seeds)", title="validation curves")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    written.append(out / "val_curves.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
+        found = [c for c in (val_curve(r) for r in runs) if c is not None]
+        if found:
+            length = min(len(c[1]) for c in found)
+            curves[label(config)] = (
+                found[0][0][:length],
+                np.mean([c[1][:length] for c in found], 0),
+            )
+    if curves:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for name, (epochs, mean) in curves.items():
+            ax.plot(epochs, mean, label=name)
+        ax.set(xlabel="epoch", ylabel="val AUROC (mean over seeds)", title="validation curves")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        written.append(out / "val_curves.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
 
     lam_figure = lambda_figure(groups, out, plt)
     if lam_figure:

@@ -70,9 +70,13 @@ def train(cfg: DictConfig) -> dict:
     # holds (callbacks such as weight averaging would otherwise swap weights in and out).
     checkpoint = trainer.checkpoint_callback
     ckpt_path = checkpoint.best_model_path if checkpoint is not None else ""
+    # Its val pass is not logged: the loggers' val curves stay one point per training epoch.
+    ckpt = ckpt_path or None
+    val = instantiate(cfg.trainer, callbacks=[], logger=False).validate(
+        model, datamodule=datamodule, ckpt_path=ckpt
+    )[0]
     evaluator: pl.Trainer = instantiate(cfg.trainer, callbacks=[], logger=loggers)
-    val = evaluator.validate(model, datamodule=datamodule, ckpt_path=ckpt_path or None)[0]
-    test = evaluator.test(model, datamodule=datamodule, ckpt_path=ckpt_path or None)[0]
+    test = evaluator.test(model, datamodule=datamodule, ckpt_path=ckpt)[0]
 
     results = {
         "val": {k.removeprefix("val/"): float(v) for k, v in val.items()},

@@ -1,0 +1,131 @@
+import json
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from mtcsnn.outputs import predictions_csv
+from mtcsnn.report import collect_runs, group_runs, main, ovr_auroc, paired_difference
+
+TEST_AUROC = {
+    ("ce", 1): 0.70,
+    ("ce", 2): 0.72,
+    ("ce", 3): 0.74,
+    ("mtcsnn", 1): 0.71,
+    ("mtcsnn", 2): 0.75,
+    ("mtcsnn", 3): 0.76,
+}
+
+
+def fake_predictions(grades: np.ndarray, skill: float, seed: int) -> dict:
+    import torch
+
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(len(grades), 5)) + skill * np.eye(5)[grades]
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return {
+        "index": torch.arange(len(grades)),
+        "grade": torch.from_numpy(grades),
+        "probs": torch.from_numpy(probs).float(),
+        "score": torch.zeros(len(grades)),
+    }
+
+
+def write_run(folder, loss: str, seed: int, grades: np.ndarray, skill: float, lam=None):
+    folder.mkdir(parents=True)
+    (folder / ".hydra").mkdir()
+    (folder / ".hydra" / "config.yaml").write_text("seed: 1\n")
+    auroc = TEST_AUROC[(loss, seed)]
+    config = {"seed": seed, "model": {"net": {"backbone": "resnet18"}}, "loss": {}}
+    if loss == "mtcsnn":
+        config["loss"]["lam"] = 0.5 if lam is None else lam
+    metrics = {
+        "val": {"auroc": auroc + 0.05, "acc": 0.5, "kappa": 0.5, "mae": 0.8},
+        "test": {"auroc": auroc, "acc": 0.5, "kappa": 0.4, "mae": 0.9},
+        "test_confusion": np.eye(5, dtype=int).tolist(),
+        "seed": seed,
+        "choices": {"model": "resnet18", "loss": loss},
+        "config": config,
+    }
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "csv").mkdir()
+    curve = "".join(f"{e},{auroc + 0.01 * e},\n" for e in range(3))
+    (folder / "csv" / "metrics.csv").write_text("epoch,val/auroc,train/loss\n" + curve)
+    (folder / "test_predictions.csv").write_text(
+        predictions_csv(fake_predictions(grades, skill, seed))
+    )
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    grades = np.arange(100) % 5
+    job = 0
+    for loss, skill in (("ce", 0.5), ("mtcsnn", 3.0)):
+        for seed in (1, 2, 3):
+            write_run(tmp_path / str(job), loss, seed, grades, skill)
+            job += 1
+    # an unfinished job and one that lost its predictions
+    (tmp_path / "6" / ".hydra").mkdir(parents=True)
+    (tmp_path / "6" / ".hydra" / "config.yaml").write_text("seed: 4\n")
+    write_run(tmp_path / "7", "ce", 1, grades, 0.5)
+    (tmp_path / "7" / "test_predictions.csv").unlink()
+    return tmp_path
+
+
+def test_runs_grouped_by_what_differs_and_skips_explained(sweep):
+    runs, skipped = collect_runs(sweep)
+    assert len(runs) == 6
+    assert {p.name: why for p, why in skipped} == {
+        "6": "unfinished: no metrics.json",
+        "7": "missing test_predictions.csv",
+    }
+    groups = group_runs(runs)
+    labels = {tuple(v for _, v in config): len(r) for config, r in groups.items()}
+    assert labels == {("ce",): 3, ("mtcsnn",): 3}  # seeds and the ce-less lam do not split
+
+
+def test_report_table_has_exact_means_and_the_skips(sweep, capsys):
+    assert main([str(sweep), "--bootstrap", "200"]) == 0
+    table = (sweep / "results.md").read_text()
+    ce_mean, ce_std = np.mean([0.70, 0.72, 0.74]), np.std([0.70, 0.72, 0.74], ddof=1)
+    mt_mean, mt_std = np.mean([0.71, 0.75, 0.76]), np.std([0.71, 0.75, 0.76], ddof=1)
+    assert f"| loss=ce | 3 | {ce_mean:.4f} +/- {ce_std:.4f} |" in table
+    assert f"| loss=mtcsnn | 3 | {mt_mean:.4f} +/- {mt_std:.4f} |" in table
+    assert "| loss=mtcsnn | loss=ce | 3 |" in table
+    assert "unfinished: no metrics.json" in table and "missing test_predictions.csv" in table
+    err = capsys.readouterr().err
+    assert "skipped" in err and "7" in err
+    for figure in ("confusion_matrix.png", "roc_curves.png", "val_curves.png"):
+        assert (sweep / figure).stat().st_size > 1000
+
+
+def test_report_on_a_single_run(sweep, tmp_path):
+    assert main([str(sweep / "0"), "--bootstrap", "50"]) == 0
+    assert "| all runs | 1 | 0.7000 |" in (sweep / "0" / "results.md").read_text()
+
+
+def test_report_on_a_folder_without_runs(tmp_path, capsys):
+    assert main([str(tmp_path)]) == 1
+    assert "no finished runs" in capsys.readouterr().err
+
+
+def test_paired_bootstrap_sees_a_real_difference(sweep):
+    groups = group_runs(collect_runs(sweep)[0])
+    by_loss = {dict(c)["choices.loss"]: {r.seed: r for r in runs} for c, runs in groups.items()}
+    pairs = [(by_loss["mtcsnn"][s], by_loss["ce"][s]) for s in (1, 2, 3)]
+    point, low, high = paired_difference(pairs, "auroc", num_resamples=300)
+    assert 0 < low < point < high
+    # a run against itself differs by exactly nothing
+    same = [(by_loss["ce"][s], by_loss["ce"][s]) for s in (1, 2, 3)]
+    assert paired_difference(same, "acc", num_resamples=50) == (0.0, 0.0, 0.0)
+
+
+def test_rank_auroc_equals_scikit_learn_with_ties():
+    rng = np.random.default_rng(1)
+    grades = rng.integers(0, 5, size=(3, 200))
+    probs = rng.integers(0, 4, size=(3, 200, 5)).astype(float)  # many ties
+    ours = ovr_auroc(grades, probs)
+    for b in range(3):
+        per_class = [roc_auc_score(grades[b] == c, probs[b, :, c]) for c in range(5)]
+        assert math.isclose(ours[b], np.mean(per_class), abs_tol=1e-12)
