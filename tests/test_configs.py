@@ -73,3 +73,20 @@ def test_bad_values_name_the_key_and_what_is_allowed(tiny_cfg, override, key, hi
     with pytest.raises(ConfigError) as info:
         check_config(cfg)
     assert key in str(info.value) and hint in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("experiment", "params"),
+    [
+        ("paper_table", {"model": "resnet18,resnet34,resnet50", "loss": "ce,mtcsnn"}),
+        ("lambda_sweep", {"loss.lam": "0,0.1,0.25,0.5,1,2"}),
+    ],
+)
+def test_experiment_sweeps_compose(tiny_cfg, experiment, params):
+    cfg = tiny_cfg(f"experiment={experiment}")
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+    sweep = cfg.hydra.sweeper.params
+    for key, value in params.items():
+        assert sweep[key] == value
+    assert len(str(sweep.seed).split(",")) >= 5
+    assert cfg.task_name == experiment
