@@ -31,6 +31,8 @@ def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
         cfg.hydra.runtime.output_dir = str(output_dir)
         cfg.hydra.job.num = 0
     HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # as in a @hydra.main task: the hydra node is reached via HydraConfig
     return cfg
 
 

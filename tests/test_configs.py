@@ -1,5 +1,6 @@
 import pytest
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
 from mtcsnn.config import check_config
@@ -84,8 +85,9 @@ def test_bad_values_name_the_key_and_what_is_allowed(tiny_cfg, override, key, hi
 )
 def test_experiment_sweeps_compose(tiny_cfg, experiment, params):
     cfg = tiny_cfg(f"experiment={experiment}")
-    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
-    sweep = cfg.hydra.sweeper.params
+    hydra_cfg = HydraConfig.get()
+    assert str(hydra_cfg.mode) == "RunMode.MULTIRUN"
+    sweep = hydra_cfg.sweeper.params
     for key, value in params.items():
         assert sweep[key] == value
     assert len(str(sweep.seed).split(",")) >= 5

@@ -51,6 +51,14 @@ def check_config(cfg: DictConfig) -> None:
             "it counts images and must be an even number >= 2 (each batch is batch_size/2 pairs)",
         )
 
+    metric = OmegaConf.select(cfg, "optimized_metric")
+    if metric is not None and not str(metric).startswith("val/"):
+        raise ConfigError(
+            "optimized_metric",
+            metric,
+            "it picks the checkpoint and steers searches: use a val metric, e.g. val/auroc",
+        )
+
     max_epochs = OmegaConf.select(cfg, "trainer.max_epochs")
     if max_epochs is not None and not (isinstance(max_epochs, int) and max_epochs >= 1):
         raise ConfigError("trainer.max_epochs", max_epochs, "it must be an integer >= 1")

@@ -112,6 +112,10 @@ def train(cfg: DictConfig) -> dict:
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
+        if cfg.get("hparams_search"):
+            from mtcsnn.search import search
+
+            return search(cfg)
         results = train(cfg)
     except MTCSNNError as err:
         raise SystemExit(f"error: {err}") from None

@@ -1,0 +1,120 @@
+"""Hyper-parameter search: an Optuna study whose trials are whole training runs.
+
+Started by ``python -m mtcsnn.train hparams_search=<name>``. The search space lives in the
+``hparams_search.params`` section of the config (``{type: float|int|categorical, ...}``); each
+trial composes the train config with the user's overrides plus its suggested values, trains in
+``<run dir>/trial_NNN`` and returns ``optimized_metric`` (a val metric: the test split never
+steers the search).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import optuna
+from hydra import compose
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from mtcsnn.config import check_config
+from mtcsnn.errors import ConfigError, MTCSNNError
+from mtcsnn.outputs import write_json
+
+log = logging.getLogger(__name__)
+PARAM_TYPES = ("float", "int", "categorical")
+
+
+def suggest(trial: optuna.Trial, name: str, spec: dict) -> object:
+    kind = spec.get("type")
+    if kind == "float":
+        return trial.suggest_float(name, spec["low"], spec["high"], log=spec.get("log", False))
+    if kind == "int":
+        return trial.suggest_int(name, spec["low"], spec["high"], log=spec.get("log", False))
+    if kind == "categorical":
+        return trial.suggest_categorical(name, list(spec["choices"]))
+    raise ConfigError(
+        f"hparams_search.params.{name}.type", kind, "choose one of: " + ", ".join(PARAM_TYPES)
+    )
+
+
+def trial_config(overrides: list[str], output_dir: Path) -> DictConfig:
+    """The train config of one trial, with its output dir set as Hydra would set it."""
+    cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hparams_search = None
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # as in a @hydra.main task: the hydra node is reached via HydraConfig
+    return cfg
+
+
+def search(cfg: DictConfig) -> float:
+    from mtcsnn.train import train
+
+    spec = OmegaConf.to_container(cfg.hparams_search, resolve=True)
+    metric = cfg.optimized_metric
+    check_config(cfg)  # among others: the metric is a val metric
+    stage, name = metric.split("/", 1)
+    out_dir = Path(cfg.paths.output_dir)
+    user_overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra.")]
+    outer = HydraConfig.instance().cfg  # each trial sets its own; restored at the end
+
+    study = optuna.create_study(
+        study_name=spec["study_name"],
+        storage=spec.get("storage"),
+        direction=spec.get("direction", "maximize"),
+        load_if_exists=True,
+        sampler=None,
+    )
+    # A resumed study must not redraw the same start-up points: offset the seed by its size.
+    study.sampler = optuna.samplers.TPESampler(seed=spec.get("sampler_seed", 0) + len(study.trials))
+
+    def objective(trial: optuna.Trial) -> float:
+        values = {key: suggest(trial, key, s) for key, s in spec["params"].items()}
+        trial_dir = out_dir / f"trial_{trial.number:03d}"
+        overrides = user_overrides + [f"{k}={v}" for k, v in values.items()]
+        trial.set_user_attr("run_dir", str(trial_dir))
+        trial_cfg = trial_config(overrides, trial_dir)
+        check_config(trial_cfg)
+        return float(train(trial_cfg)[stage][name])
+
+    try:
+        study.optimize(objective, n_trials=spec["n_trials"], catch=(MTCSNNError,))
+    finally:
+        HydraConfig.instance().cfg = outer
+        write_json(out_dir / "search.json", study_summary(study, metric))
+    best = study.best_trial
+    log.info(
+        "best %s %.4f with %s (%s)", metric, best.value, best.params, best.user_attrs["run_dir"]
+    )
+    return best.value
+
+
+def study_summary(study: optuna.Study, metric: str) -> dict:
+    finished = [t for t in study.trials if t.value is not None]
+    best = study.best_trial if finished else None
+    return {
+        "study_name": study.study_name,
+        "metric": metric,
+        "direction": study.direction.name.lower(),
+        "best": None
+        if best is None
+        else {
+            "number": best.number,
+            "value": best.value,
+            "params": best.params,
+            "run_dir": best.user_attrs.get("run_dir"),
+        },
+        "trials": [
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "value": t.value,
+                "params": t.params,
+                "run_dir": t.user_attrs.get("run_dir"),
+            }
+            for t in study.trials
+        ],
+    }

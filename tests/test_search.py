@@ -1,0 +1,61 @@
+import json
+
+import pytest
+from test_train import run_cli
+
+TINY_SEARCH = [
+    "hparams_search=resnet18_optuna",
+    "data=synthetic",
+    "data.num_train=40",
+    "data.num_val=20",
+    "data.num_test=20",
+    "trainer.max_epochs=1",
+]
+
+
+@pytest.mark.slow
+def test_search_trains_each_trial_and_resumes_a_stored_study(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    first = run_cli(
+        *TINY_SEARCH,
+        "hparams_search.n_trials=2",
+        f"hparams_search.storage={storage}",
+        f"hydra.run.dir={tmp_path / 'a'}",
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    summary = json.loads((tmp_path / "a" / "search.json").read_text())
+    assert [t["state"] for t in summary["trials"]] == ["COMPLETE", "COMPLETE"]
+    values = []
+    for trial in summary["trials"]:
+        metrics = json.loads(
+            (tmp_path / "a" / f"trial_{trial['number']:03d}" / "metrics.json").read_text()
+        )
+        # the trial really ran with its suggested values, and reports its own val AUROC
+        assert (
+            metrics["config"]["model"]["optimizer"]["lr"] == trial["params"]["model.optimizer.lr"]
+        )
+        assert metrics["config"]["loss"]["lam"] == trial["params"]["loss.lam"]
+        assert trial["value"] == pytest.approx(metrics["val"]["auroc"])
+        values.append(trial["value"])
+    assert summary["best"]["value"] == max(values)
+    assert summary["metric"] == "val/auroc"
+
+    again = run_cli(
+        *TINY_SEARCH,
+        "hparams_search.n_trials=1",
+        f"hparams_search.storage={storage}",
+        f"hydra.run.dir={tmp_path / 'b'}",
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = json.loads((tmp_path / "b" / "search.json").read_text())
+    assert len(resumed["trials"]) == 3
+    params = [tuple(sorted(t["params"].items())) for t in resumed["trials"]]
+    assert len(set(params)) == 3  # the resumed sampler does not redraw earlier points
+
+
+@pytest.mark.slow
+def test_search_refuses_a_test_metric(tmp_path):
+    proc = run_cli(*TINY_SEARCH, "optimized_metric=test/auroc", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode != 0
+    assert "optimized_metric" in proc.stderr and "use a val metric" in proc.stderr
+    assert "Traceback" not in proc.stderr
