@@ -316,13 +316,16 @@ def val_curve(run: Run) -> tuple[np.ndarray, np.ndarray] | None:
     path = run.path / "csv" / "metrics.csv"
     if not path.exists():
         return None
-    epochs, values = [], []
+    by_epoch: dict[int, float] = {}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             if row.get("val/auroc") and row.get("epoch"):
-                epochs.append(int(float(row["epoch"])))
-                values.append(float(row["val/auroc"]))
-    return (np.array(epochs), np.array(values)) if epochs else None
+                # first value of an epoch: a later evaluation logged at epoch 0 is not a curve point
+                by_epoch.setdefault(int(float(row["epoch"])), float(row["val/auroc"]))
+    if not by_epoch:
+        return None
+    epochs = np.array(sorted(by_epoch))
+    return epochs, np.array([by_epoch[e] for e in epochs])
 
 
 def write_figures(groups: dict[tuple, list[Run]], out: Path) -> list[Path]:
