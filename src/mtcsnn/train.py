@@ -33,12 +33,6 @@ def instantiate_group(group: DictConfig | None) -> list:
     return [instantiate(node) for node in group.values() if node and "_target_" in node]
 
 
-def best_epoch(ckpt_path: str) -> int | None:
-    if not ckpt_path:
-        return None
-    return int(torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=True)["epoch"])
-
-
 def config_choices() -> dict[str, str]:
     """Which file of each config group the run used, e.g. ``{"model": "resnet18"}``."""
     if not HydraConfig.initialized():
@@ -66,23 +60,25 @@ def train(cfg: DictConfig) -> dict:
     fit_seconds = time.perf_counter() - start
 
     # Model selection on val only: the test set is touched once, by the best-val checkpoint.
-    # A trainer without the training callbacks evaluates exactly the weights the checkpoint
-    # holds (callbacks such as weight averaging would otherwise swap weights in and out).
+    # Its weights are loaded here (weights_only) and evaluated by trainers without the training
+    # callbacks, so nothing swaps weights in or out; the val pass is not logged, which keeps the
+    # loggers' val curves at one point per training epoch.
     checkpoint = trainer.checkpoint_callback
     ckpt_path = checkpoint.best_model_path if checkpoint is not None else ""
-    # Its val pass is not logged: the loggers' val curves stay one point per training epoch.
-    ckpt = ckpt_path or None
-    val = instantiate(cfg.trainer, callbacks=[], logger=False).validate(
-        model, datamodule=datamodule, ckpt_path=ckpt
-    )[0]
+    epoch = None
+    if ckpt_path:
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["state_dict"])
+        epoch = int(state["epoch"])
+    val = instantiate(cfg.trainer, callbacks=[], logger=False).validate(model, datamodule)[0]
     evaluator: pl.Trainer = instantiate(cfg.trainer, callbacks=[], logger=loggers)
-    test = evaluator.test(model, datamodule=datamodule, ckpt_path=ckpt)[0]
+    test = evaluator.test(model, datamodule=datamodule)[0]
 
     results = {
         "val": {k.removeprefix("val/"): float(v) for k, v in val.items()},
         "test": {k.removeprefix("test/"): float(v) for k, v in test.items()},
         "test_confusion": model.test_confusion,
-        "best_epoch": best_epoch(ckpt_path),
+        "best_epoch": epoch,
         "best_checkpoint": ckpt_path or None,
         "monitor": checkpoint.monitor if checkpoint is not None else None,
         "epochs": trainer.current_epoch,
