@@ -70,7 +70,8 @@ def train(cfg: DictConfig) -> dict:
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["state_dict"])
         epoch = int(state["epoch"])
-    val = instantiate(cfg.trainer, callbacks=[], logger=False).validate(model, datamodule)[0]
+    validator: pl.Trainer = instantiate(cfg.trainer, callbacks=[], logger=False)
+    val = validator.validate(model, datamodule=datamodule)[0]
     evaluator: pl.Trainer = instantiate(cfg.trainer, callbacks=[], logger=loggers)
     test = evaluator.test(model, datamodule=datamodule)[0]
 
