@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import DictConfig, OmegaConf
 
 from mtcsnn.errors import ConfigError
@@ -15,9 +17,32 @@ def epoch_fractions(max_epochs: int, fractions: list[float]) -> list[int]:
     return [max(1, round(float(f) * int(max_epochs))) for f in fractions]
 
 
+def run_group(task_name: str) -> str:
+    """``<task_name>-<folder>``: the multirun folder in a sweep, so a sweep is one group."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    multirun = str(hydra_cfg.mode) == "RunMode.MULTIRUN"
+    folder = hydra_cfg.sweep.dir if multirun else hydra_cfg.runtime.output_dir
+    return f"{task_name}-{Path(folder).name}"
+
+
 def register_resolvers() -> None:
-    if not OmegaConf.has_resolver("epoch_fractions"):
-        OmegaConf.register_new_resolver("epoch_fractions", epoch_fractions)
+    for name, fn in (("epoch_fractions", epoch_fractions), ("run_group", run_group)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """``{"model": {"lr": 1}}`` -> ``{"model.lr": 1}``; lists become tuples (hashable)."""
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = tuple(value) if isinstance(value, list) else value
+    return out
 
 
 def _choice(cfg: DictConfig, key: str, allowed: tuple) -> None:

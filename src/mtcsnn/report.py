@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import rankdata
 
+from mtcsnn.config import flatten
 from mtcsnn.outputs import write_text_atomic
 
 METRICS = ("auroc", "acc", "kappa", "mae")
@@ -50,17 +51,6 @@ class Run:
     @property
     def seed(self) -> int:
         return int(self.metrics.get("seed", 0))
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = tuple(value) if isinstance(value, list) else value
-    return out
 
 
 def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -17,9 +17,11 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import WandbLogger
 
-from mtcsnn.config import check_config
+from mtcsnn.config import check_config, flatten
 from mtcsnn.errors import MTCSNNError
+from mtcsnn.loggers import finish_wandb, log_test_results, prepare_wandb, uses_wandb
 from mtcsnn.outputs import predictions_csv, versions, write_json, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -45,14 +47,30 @@ def train(cfg: DictConfig) -> dict:
     """Fit, then validate and test the best-val checkpoint; returns what ``metrics.json`` holds."""
     check_config(cfg)
     pl.seed_everything(cfg.seed, workers=True)
-    out_dir = Path(cfg.paths.output_dir)
+    wandb = uses_wandb(cfg)
+    if wandb:
+        prepare_wandb(Path(cfg.paths.output_dir))
+    failed = True
+    try:
+        results = fit_and_test(cfg)
+        failed = False
+    finally:
+        if wandb:
+            finish_wandb(failed)  # also after a failure, so the next job of a sweep starts clean
+    return results
 
+
+def fit_and_test(cfg: DictConfig) -> dict:
+    out_dir = Path(cfg.paths.output_dir)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, loss=instantiate(cfg.loss))
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
-    loggers = instantiate_group(cfg.get("logger")) or False
+    loggers = instantiate_group(cfg.get("logger"))
+    wandb_loggers = [lg for lg in loggers if isinstance(lg, WandbLogger)]
+    for lg in wandb_loggers:
+        lg.log_hyperparams(flatten(model.run_config))  # one readable column per config key
     trainer: pl.Trainer = instantiate(
-        cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=loggers
+        cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=loggers or False
     )
 
     start = time.perf_counter()
@@ -72,7 +90,7 @@ def train(cfg: DictConfig) -> dict:
         epoch = int(state["epoch"])
     validator: pl.Trainer = instantiate(cfg.trainer, callbacks=[], logger=False)
     val = validator.validate(model, datamodule=datamodule)[0]
-    evaluator: pl.Trainer = instantiate(cfg.trainer, callbacks=[], logger=loggers)
+    evaluator: pl.Trainer = instantiate(cfg.trainer, callbacks=[], logger=loggers or False)
     test = evaluator.test(model, datamodule=datamodule)[0]
 
     results = {
@@ -94,6 +112,8 @@ def train(cfg: DictConfig) -> dict:
     }
     write_text_atomic(out_dir / "test_predictions.csv", predictions_csv(model.test_predictions))
     write_json(out_dir / "metrics.json", results)
+    for lg in wandb_loggers:
+        log_test_results(lg, model, datamodule, results)
     log.info(
         "test: auroc %.4f acc %.4f kappa %.4f mae %.4f (best val epoch %s); wrote %s",
         results["test"]["auroc"],

@@ -1,0 +1,85 @@
+"""Weights & Biases around a run: offline when there is no login, plots and tables at the end."""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+NUM_EXAMPLES = 16  # test images shown in the W&B table
+
+
+def uses_wandb(cfg: DictConfig) -> bool:
+    loggers = cfg.get("logger") or {}
+    return any(str(node.get("_target_", "")).endswith("WandbLogger") for node in loggers.values())
+
+
+def has_wandb_login() -> bool:
+    """An API key in the environment or a ``wandb login`` entry in ~/.netrc."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc().authenticators(host or "") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def prepare_wandb(output_dir: Path) -> None:
+    """Log offline, never prompt, when the user has not logged in; ``WANDB_MODE`` always wins."""
+    if os.environ.get("WANDB_MODE") or has_wandb_login():
+        return
+    os.environ["WANDB_MODE"] = "offline"
+    log.warning(
+        "W&B: no API key or login found, logging offline; sync later with: wandb sync %s",
+        output_dir / "wandb" / "offline-run-*",
+    )
+
+
+def log_test_results(logger, model, datamodule, results: dict) -> None:
+    """Test metrics in the run summary, confusion matrix and ROC plots, a table of test images."""
+    import wandb
+
+    run = logger.experiment
+    run.summary.update({f"test/{k}": v for k, v in results["test"].items()})
+    run.summary.update({"best_epoch": results["best_epoch"]})
+    predictions = model.test_predictions
+    grades = predictions["grade"].tolist()
+    probs = predictions["probs"]
+    class_names = [f"grade {c}" for c in range(probs.shape[1])]
+    images, _ = datamodule.splits["test"]
+    table = wandb.Table(columns=["index", "image", "grade", "predicted", "p(predicted)", "score"])
+    for i in range(min(NUM_EXAMPLES, len(grades))):
+        index = int(predictions["index"][i])
+        pred = int(probs[i].argmax())
+        table.add_data(
+            index,
+            wandb.Image(images[index].permute(1, 2, 0).numpy()),
+            grades[i],
+            pred,
+            round(float(probs[i, pred]), 4),
+            round(float(predictions["score"][i]), 4),
+        )
+    run.log(
+        {
+            "test/confusion_matrix": wandb.plot.confusion_matrix(
+                y_true=grades, preds=probs.argmax(1).tolist(), class_names=class_names
+            ),
+            "test/roc": wandb.plot.roc_curve(grades, probs.to(torch.float64).numpy(), class_names),
+            "test/examples": table,
+        }
+    )
+
+
+def finish_wandb(failed: bool) -> None:
+    """End the W&B run of this job, so each job of a multirun is its own run."""
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish(exit_code=1 if failed else 0)

@@ -1,0 +1,90 @@
+import os
+import subprocess
+import sys
+
+import pytest
+from wandb_records import offline_run
+
+TINY = [
+    "experiment=smoke",
+    "data.num_train=40",
+    "data.num_val=20",
+    "data.num_test=20",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "logger=csv_wandb",
+]
+
+
+def run_without_login(tmp_path, *args, **env):
+    """The train CLI with no W&B key, no ~/.netrc and no WANDB_MODE unless given."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    clean.update({"HOME": str(home), "WANDB_CONFIG_DIR": str(home / ".config"), **env})
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mtcsnn.train",
+            *[a for a in args if a.startswith("--")],
+            *TINY,
+            *[a for a in args if not a.startswith("--")],
+        ],
+        capture_output=True,
+        text=True,
+        env=clean,
+        timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_no_login_logs_offline_with_summary_and_resolved_config(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_without_login(tmp_path, f"hydra.run.dir={run_dir}", "seed=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    output = proc.stdout + proc.stderr
+    assert "no API key or login found" in output and "wandb sync" in output
+    run = offline_run(run_dir)
+    for metric in ("test/auroc", "test/acc", "test/kappa", "test/mae"):
+        assert isinstance(run["summary"][metric], float)
+    # the W&B plots and the table of test images were logged with the run
+    assert run["summary"]["test/confusion_matrix_table.nrows"] == 25  # 5 x 5 grades
+    assert run["summary"]["test/roc_table.nrows"] > 0
+    assert run["summary"]["test/examples.nrows"] == 16
+    config = run["config"]
+    assert config["model.optimizer.lr"] == 0.001
+    assert config["loss.lam"] == 0.5 and config["seed"] == 3
+    assert config["model.net.backbone"] == "resnet18"
+    assert run["name"] == "resnet18-mtcsnn-lam0.5-seed3"
+    assert run["job_type"] == "smoke" and "mtcsnn" in run["tags"]
+
+
+@pytest.mark.slow
+def test_each_multirun_job_is_its_own_run_in_one_group(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    proc = run_without_login(
+        tmp_path, "--multirun", "loss=ce,mtcsnn", f"hydra.sweep.dir={sweep_dir}"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = [offline_run(sweep_dir / job) for job in ("0", "1")]
+    assert runs[0]["id"] != runs[1]["id"]
+    assert runs[0]["group"] == runs[1]["group"] == f"smoke-{sweep_dir.name}"
+    assert {r["name"] for r in runs} == {"resnet18-ce-lam0-seed42", "resnet18-mtcsnn-lam0.5-seed42"}
+    for run in runs:  # each job finished with its own test metrics
+        assert "test/auroc" in run["summary"]
+
+
+@pytest.mark.slow
+def test_api_key_never_lands_in_a_written_file(tmp_path):
+    secret = "fake0123456789abcdef0123456789abcdef0123"
+    run_dir = tmp_path / "run"
+    proc = run_without_login(
+        tmp_path, f"hydra.run.dir={run_dir}", WANDB_API_KEY=secret, WANDB_MODE="offline"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert secret not in proc.stdout + proc.stderr
+    written = [p for p in run_dir.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".wandb" for p in written) and len(written) > 5
+    for path in written:
+        assert secret.encode() not in path.read_bytes(), path
