@@ -43,6 +43,9 @@ def trial_config(overrides: list[str], output_dir: Path) -> DictConfig:
     cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(output_dir)
+        # the trials of one search form one sweep (one W&B group)
+        cfg.hydra.mode = "MULTIRUN"
+        cfg.hydra.sweep.dir = str(output_dir.parent)
         cfg.hparams_search = None
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
