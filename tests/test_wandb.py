@@ -88,3 +88,22 @@ def test_api_key_never_lands_in_a_written_file(tmp_path):
     assert any(p.suffix == ".wandb" for p in written) and len(written) > 5
     for path in written:
         assert secret.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.slow
+def test_best_checkpoint_as_artifact_offline(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_without_login(tmp_path, f"hydra.run.dir={run_dir}", "logger.wandb.log_model=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = offline_run(run_dir)
+    assert ("model", ["model.ckpt"]) in run["artifacts"]
+    assert run["exit_code"] == 0
+
+
+@pytest.mark.slow
+def test_a_failing_job_still_finishes_its_run(tmp_path):
+    run_dir = tmp_path / "run"
+    # one training image cannot form a pair: the job fails inside fit
+    proc = run_without_login(tmp_path, f"hydra.run.dir={run_dir}", "data.num_train=1")
+    assert proc.returncode != 0
+    assert offline_run(run_dir)["exit_code"] == 1

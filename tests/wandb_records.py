@@ -49,7 +49,7 @@ def offline_run(run_dir: Path) -> dict:
     """Group, name, config and final summary of the one offline W&B run under ``run_dir``."""
     files = list(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))
     assert len(files) == 1, files
-    run, config, summary = {}, {}, {}
+    run, config, summary, artifacts, exit_code = {}, {}, {}, [], None
     for record in read_records(files[0]):
         kind = record.WhichOneof("record_type")
         if kind == "run":
@@ -65,8 +65,21 @@ def offline_run(run_dir: Path) -> dict:
         elif kind == "config":
             for item in record.config.update:
                 config[item.key] = json.loads(item.value_json)
+        elif kind == "artifact":
+            artifacts.append(
+                (record.artifact.type, [m.path for m in record.artifact.manifest.contents])
+            )
+        elif kind == "exit":
+            exit_code = record.exit.exit_code
         elif kind == "summary":
             for item in record.summary.update:
                 key = item.key or ".".join(item.nested_key)
                 summary[key] = json.loads(item.value_json)
-    return {**run, "config": config, "summary": summary, "file": files[0]}
+    return {
+        **run,
+        "config": config,
+        "summary": summary,
+        "artifacts": artifacts,
+        "exit_code": exit_code,
+        "file": files[0],
+    }
