@@ -133,10 +133,10 @@ def test_rank_auroc_equals_scikit_learn_with_ties():
 
 @pytest.mark.slow
 def test_synthetic_paper_table_runs_and_reports(tmp_path):
-    from test_train import run_cli
+    from cli import run_train
 
     sweep_dir = tmp_path / "paper_table"
-    proc = run_cli(
+    proc = run_train(
         "experiment=paper_table",
         "data=synthetic",
         "data.num_train=40",

@@ -1,7 +1,7 @@
 import json
 
 import pytest
-from test_train import run_cli
+from cli import run_train
 
 TINY_SEARCH = [
     "hparams_search=resnet18_optuna",
@@ -16,7 +16,7 @@ TINY_SEARCH = [
 @pytest.mark.slow
 def test_search_trains_each_trial_and_resumes_a_stored_study(tmp_path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    first = run_cli(
+    first = run_train(
         *TINY_SEARCH,
         "hparams_search.n_trials=2",
         f"hparams_search.storage={storage}",
@@ -40,7 +40,7 @@ def test_search_trains_each_trial_and_resumes_a_stored_study(tmp_path):
     assert summary["best"]["value"] == max(values)
     assert summary["metric"] == "val/auroc"
 
-    again = run_cli(
+    again = run_train(
         *TINY_SEARCH,
         "hparams_search.n_trials=1",
         f"hparams_search.storage={storage}",
@@ -55,7 +55,7 @@ def test_search_trains_each_trial_and_resumes_a_stored_study(tmp_path):
 
 @pytest.mark.slow
 def test_search_refuses_a_test_metric(tmp_path):
-    proc = run_cli(*TINY_SEARCH, "optimized_metric=test/auroc", f"hydra.run.dir={tmp_path}")
+    proc = run_train(*TINY_SEARCH, "optimized_metric=test/auroc", f"hydra.run.dir={tmp_path}")
     assert proc.returncode != 0
     assert "optimized_metric" in proc.stderr and "use a val metric" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -1,12 +1,10 @@
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli import run_train
 from sklearn.metrics import accuracy_score, cohen_kappa_score, roc_auc_score
 
 from mtcsnn.train import train
@@ -74,22 +72,10 @@ def test_short_real_data_train(tiny_cfg, tmp_path, real_data_dir):
     assert 0.0 <= metrics["test"]["auroc"] <= 1.0
 
 
-def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None):
-    full_env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "mtcsnn.train", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        cwd=cwd,
-        timeout=600,
-    )
-
-
 @pytest.mark.slow
 def test_multirun_smoke_gives_each_job_its_own_metrics(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    proc = run_cli(
+    proc = run_train(
         "--multirun",
         "experiment=smoke",
         "loss=ce,mtcsnn",
@@ -121,7 +107,7 @@ def test_multirun_smoke_gives_each_job_its_own_metrics(tmp_path):
     ],
 )
 def test_cli_config_errors_are_one_clear_message(tmp_path, args, expected):
-    proc = run_cli("experiment=smoke", f"hydra.run.dir={tmp_path}", *args)
+    proc = run_train("experiment=smoke", f"hydra.run.dir={tmp_path}", *args)
     assert proc.returncode != 0
     for text in expected:
         assert text in proc.stderr
@@ -132,7 +118,7 @@ def test_cli_config_errors_are_one_clear_message(tmp_path, args, expected):
 def test_cli_missing_dataset_offline(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    proc = run_cli(
+    proc = run_train(
         "data.download=false",
         f"hydra.run.dir={tmp_path / 'run'}",
         env={"MTCSNN_DATA_DIR": str(empty)},

@@ -1,8 +1,7 @@
 import os
-import subprocess
-import sys
 
 import pytest
+from cli import run_train
 from wandb_records import offline_run
 
 TINY = [
@@ -22,20 +21,7 @@ def run_without_login(tmp_path, *args, **env):
     home.mkdir(exist_ok=True)
     clean = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     clean.update({"HOME": str(home), "WANDB_CONFIG_DIR": str(home / ".config"), **env})
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mtcsnn.train",
-            *[a for a in args if a.startswith("--")],
-            *TINY,
-            *[a for a in args if not a.startswith("--")],
-        ],
-        capture_output=True,
-        text=True,
-        env=clean,
-        timeout=600,
-    )
+    return run_train(*TINY, *args, env=clean, inherit=False)
 
 
 @pytest.mark.slow

@@ -1,0 +1,24 @@
+"""Run the train CLI in a subprocess, as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+
+def run_train(*args: str, env: dict | None = None, inherit: bool = True):
+    """``python -m mtcsnn.train`` with ``args``; flags such as ``--multirun`` go first.
+
+    With ``inherit`` the current environment (W&B offline) is the base, else only ``env``.
+    """
+    base = {**os.environ, "WANDB_MODE": "offline"} if inherit else {}
+    flags = [a for a in args if a.startswith("--")]
+    overrides = [a for a in args if not a.startswith("--")]
+    return subprocess.run(
+        [sys.executable, "-m", "mtcsnn.train", *flags, *overrides],
+        capture_output=True,
+        text=True,
+        env={**base, **(env or {})},
+        timeout=600,
+    )
