@@ -19,9 +19,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 
+from mtcsnn.checkpoint import build_module
 from mtcsnn.config import check_config, flatten
 from mtcsnn.errors import MTCSNNError
 from mtcsnn.loggers import finish_wandb, log_test_results, prepare_wandb, uses_wandb
+from mtcsnn.models import MTCSNNModule
 from mtcsnn.outputs import predictions_csv, versions, write_json, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -63,7 +65,7 @@ def train(cfg: DictConfig) -> dict:
 def fit_and_test(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.paths.output_dir)
     datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model, loss=instantiate(cfg.loss))
+    model = build_module(cfg)
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
     loggers = instantiate_group(cfg.get("logger"))
     wandb_loggers = [lg for lg in loggers if isinstance(lg, WandbLogger)]
@@ -88,14 +90,11 @@ def fit_and_test(cfg: DictConfig) -> dict:
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["state_dict"])
         epoch = int(state["epoch"])
-    validator: pl.Trainer = instantiate(cfg.trainer, callbacks=[], logger=False)
-    val = validator.validate(model, datamodule=datamodule)[0]
-    evaluator: pl.Trainer = instantiate(cfg.trainer, callbacks=[], logger=loggers or False)
-    test = evaluator.test(model, datamodule=datamodule)[0]
+    val, test = validate_and_test(model, datamodule, cfg.trainer, loggers)
 
     results = {
-        "val": {k.removeprefix("val/"): float(v) for k, v in val.items()},
-        "test": {k.removeprefix("test/"): float(v) for k, v in test.items()},
+        "val": val,
+        "test": test,
         "test_confusion": model.test_confusion,
         "best_epoch": epoch,
         "best_checkpoint": ckpt_path or None,
@@ -110,10 +109,37 @@ def fit_and_test(cfg: DictConfig) -> dict:
         "versions": versions(),
         "config": model.run_config,
     }
-    write_text_atomic(out_dir / "test_predictions.csv", predictions_csv(model.test_predictions))
-    write_json(out_dir / "metrics.json", results)
+    write_outputs(out_dir, model, results)
     for lg in wandb_loggers:
         log_test_results(lg, model, datamodule, results)
+    log_results(results, out_dir)
+    return results
+
+
+def validate_and_test(
+    model: pl.LightningModule,
+    datamodule: pl.LightningDataModule,
+    trainer_cfg: DictConfig,
+    loggers: list | None = None,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """One val pass (not logged) and one test pass (logged) of ``model`` as it is now."""
+    validator: pl.Trainer = instantiate(trainer_cfg, callbacks=[], logger=False)
+    val = validator.validate(model, datamodule=datamodule)[0]
+    evaluator: pl.Trainer = instantiate(trainer_cfg, callbacks=[], logger=loggers or False)
+    test = evaluator.test(model, datamodule=datamodule)[0]
+    return (
+        {k.removeprefix("val/"): float(v) for k, v in val.items()},
+        {k.removeprefix("test/"): float(v) for k, v in test.items()},
+    )
+
+
+def write_outputs(out_dir: Path, model: MTCSNNModule, results: dict) -> None:
+    """``test_predictions.csv`` then ``metrics.json`` (the file that marks a finished run)."""
+    write_text_atomic(out_dir / "test_predictions.csv", predictions_csv(model.test_predictions))
+    write_json(out_dir / "metrics.json", results)
+
+
+def log_results(results: dict, out_dir: Path) -> None:
     log.info(
         "test: auroc %.4f acc %.4f kappa %.4f mae %.4f (best val epoch %s); wrote %s",
         results["test"]["auroc"],
@@ -123,7 +149,6 @@ def fit_and_test(cfg: DictConfig) -> dict:
         results["best_epoch"],
         out_dir / "metrics.json",
     )
-    return results
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")

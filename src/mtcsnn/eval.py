@@ -1,0 +1,58 @@
+"""``python -m mtcsnn.eval ckpt_path=...``: re-evaluate a checkpoint on val and test.
+
+The data and model are rebuilt from the config saved in the checkpoint, so the numbers equal
+those of the run that wrote it; ``metrics.json`` and ``test_predictions.csv`` go to the
+output dir as in training.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig, open_dict
+
+from mtcsnn.checkpoint import load_checkpoint
+from mtcsnn.errors import MTCSNNError
+from mtcsnn.outputs import versions
+from mtcsnn.train import CONFIG_PATH, log_results, validate_and_test, write_outputs
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    start = time.perf_counter()
+    ckpt = load_checkpoint(cfg.ckpt_path)
+    data_cfg = ckpt.config.data
+    if cfg.get("data_root") and "root" in data_cfg:
+        with open_dict(data_cfg):
+            data_cfg.root = str(cfg.data_root)
+    datamodule = instantiate(data_cfg)
+    val, test = validate_and_test(ckpt.module, datamodule, cfg.trainer)
+    out_dir = Path(cfg.paths.output_dir)
+    results = {
+        "val": val,
+        "test": test,
+        "test_confusion": ckpt.module.test_confusion,
+        "best_epoch": ckpt.epoch,
+        "best_checkpoint": str(ckpt.path.resolve()),
+        "seed": ckpt.config.get("seed"),
+        "wall_time_s": {"total": round(time.perf_counter() - start, 2)},
+        "versions": versions(),
+        "config": ckpt.module.run_config,
+    }
+    write_outputs(out_dir, ckpt.module, results)
+    log_results(results, out_dir)
+    return results
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
+def main(cfg: DictConfig) -> float:
+    try:
+        return evaluate(cfg)["test"]["auroc"]
+    except MTCSNNError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+if __name__ == "__main__":
+    main()
