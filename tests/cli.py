@@ -1,4 +1,4 @@
-"""Run the train CLI in a subprocess, as a user would."""
+"""Run the command-line tools in a subprocess, as a user would."""
 
 from __future__ import annotations
 
@@ -8,7 +8,12 @@ import sys
 
 
 def run_train(*args: str, env: dict | None = None, inherit: bool = True):
-    """``python -m mtcsnn.train`` with ``args``; flags such as ``--multirun`` go first.
+    """``python -m mtcsnn.train`` with ``args``; flags such as ``--multirun`` go first."""
+    return run_module("mtcsnn.train", *args, env=env, inherit=inherit)
+
+
+def run_module(module: str, *args: str, env: dict | None = None, inherit: bool = True):
+    """``python -m <module>`` with ``args``; flags such as ``--multirun`` go first.
 
     With ``inherit`` the current environment (W&B offline) is the base, else only ``env``.
     """
@@ -16,7 +21,7 @@ def run_train(*args: str, env: dict | None = None, inherit: bool = True):
     flags = [a for a in args if a.startswith("--")]
     overrides = [a for a in args if not a.startswith("--")]
     return subprocess.run(
-        [sys.executable, "-m", "mtcsnn.train", *flags, *overrides],
+        [sys.executable, "-m", module, *flags, *overrides],
         capture_output=True,
         text=True,
         env={**base, **(env or {})},

@@ -56,7 +56,7 @@ def tiny_cfg(tmp_path: Path):
     GlobalHydra.instance().clear()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def real_data_dir() -> Path:
     if not REAL_NPZ.exists():
         pytest.skip(f"real RetinaMNIST not found at {REAL_NPZ} (set MTCSNN_DATA_DIR to its folder)")
