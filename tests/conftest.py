@@ -13,7 +13,9 @@ import mtcsnn  # noqa: F401  (registers the config resolvers)
 from mtcsnn.train import CONFIG_PATH
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("MTCSNN_DATA_DIR", ROOT.parent / "shared" / "data"))
+DATA_DIR = Path(os.environ.get("MTCSNN_DATA_DIR", ROOT.parent / "shared" / "data")).resolve()
+# Absolute, so the notebooks (run by nbmake from notebooks/) and subprocesses find it too.
+os.environ["MTCSNN_DATA_DIR"] = str(DATA_DIR)
 REAL_NPZ = DATA_DIR / "retinamnist.npz"
 
 # W&B must never reach the network or ask for a key in tests.

@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import hydra
-import matplotlib
 import torch
 from omegaconf import DictConfig
 
@@ -23,11 +22,11 @@ log = logging.getLogger(__name__)
 
 def overlay_png(image: torch.Tensor, cam: torch.Tensor, title: str, path: Path) -> None:
     """The image and the image with its Grad-CAM map on top, side by side."""
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     rgb = image.permute(1, 2, 0).cpu().numpy()
-    fig, axes = plt.subplots(1, 2, figsize=(5, 2.8))
+    fig = Figure(figsize=(5, 2.8))
+    axes = fig.subplots(1, 2)
     axes[0].imshow(rgb)
     axes[1].imshow(rgb)
     axes[1].imshow(cam.cpu().numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
@@ -37,7 +36,6 @@ def overlay_png(image: torch.Tensor, cam: torch.Tensor, title: str, path: Path) 
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def file_stem(name: str) -> str:

@@ -319,11 +319,10 @@ def val_curve(run: Run) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def write_figures(groups: dict[tuple, list[Run]], out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # Figure objects without pyplot: no global backend switch, so this also works inside a
+    # notebook without breaking its inline plots.
     import torch
+    from matplotlib.figure import Figure
     from torchmetrics.functional.classification import multiclass_roc
 
     written = []
@@ -332,7 +331,8 @@ def write_figures(groups: dict[tuple, list[Run]], out: Path) -> list[Path]:
     title = f"{label(best)} ({len(best_runs)} seed(s), best mean val AUROC)"
 
     confusion = sum(np.array(r.metrics["test_confusion"]) for r in best_runs)
-    fig, ax = plt.subplots(figsize=(5, 4.5))
+    fig = Figure(figsize=(5, 4.5))
+    ax = fig.subplots()
     ax.imshow(confusion, cmap="Blues")
     for (i, j), v in np.ndenumerate(confusion):
         ax.text(
@@ -348,12 +348,12 @@ def write_figures(groups: dict[tuple, list[Run]], out: Path) -> list[Path]:
     fig.tight_layout()
     written.append(out / "confusion_matrix.png")
     fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
 
     grades = torch.from_numpy(np.concatenate([r.grades for r in best_runs]))
     probs = torch.from_numpy(np.concatenate([r.probs for r in best_runs])).float()
     fpr, tpr, _ = multiclass_roc(probs, grades, num_classes=probs.shape[1])
-    fig, ax = plt.subplots(figsize=(5, 4.5))
+    fig = Figure(figsize=(5, 4.5))
+    ax = fig.subplots()
     for c in range(probs.shape[1]):
         ax.plot(fpr[c].numpy(), tpr[c].numpy(), label=f"grade {c} vs rest")
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
@@ -367,7 +367,6 @@ def write_figures(groups: dict[tuple, list[Run]], out: Path) -> list[Path]:
     fig.tight_layout()
     written.append(out / "roc_curves.png")
     fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
 
     curves = {}
     for config, runs in sorted(groups.items(), key=lambda kv: label(kv[0])):
@@ -379,7 +378,8 @@ def write_figures(groups: dict[tuple, list[Run]], out: Path) -> list[Path]:
                 np.mean([c[1][:length] for c in found], 0),
             )
     if curves:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        fig = Figure(figsize=(7, 4.5))
+        ax = fig.subplots()
         for name, (epochs, mean) in curves.items():
             ax.plot(epochs, mean, label=name)
         ax.set(xlabel="epoch", ylabel="val AUROC (mean over seeds)", title="validation curves")
@@ -387,15 +387,14 @@ def write_figures(groups: dict[tuple, list[Run]], out: Path) -> list[Path]:
         fig.tight_layout()
         written.append(out / "val_curves.png")
         fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
 
-    lam_figure = lambda_figure(groups, out, plt)
+    lam_figure = lambda_figure(groups, out)
     if lam_figure:
         written.append(lam_figure)
     return written
 
 
-def lambda_figure(groups: dict[tuple, list[Run]], out: Path, plt) -> Path | None:
+def lambda_figure(groups: dict[tuple, list[Run]], out: Path) -> Path | None:
     """Test AUROC against lambda (CE counts as lambda 0), one line per other setting."""
     series: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for config, runs in groups.items():
@@ -413,7 +412,10 @@ def lambda_figure(groups: dict[tuple, list[Run]], out: Path, plt) -> Path | None
             series[label(rest)][float(lam)].append(run.metrics["test"]["auroc"])
     if not any(len(points) > 1 for points in series.values()):
         return None
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 4))
+    ax = fig.subplots()
     for name, points in sorted(series.items()):
         lams = sorted(points)
         means = [np.mean(points[x]) for x in lams]
@@ -426,7 +428,6 @@ def lambda_figure(groups: dict[tuple, list[Run]], out: Path, plt) -> Path | None
     fig.tight_layout()
     path = out / "auroc_vs_lambda.png"
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
