@@ -60,7 +60,8 @@ def explain(cfg: DictConfig) -> tuple[list[Path], list[tuple[str, str]]]:
             probs = net(x).logits.softmax(-1)[0]
         grade = int(probs.argmax())
         cam = grad_cam(net, x, torch.tensor([grade], device=device), layer)[0]
-        path = out_dir / f"{file_stem(source.name)}_gradcam.png"
+        name = source.name if source.key else str(source.path.with_suffix(""))
+        path = out_dir / f"{file_stem(name)}_gradcam.png"
         overlay_png(
             x[0], cam, f"{Path(source.name).name}\ngrade {grade} (p={probs[grade]:.2f})", path
         )
