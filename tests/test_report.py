@@ -100,6 +100,21 @@ def test_report_table_has_exact_means_and_the_skips(sweep, capsys):
         assert (sweep / figure).stat().st_size > 1000
 
 
+def test_lambda_sweep_is_compared_with_its_lambda_zero(tmp_path, monkeypatch):
+    grades = np.arange(100) % 5
+    for seed in (7, 8):
+        monkeypatch.setitem(TEST_AUROC, ("mtcsnn", seed), 0.7)
+    job = 0
+    for lam, skill in ((0, 0.5), (2, 3.0)):
+        for seed in (7, 8):
+            write_run(tmp_path / str(job), "mtcsnn", seed, grades, skill, lam=lam)
+            job += 1
+    assert main([str(tmp_path), "--bootstrap", "200"]) == 0
+    text = (tmp_path / "results.md").read_text()
+    (row,) = [line for line in text.splitlines() if line.startswith("| loss.lam=2 | loss.lam=0 |")]
+    assert "| 2 | +" in row  # two paired seeds, a positive AUROC difference
+
+
 def test_report_on_a_single_run(sweep, tmp_path):
     assert main([str(sweep / "0"), "--bootstrap", "50"]) == 0
     assert "| all runs | 1 | 0.7000 |" in (sweep / "0" / "results.md").read_text()
