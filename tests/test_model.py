@@ -52,3 +52,27 @@ def test_cifar_stem_keeps_resolution():
 def test_unknown_backbone_is_refused():
     with pytest.raises(ValueError, match="resnet18"):
         SiameseResNet("resnet19")
+
+
+def test_channels_last_gives_the_same_outputs():
+    torch.manual_seed(0)
+    plain = SiameseResNet().eval()
+    nhwc = SiameseResNet(channels_last=True).eval()
+    nhwc.load_state_dict(plain.state_dict())
+    assert nhwc.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(4, 3, 28, 28)
+    with torch.no_grad():
+        a, b = plain(x), nhwc(x)
+    assert torch.allclose(a.logits, b.logits, atol=1e-5)
+    assert torch.allclose(a.score, b.score, atol=1e-5)
+
+
+def test_compile_switch_keeps_checkpoint_keys():
+    from mtcsnn.losses import MultiTaskLoss
+    from mtcsnn.models import MTCSNNModule
+
+    module = MTCSNNModule(SiameseResNet(), MultiTaskLoss(), torch.optim.Adam, compile=True)
+    keys = set(module.state_dict())
+    module.configure_model()  # what Lightning calls before fit/validate/test
+    assert getattr(module.net, "_compiled_call_impl", None) is not None
+    assert set(module.state_dict()) == keys

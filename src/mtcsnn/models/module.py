@@ -28,6 +28,7 @@ class MTCSNNModule(pl.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         num_classes: int = 5,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         # Only plain values go into hparams, so checkpoints load with weights_only=True.
@@ -44,6 +45,12 @@ class MTCSNNModule(pl.LightningModule):
         self._test_outputs: list[dict[str, torch.Tensor]] = []
         self.test_predictions: dict[str, torch.Tensor] = {}
         self.test_confusion: list[list[int]] = []
+        self.compile_net = compile
+
+    def configure_model(self) -> None:
+        # In place (nn.Module.compile): parameter names, hence checkpoints, stay as they are.
+        if self.compile_net and not getattr(self.net, "_compiled_call_impl", None):
+            self.net.compile()
 
     def forward(self, images: torch.Tensor):
         return self.net(images)

@@ -37,6 +37,7 @@ class SiameseResNet(nn.Module):
         num_classes: int = 5,
         mean: tuple[float, ...] = (0.5, 0.5, 0.5),
         std: tuple[float, ...] = (0.5, 0.5, 0.5),
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         if backbone not in BACKBONES:
@@ -54,8 +55,14 @@ class SiameseResNet(nn.Module):
         self.regressor = nn.Linear(num_features, 1)
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+        # NHWC convolutions: faster with tensor cores (GPU, bf16); usually not on CPU
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     def forward(self, images: torch.Tensor) -> BranchOutput:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         features = self.backbone((images - self.mean) / self.std)
         return BranchOutput(self.classifier(features), self.regressor(features).squeeze(-1))
 
