@@ -51,6 +51,20 @@ def _choice(cfg: DictConfig, key: str, allowed: tuple) -> None:
         raise ConfigError(key, value, "choose one of: " + ", ".join(map(str, allowed)))
 
 
+def cost_warnings(cfg: DictConfig) -> list[str]:
+    """Settings that work but cost far more than users may expect."""
+    stem = OmegaConf.select(cfg, "model.net.stem")
+    size = OmegaConf.select(cfg, "data.size")
+    if stem == "cifar" and isinstance(size, int) and size >= 128:
+        factor = (size // 28) ** 2 * 8
+        return [
+            f"model.net.stem=cifar at data.size={size} keeps full resolution through the first "
+            f"ResNet stage: roughly {factor}x the compute of the default 28x28 imagenet-stem run; "
+            "stem=imagenet is the usual choice at this size"
+        ]
+    return []
+
+
 def check_config(cfg: DictConfig) -> None:
     """Reject values that would fail later, naming the key and what is allowed."""
     from mtcsnn.data import IMAGE_SIZES

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 
 from mtcsnn.checkpoint import build_module
-from mtcsnn.config import check_config, flatten
+from mtcsnn.config import check_config, cost_warnings, flatten
 from mtcsnn.errors import MTCSNNError
 from mtcsnn.loggers import finish_wandb, log_test_results, prepare_wandb, uses_wandb
 from mtcsnn.models import MTCSNNModule
@@ -48,6 +48,8 @@ def config_choices() -> dict[str, str]:
 def train(cfg: DictConfig) -> dict:
     """Fit, then validate and test the best-val checkpoint; returns what ``metrics.json`` holds."""
     check_config(cfg)
+    for warning in cost_warnings(cfg):
+        log.warning(warning)
     pl.seed_everything(cfg.seed, workers=True)
     wandb = uses_wandb(cfg)
     if wandb:
