@@ -92,3 +92,27 @@ def test_experiment_sweeps_compose(tiny_cfg, experiment, params):
         assert sweep[key] == value
     assert len(str(sweep.seed).split(",")) >= 5
     assert cfg.task_name == experiment
+
+
+@pytest.mark.parametrize(
+    ("launcher", "target"),
+    [("parallel", "JoblibLauncher"), ("slurm", "SlurmLauncher")],
+)
+def test_launcher_configs_compose(launcher, target):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from mtcsnn.train import CONFIG_PATH
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[f"hydra/launcher={launcher}", "experiment=paper_table"],
+            return_hydra_config=True,
+        )
+    GlobalHydra.instance().clear()
+    assert cfg.hydra.launcher._target_.endswith(target)
+    if launcher == "slurm":
+        assert cfg.hydra.launcher.gpus_per_node == 1
+        assert cfg.hydra.sweeper.params.seed == "1,2,3,4,5"

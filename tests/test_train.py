@@ -98,12 +98,39 @@ def test_multirun_smoke_gives_each_job_its_own_metrics(tmp_path):
 
 
 @pytest.mark.slow
+def test_parallel_launcher_runs_jobs_at_once_with_split_threads(tmp_path):
+    import os
+
+    sweep_dir = tmp_path / "sweep"
+    proc = run_train(
+        "--multirun",
+        "experiment=smoke",
+        "hydra/launcher=parallel",
+        "hydra.launcher.n_jobs=2",
+        "seed=1,2",
+        "trainer.max_epochs=1",
+        "data.num_train=40",
+        "data.num_val=20",
+        "data.num_test=20",
+        "trainer.enable_progress_bar=false",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Joblib" in proc.stdout + proc.stderr  # the launcher that ran the jobs
+    for job, seed in (("0", 1), ("1", 2)):
+        metrics = json.loads((sweep_dir / job / "metrics.json").read_text())
+        assert metrics["seed"] == seed
+        assert metrics["threads"] == max(1, (os.cpu_count() or 1) // 2)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
         (["model.net.backbone=resnet19"], ["model.net.backbone", "resnet18, resnet34, resnet50"]),
         (["loss.lam=-1"], ["loss.lam", ">= 0"]),
         (["data.batch_size=9"], ["data.batch_size", "even"]),
+        (["threads=0"], ["threads", "integer >= 1"]),
     ],
 )
 def test_cli_config_errors_are_one_clear_message(tmp_path, args, expected):

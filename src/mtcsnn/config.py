@@ -98,6 +98,10 @@ def check_config(cfg: DictConfig) -> None:
             "it picks the checkpoint and steers searches: use a val metric, e.g. val/auroc",
         )
 
+    threads = OmegaConf.select(cfg, "threads")
+    if threads is not None and not (isinstance(threads, int) and threads >= 1):
+        raise ConfigError("threads", threads, "it must be null (all cores) or an integer >= 1")
+
     max_epochs = OmegaConf.select(cfg, "trainer.max_epochs")
     if max_epochs is not None and not (isinstance(max_epochs, int) and max_epochs >= 1):
         raise ConfigError("trainer.max_epochs", max_epochs, "it must be an integer >= 1")

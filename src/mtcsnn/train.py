@@ -8,6 +8,7 @@ trains, then validates and tests the best-val checkpoint once and writes ``metri
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -45,11 +46,25 @@ def config_choices() -> dict[str, str]:
     return {k: v for k, v in choices.items() if not k.startswith("hydra") and v is not None}
 
 
+def set_threads(cfg: DictConfig) -> int:
+    """``threads`` if set; under the joblib launcher an equal share of the cores per job."""
+    threads = cfg.get("threads")
+    if threads is None and HydraConfig.initialized():
+        launcher = HydraConfig.get().launcher
+        n_jobs = launcher.get("n_jobs") if "joblib" in str(launcher.get("_target_", "")) else None
+        if n_jobs and n_jobs > 0:
+            threads = max(1, (os.cpu_count() or 1) // n_jobs)
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    return torch.get_num_threads()
+
+
 def train(cfg: DictConfig) -> dict:
     """Fit, then validate and test the best-val checkpoint; returns what ``metrics.json`` holds."""
     check_config(cfg)
     for warning in cost_warnings(cfg):
         log.warning(warning)
+    set_threads(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     wandb = uses_wandb(cfg)
     if wandb:
@@ -103,6 +118,7 @@ def fit_and_test(cfg: DictConfig) -> dict:
         "monitor": checkpoint.monitor if checkpoint is not None else None,
         "epochs": trainer.current_epoch,
         "seed": cfg.seed,
+        "threads": torch.get_num_threads(),
         "choices": config_choices(),
         "wall_time_s": {
             "fit": round(fit_seconds, 2),
