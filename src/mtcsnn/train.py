@@ -22,6 +22,7 @@ from pytorch_lightning.loggers import WandbLogger
 
 from mtcsnn.checkpoint import build_module
 from mtcsnn.config import check_config, cost_warnings, flatten
+from mtcsnn.distributed import end_ddp_job, use_job_commands_for_ddp_children
 from mtcsnn.errors import MTCSNNError
 from mtcsnn.loggers import finish_wandb, log_test_results, prepare_wandb, uses_wandb
 from mtcsnn.models import MTCSNNModule
@@ -69,6 +70,8 @@ def train(cfg: DictConfig) -> dict:
     wandb = uses_wandb(cfg)
     if wandb:
         prepare_wandb(Path(cfg.paths.output_dir))
+    launches_ddp = "LOCAL_RANK" not in os.environ  # Lightning sets it in every DDP process
+    use_job_commands_for_ddp_children()
     failed = True
     try:
         results = fit_and_test(cfg)
@@ -76,6 +79,7 @@ def train(cfg: DictConfig) -> dict:
     finally:
         if wandb:
             finish_wandb(failed)  # also after a failure, so the next job of a sweep starts clean
+        end_ddp_job(launched_here=launches_ddp)
     return results
 
 
@@ -127,10 +131,11 @@ def fit_and_test(cfg: DictConfig) -> dict:
         "versions": versions(),
         "config": model.run_config,
     }
-    write_outputs(out_dir, model, results)
-    for lg in wandb_loggers:
-        log_test_results(lg, model, datamodule, results)
-    log_results(results, out_dir)
+    if trainer.is_global_zero:  # under DDP every process has the results; one writes them
+        write_outputs(out_dir, model, results)
+        for lg in wandb_loggers:
+            log_test_results(lg, model, datamodule, results)
+        log_results(results, out_dir)
     return results
 
 

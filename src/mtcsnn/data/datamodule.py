@@ -54,9 +54,19 @@ class PairDataModule(pl.LightningDataModule):
             if split not in self.splits:
                 self.splits[split] = self.load_split(split)
 
+    def _rank(self) -> tuple[int, int]:
+        """(rank, world size) of this process; (0, 1) outside data-parallel training."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
     def train_dataloader(self) -> DataLoader:
         images, grades = self.splits["train"]
-        sampler = PairSampler(len(images), self.batch_size // 2, seed=self.seed)
+        rank, world_size = self._rank()
+        sampler = PairSampler(
+            len(images), self.batch_size // 2, seed=self.seed, rank=rank, world_size=world_size
+        )
         return self._loader(PairDataset(images, grades), sampler)
 
     def val_dataloader(self) -> DataLoader:
@@ -67,7 +77,11 @@ class PairDataModule(pl.LightningDataModule):
 
     def _eval_loader(self, split: str) -> DataLoader:
         images, grades = self.splits[split]
-        batches = list(torch.arange(len(images)).split(self.eval_batch_size))
+        # Each process evaluates its own contiguous share, so every image is seen exactly once
+        # (no padding duplicates); metrics are summed over processes by torchmetrics.
+        rank, world_size = self._rank()
+        share = torch.arange(len(images)).tensor_split(world_size)[rank]
+        batches = list(share.split(self.eval_batch_size))
         return self._loader(ImageDataset(images, grades), batches)
 
     def _loader(self, dataset: Any, sampler: Any) -> DataLoader:

@@ -35,10 +35,19 @@ class PairSampler(Sampler[torch.Tensor]):
 
     Lightning calls :meth:`set_epoch` before every training epoch, so the pairs of epoch ``e``
     depend only on ``(seed, e)``: reproducible, different between epochs, and the same after a
-    resume.
+    resume. Under data-parallel training (``world_size`` > 1) every process draws the same
+    matching and takes its own slice of each batch, so the global batch stays
+    ``pairs_per_batch`` pairs and every process runs the same number of steps.
     """
 
-    def __init__(self, num_images: int, pairs_per_batch: int, seed: int = 0) -> None:
+    def __init__(
+        self,
+        num_images: int,
+        pairs_per_batch: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         if pairs_per_batch < 1:
             raise ValueError(f"pairs_per_batch must be >= 1, got {pairs_per_batch}")
         if num_images < 2:
@@ -47,6 +56,9 @@ class PairSampler(Sampler[torch.Tensor]):
         self.pairs_per_batch = pairs_per_batch
         self.seed = seed
         self.epoch = 0
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        self.rank, self.world_size = rank, world_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -56,7 +68,13 @@ class PairSampler(Sampler[torch.Tensor]):
         return random_matching(self.num_images, epoch_generator(self.seed, self.epoch))
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        yield from self.pairs().split(self.pairs_per_batch)
+        for batch in self.pairs().split(self.pairs_per_batch):
+            if self.world_size == 1:
+                yield batch
+                continue
+            part = batch.tensor_split(self.world_size)[self.rank]
+            # a last batch with fewer pairs than processes: repeat one pair, never an empty step
+            yield part if len(part) else batch[:1]
 
     def __len__(self) -> int:
         num_pairs = (self.num_images + 1) // 2

@@ -63,6 +63,7 @@ class MTCSNNModule(pl.LightningModule):
             on_step=False,
             on_epoch=True,
             batch_size=len(batch["grade_a"]),
+            sync_dist=True,  # reduced once per epoch; a no-op in one process
         )
         return terms["loss"]
 
@@ -72,7 +73,9 @@ class MTCSNNModule(pl.LightningModule):
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         metrics.update(probs, batch["grade"])
         loss = F.cross_entropy(out.logits, batch["grade"])
-        self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=len(batch["grade"]))
+        self.log(
+            f"{stage}/loss", loss, on_epoch=True, batch_size=len(batch["grade"]), sync_dist=True
+        )
         return out, probs
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -101,9 +104,13 @@ class MTCSNNModule(pl.LightningModule):
         self.log_dict(scalar_metrics(values, "test/"))
         self.test_confusion = values["confusion"].int().tolist()
         self.test_metrics.reset()
-        self.test_predictions = {
-            key: torch.cat([o[key] for o in self._test_outputs]) for key in self._test_outputs[0]
-        }
+        outputs = self._test_outputs
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # every process holds its share of the test images: collect all of them
+            shares: list = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(shares, outputs)
+            outputs = [o for share in shares for o in share]
+        self.test_predictions = {key: torch.cat([o[key] for o in outputs]) for key in outputs[0]}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["mtcsnn_config"] = self.run_config
