@@ -115,6 +115,15 @@ def test_lambda_sweep_is_compared_with_its_lambda_zero(tmp_path, monkeypatch):
     assert "| 2 | +" in row  # two paired seeds, a positive AUROC difference
 
 
+def test_a_setting_added_later_does_not_split_a_configuration(sweep):
+    runs, _ = collect_runs(sweep)
+    for run in runs[:2]:  # as if written by a newer version with one more (default) setting
+        run.settings["config.model.compile"] = False
+    assert {label for label in map(lambda c: c[0][1], group_runs(runs))} == {"ce", "mtcsnn"}
+    runs[2].settings["config.model.compile"] = True  # two values: a real difference
+    assert len(group_runs(runs)) > 2
+
+
 def test_report_on_a_single_run(sweep, tmp_path):
     assert main([str(sweep / "0"), "--bootstrap", "50"]) == 0
     assert "| all runs | 1 | 0.7000 |" in (sweep / "0" / "results.md").read_text()

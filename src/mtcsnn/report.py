@@ -109,6 +109,14 @@ def varying_keys(runs: list[Run]) -> list[str]:
     """Settings that tell configurations apart: chosen config files, then values within them."""
     keys = sorted({k for r in runs for k in r.settings if not _ignored(k)})
     varying = [k for k in keys if len({r.settings.get(k) for r in runs}) > 1]
+    # a key missing from older runs and constant where present (a setting added later, at its
+    # default) does not tell configurations apart
+    varying = [
+        k
+        for k in varying
+        if len({r.settings[k] for r in runs if k in r.settings}) > 1
+        or all(k in r.settings for r in runs)
+    ]
     choices = [k for k in varying if k.startswith("choices.")]
     chosen_groups = {k.split(".", 1)[1] for k in choices}
     values = []
