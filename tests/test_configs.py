@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -6,9 +8,16 @@ from hydra.utils import instantiate
 from mtcsnn.config import check_config
 from mtcsnn.errors import ConfigError
 from mtcsnn.models import MTCSNNModule
+from mtcsnn.train import CONFIG_PATH
+
+LOSSES = sorted(p.stem for p in (Path(CONFIG_PATH) / "loss").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("loss", ["ce", "mtcsnn"])
+def test_loss_configs_are_all_here():
+    assert LOSSES == ["ce", "coral", "corn", "mtcsnn", "regression"]
+
+
+@pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("model", ["resnet18", "resnet34", "resnet50"])
 def test_every_model_and_loss_composes_and_builds(tiny_cfg, model, loss):
     cfg = tiny_cfg(f"model={model}", f"loss={loss}")
@@ -22,6 +31,8 @@ def test_every_model_and_loss_composes_and_builds(tiny_cfg, model, loss):
     terms = module.loss(out_a, out_b, torch.tensor([0, 4]), torch.tensor([1, 2]))
     assert torch.isfinite(terms["loss"])
     assert ("reg" in terms) == (loss == "mtcsnn")
+    probs = module.probabilities(out_a)
+    assert probs.shape == (2, 5) and torch.allclose(probs.sum(1), torch.ones(2), atol=1e-5)
 
 
 @pytest.mark.parametrize("data", ["retinamnist", "synthetic"])

@@ -60,7 +60,7 @@ def test_grad_cam_map_has_the_input_size(stem, size, layer):
     chosen = cam_layer(net, size)
     assert chosen is getattr(net.backbone, layer)
     images = torch.rand(3, 3, size, size)
-    maps = grad_cam(net, images, torch.tensor([0, 2, 4]), chosen)
+    maps = grad_cam(lambda x: net(x).logits, images, torch.tensor([0, 2, 4]), chosen)
     assert maps.shape == (3, size, size)
     assert maps.min() >= 0 and maps.max() <= 1
 

@@ -4,9 +4,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from cli import run_train
 from sklearn.metrics import accuracy_score, cohen_kappa_score, roc_auc_score
 
+from mtcsnn.checkpoint import load_checkpoint
 from mtcsnn.train import train
 
 
@@ -39,7 +41,23 @@ def check_run_dir(run_dir: Path, num_test: int) -> dict:
     return metrics
 
 
-@pytest.mark.parametrize("loss", ["ce", "mtcsnn"])
+TERMS = {
+    "ce": ("ce_a", "ce_b"),
+    "mtcsnn": ("ce_a", "ce_b", "reg"),
+    "coral": ("coral_a", "coral_b"),
+    "corn": ("corn_a", "corn_b"),
+    "regression": ("mse_a", "mse_b"),
+}
+TARGETS = {
+    "ce": "PairCrossEntropyLoss",
+    "mtcsnn": "MultiTaskLoss",
+    "coral": "CoralLoss",
+    "corn": "CornLoss",
+    "regression": "GradeRegressionLoss",
+}
+
+
+@pytest.mark.parametrize("loss", sorted(TERMS))
 def test_synthetic_train_writes_metrics_and_predictions(tiny_cfg, tmp_path, loss):
     cfg = tiny_cfg(f"loss={loss}", "seed=5")
     results = train(cfg)
@@ -47,15 +65,22 @@ def test_synthetic_train_writes_metrics_and_predictions(tiny_cfg, tmp_path, loss
     assert metrics["test"] == results["test"]
     assert metrics["seed"] == 5 and metrics["epochs"] == 2
     assert metrics["choices"]["loss"] == loss and metrics["choices"]["data"] == "synthetic"
-    assert metrics["config"]["loss"]["_target_"].endswith(
-        "PairCrossEntropyLoss" if loss == "ce" else "MultiTaskLoss"
-    )
+    assert metrics["config"]["loss"]["_target_"].endswith(TARGETS[loss])
     assert metrics["best_epoch"] in (0, 1)
     assert Path(metrics["best_checkpoint"]).exists()
     logged = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0]
-    for term in ("train/ce_a", "train/ce_b", "train/loss", "val/auroc"):
+    for term in ("train/loss", "val/auroc", *(f"train/{t}" for t in TERMS[loss])):
         assert term in logged
     assert ("train/reg" in logged) == (loss == "mtcsnn")
+    # the checkpoint rebuilds with the loss's own head and gives the written predictions
+    ckpt = load_checkpoint(metrics["best_checkpoint"])
+    assert type(ckpt.module.net.classifier) is type(results_model_head(loss))
+
+
+def results_model_head(loss: str):
+    from coral_pytorch.layers import CoralLayer
+
+    return CoralLayer(4, 5) if loss == "coral" else torch.nn.Linear(1, 1)
 
 
 @pytest.mark.slow

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from captum.attr import LayerAttribution, LayerGradCam
 from torch import nn
@@ -45,11 +47,16 @@ def cam_layer(net: SiameseResNet, size: int, layer: str = "auto", min_side: int 
 
 
 def grad_cam(
-    net: SiameseResNet, images: torch.Tensor, target: torch.Tensor, layer: nn.Module
+    class_scores: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    target: torch.Tensor,
+    layer: nn.Module,
 ) -> torch.Tensor:
-    """Grad-CAM maps (N x H x W, input size, scaled to [0, 1]) for class ``target`` per image."""
-    net.eval()
-    method = LayerGradCam(lambda x: net(x).logits, layer)
+    """Grad-CAM maps (N x H x W, input size, scaled to [0, 1]) for class ``target`` per image.
+
+    ``class_scores`` maps images to (N, classes) scores, e.g. ``MTCSNNModule.class_scores``.
+    """
+    method = LayerGradCam(class_scores, layer)
     attributions = method.attribute(images, target=target, relu_attributions=True)
     maps = LayerAttribution.interpolate(attributions, images.shape[-2:], "bilinear")
     maps = maps.squeeze(1).detach()

@@ -45,7 +45,8 @@ def file_stem(name: str) -> str:
 def explain(cfg: DictConfig) -> tuple[list[Path], list[tuple[str, str]]]:
     ckpt = load_checkpoint(cfg.ckpt_path)
     device = pick_device(cfg.device)
-    net = ckpt.module.net.to(device).eval()
+    module = ckpt.module.to(device).eval()
+    net = module.net
     layer = cam_layer(net, ckpt.image_size, cfg.layer)
     sources, failures = expand_inputs(as_list(cfg.inputs))
     sources = sources[: cfg.max_images]
@@ -57,9 +58,9 @@ def explain(cfg: DictConfig) -> tuple[list[Path], list[tuple[str, str]]]:
             continue
         x = image.unsqueeze(0).to(device).float().div(255)
         with torch.no_grad():
-            probs = net(x).logits.softmax(-1)[0]
+            probs = module.probabilities(net(x))[0]
         grade = int(probs.argmax())
-        cam = grad_cam(net, x, torch.tensor([grade], device=device), layer)[0]
+        cam = grad_cam(module.class_scores, x, torch.tensor([grade], device=device), layer)[0]
         name = source.name if source.key else str(source.path.with_suffix(""))
         path = out_dir / f"{file_stem(name)}_gradcam.png"
         overlay_png(

@@ -60,7 +60,7 @@ def predictions_csv(predictions: dict[str, torch.Tensor]) -> str:
                 int(predictions["index"][i]),
                 int(predictions["grade"][i]),
                 int(probs[i].argmax()),
-                *[f"{p:.6f}" for p in probs[i].tolist()],
+                *[f"{p:.7g}" for p in probs[i].tolist()],
                 f"{float(predictions['score'][i]):.6f}",
             ]
         )

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, ListConfig
 from mtcsnn.checkpoint import load_checkpoint
 from mtcsnn.errors import MTCSNNError
 from mtcsnn.images import ImageSource, expand_inputs, read_all
-from mtcsnn.models import SiameseResNet
+from mtcsnn.models import MTCSNNModule
 from mtcsnn.outputs import write_text_atomic
 from mtcsnn.train import CONFIG_PATH
 
@@ -33,11 +33,11 @@ def pick_device(name: str) -> torch.device:
 
 
 @torch.no_grad()
-def predict_batch(net: SiameseResNet, images: list[torch.Tensor], device: torch.device):
+def predict_batch(module: MTCSNNModule, images: list[torch.Tensor], device: torch.device):
     """Class probabilities (N x 5) and severity scores (N) of uint8 images."""
     batch = torch.stack(images).to(device).float().div_(255)
-    out = net(batch)
-    return out.logits.softmax(-1).float().cpu(), out.score.float().cpu()
+    out = module.net(batch)
+    return module.probabilities(out).float().cpu(), out.score.float().cpu()
 
 
 def as_list(inputs: object) -> list[str]:
@@ -50,7 +50,7 @@ def predict(cfg: DictConfig) -> tuple[list[list], list[tuple[str, str]]]:
     """Predict every readable input; returns the CSV rows and ``(input, reason)`` failures."""
     ckpt = load_checkpoint(cfg.ckpt_path)
     device = pick_device(cfg.device)
-    net = ckpt.module.net.to(device).eval()
+    module = ckpt.module.to(device).eval()
     sources, failures = expand_inputs(as_list(cfg.inputs))
     rows: list[list] = []
     pending: list[tuple[ImageSource, torch.Tensor]] = []
@@ -58,10 +58,10 @@ def predict(cfg: DictConfig) -> tuple[list[list], list[tuple[str, str]]]:
     def flush() -> None:
         if not pending:
             return
-        probs, scores = predict_batch(net, [image for _, image in pending], device)
+        probs, scores = predict_batch(module, [image for _, image in pending], device)
         for (source, _), p, s in zip(pending, probs, scores, strict=True):
             rows.append(
-                [source.name, int(p.argmax()), *[f"{v:.6f}" for v in p.tolist()], f"{s:.6f}"]
+                [source.name, int(p.argmax()), *[f"{v:.7g}" for v in p.tolist()], f"{s:.6f}"]
             )
         pending.clear()
 

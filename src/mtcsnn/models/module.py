@@ -35,6 +35,10 @@ class MTCSNNModule(pl.LightningModule):
         self.save_hyperparameters(logger=False, ignore=["net", "loss", "optimizer", "scheduler"])
         self.net = net
         self.loss = loss
+        # a loss may need its own classifier (e.g. CORAL: K-1 ordered logits) and says how its
+        # outputs become class probabilities; the default is a K-way softmax
+        if hasattr(loss, "make_classifier"):
+            self.net.classifier = loss.make_classifier(self.net.num_features)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         # The resolved run config (plain dict), saved in every checkpoint so that a checkpoint
@@ -55,6 +59,19 @@ class MTCSNNModule(pl.LightningModule):
     def forward(self, images: torch.Tensor):
         return self.net(images)
 
+    def probabilities(self, out) -> torch.Tensor:
+        """The 5 class probabilities of a network output, as the loss defines them."""
+        if hasattr(self.loss, "probabilities"):
+            return self.loss.probabilities(out)
+        return out.logits.float().softmax(-1)
+
+    def class_scores(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-class scores to explain (Grad-CAM): logits for softmax, else log-probabilities."""
+        out = self.net(images)
+        if hasattr(self.loss, "probabilities"):
+            return self.loss.probabilities(out).clamp_min(1e-12).log()
+        return out.logits
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out_a, out_b = self.net.forward_pair(batch["image_a"], batch["image_b"])
         terms = self.loss(out_a, out_b, batch["grade_a"], batch["grade_b"])
@@ -69,10 +86,11 @@ class MTCSNNModule(pl.LightningModule):
 
     def _evaluate(self, batch: dict[str, torch.Tensor], stage: str):
         out = self.net(batch["image"])
-        probs = out.logits.softmax(-1)
+        probs = self.probabilities(out)
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         metrics.update(probs, batch["grade"])
-        loss = F.cross_entropy(out.logits, batch["grade"])
+        # negative log-likelihood of the true grade: the same measure for every head
+        loss = F.nll_loss(probs.clamp_min(1e-12).log(), batch["grade"])
         self.log(
             f"{stage}/loss", loss, on_epoch=True, batch_size=len(batch["grade"]), sync_dist=True
         )

@@ -51,6 +51,7 @@ class SiameseResNet(nn.Module):
         num_features = net.fc.in_features
         net.fc = nn.Identity()
         self.backbone = net
+        self.num_features = num_features
         self.classifier = nn.Linear(num_features, num_classes)
         self.regressor = nn.Linear(num_features, 1)
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
