@@ -58,3 +58,55 @@ def test_pair_dataset_gives_the_ordinal_difference():
     # images travel with their own grade
     assert batch["image_a"][:, 0, 0, 0].tolist() == [0, 2, 4]
     assert batch["image_b"][:, 0, 0, 0].tolist() == [1, 3, 5]
+
+
+# --- pairing strategies -------------------------------------------------------------------
+
+from mtcsnn.data.pairing import balanced_pairs, hard_pairs  # noqa: E402
+
+
+def retina_like_grades(n: int = 1080) -> torch.Tensor:
+    # RetinaMNIST's training class shares: 45% grade 0 ... 6% grade 4
+    counts = [486, 128, 206, 194, 66]
+    grades = torch.cat([torch.full((c,), g) for g, c in enumerate(counts)])
+    return grades[torch.randperm(len(grades), generator=torch.Generator().manual_seed(0))][:n]
+
+
+def diff_shares(grades: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+    diffs = (grades[pairs[:, 0]] - grades[pairs[:, 1]]).abs()
+    return torch.bincount(diffs, minlength=5).float() / len(diffs)
+
+
+def test_balanced_pairs_spread_differences_and_use_each_anchor_once():
+    grades = retina_like_grades()
+    pairs = balanced_pairs(grades, epoch_generator(7, 0))
+    assert pairs.shape == (540, 2)
+    assert len(set(pairs[:, 0].tolist())) == 540  # a random half of the images as anchors
+    assert (pairs[:, 0] != pairs[:, 1]).all()
+    balanced = diff_shares(grades, pairs)
+    random = diff_shares(grades, random_matching(len(grades), epoch_generator(7, 0)))
+    # grade difference 4 is rare under random pairing (grades 0 and 4 must meet), far less so here
+    assert balanced[4] > 1.5 * random[4]
+    assert balanced.max() - balanced.min() < random.max() - random.min()
+    assert torch.equal(pairs, balanced_pairs(grades, epoch_generator(7, 0)))  # reproducible
+    assert not torch.equal(pairs, balanced_pairs(grades, epoch_generator(7, 1)))
+
+
+def test_hard_pairs_have_different_grades_and_the_closest_scores():
+    grades = torch.tensor([0, 0, 1, 1, 2, 2, 3, 4])
+    scores = torch.tensor([0.0, 0.1, 0.12, 5.0, 5.1, 9.0, 9.05, 20.0])
+    pairs = hard_pairs(grades, scores, epoch_generator(1, 0), nearest=1)
+    for anchor, partner in pairs.tolist():
+        assert grades[anchor] != grades[partner]
+        others = [i for i in range(8) if grades[i] != grades[anchor]]
+        closest = min(others, key=lambda i: abs(scores[i] - scores[anchor]))
+        assert partner == closest
+
+
+def test_sampler_checks_its_strategy():
+    with pytest.raises(ValueError, match="unknown pairing"):
+        PairSampler(10, 2, strategy="closest", grades=torch.zeros(10, dtype=torch.long))
+    with pytest.raises(ValueError, match="needs the grades"):
+        PairSampler(10, 2, strategy="balanced")
+    hard = PairSampler(10, 5, strategy="hard", grades=torch.arange(10) % 5)
+    assert torch.equal(hard.pairs(), random_matching(10, epoch_generator(0, 0)))  # no scores yet

@@ -68,6 +68,7 @@ def cost_warnings(cfg: DictConfig) -> list[str]:
 def check_config(cfg: DictConfig) -> None:
     """Reject values that would fail later, naming the key and what is allowed."""
     from mtcsnn.data import IMAGE_SIZES
+    from mtcsnn.data.pairing import PAIRINGS
     from mtcsnn.losses import DIFFERENCES
     from mtcsnn.models import BACKBONES, STEMS
 
@@ -75,6 +76,7 @@ def check_config(cfg: DictConfig) -> None:
     _choice(cfg, "model.net.stem", STEMS)
     _choice(cfg, "loss.difference", DIFFERENCES)
     _choice(cfg, "data.size", IMAGE_SIZES)
+    _choice(cfg, "data.pairing", PAIRINGS)
 
     lam = OmegaConf.select(cfg, "loss.lam")
     if lam is not None and not (isinstance(lam, (int, float)) and lam >= 0):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from torchmetrics import MeanAbsoluteError, MetricCollection
+from torchmetrics import MeanAbsoluteError, MeanMetric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassAUROC,
@@ -20,11 +20,19 @@ class GradeMAE(MeanAbsoluteError):
         super().update(probs.argmax(-1).float(), target.float())
 
 
+class WithinOneAccuracy(MeanMetric):
+    """Share of images whose predicted grade is within one grade of the truth."""
+
+    def update(self, probs: torch.Tensor, target: torch.Tensor) -> None:  # type: ignore[override]
+        super().update((probs.argmax(-1) - target).abs().le(1).float())
+
+
 def grade_metrics(num_classes: int = 5) -> MetricCollection:
     """Metrics over ``(probs N x C, grades N)``.
 
     ``auroc`` is the macro mean of one-vs-rest AUROCs on the class probabilities, as the
-    MedMNIST Evaluator computes it; ``kappa`` is quadratic weighted Cohen's kappa.
+    MedMNIST Evaluator computes it; ``kappa`` is quadratic weighted Cohen's kappa;
+    ``acc_within1`` is the off-by-one accuracy.
     """
     return MetricCollection(
         {
@@ -32,6 +40,7 @@ def grade_metrics(num_classes: int = 5) -> MetricCollection:
             "auroc": MulticlassAUROC(num_classes, average="macro"),
             "kappa": MulticlassCohenKappa(num_classes, weights="quadratic"),
             "mae": GradeMAE(),
+            "acc_within1": WithinOneAccuracy(),
             "recall": MulticlassRecall(num_classes, average=None),
             "confusion": MulticlassConfusionMatrix(num_classes),
         },

@@ -25,6 +25,7 @@ from mtcsnn.config import flatten
 from mtcsnn.outputs import write_text_atomic
 
 METRICS = ("auroc", "acc", "kappa", "mae")
+OPTIONAL_METRICS = {"acc_within1": "off-by-one accuracy"}
 # config keys that differ between runs without making them different configurations
 IGNORED_KEYS = {
     "seed",
@@ -212,7 +213,7 @@ def paired_difference(
 def summarise(runs: list[Run]) -> dict[str, tuple[float, float]]:
     out = {}
     for stage in ("test", "val"):
-        for m in METRICS:
+        for m in (*METRICS, *OPTIONAL_METRICS):
             values = [r.metrics[stage][m] for r in runs if m in r.metrics.get(stage, {})]
             if values:
                 std = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
@@ -276,18 +277,25 @@ def results_markdown(
     skipped: list[tuple[Path, str]],
     root: Path,
 ) -> str:
+    # columns every run has: off-by-one accuracy is missing from runs of older versions
+    extra = [
+        m
+        for m in OPTIONAL_METRICS
+        if all(m in r.metrics["test"] for runs in groups.values() for r in runs)
+    ]
     lines = [
         f"# Results: {root}",
         "",
         "Test metrics of the best-val checkpoint of each run, mean +/- std over seeds.",
         "",
         "| configuration | seeds | test AUROC | test accuracy | test quadratic kappa | test MAE "
-        "| val AUROC |",
-        "|---|---|---|---|---|---|---|",
+        + "".join(f"| test {OPTIONAL_METRICS[m]} " for m in extra)
+        + "| val AUROC |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(extra),
     ]
     for config, runs in sorted(groups.items(), key=lambda kv: label(kv[0])):
         s = summarise(runs)
-        cells = [mean_std(*s[f"test/{m}"]) for m in METRICS]
+        cells = [mean_std(*s[f"test/{m}"]) for m in (*METRICS, *extra)]
         val_cell = mean_std(*s["val/auroc"]) if "val/auroc" in s else "-"
         lines.append(f"| {label(config)} | {len(runs)} | " + " | ".join(cells) + f" | {val_cell} |")
     if compared:

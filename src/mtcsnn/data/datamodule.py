@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from mtcsnn.data.augment import AUGMENTATIONS, augment
 from mtcsnn.data.datasets import ImageDataset, PairDataset
-from mtcsnn.data.pairing import PairSampler
+from mtcsnn.data.pairing import PAIRINGS, PairSampler
 
 SPLITS = ("train", "val", "test")
 
@@ -28,6 +28,7 @@ class PairDataModule(pl.LightningDataModule):
         batch_size: int = 128,
         eval_batch_size: int = 256,
         augment: str = "none",
+        pairing: str = "random",
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
@@ -41,6 +42,9 @@ class PairDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.augment = augment
+        if pairing not in PAIRINGS:
+            raise ValueError(f"unknown pairing {pairing!r}; choose one of {PAIRINGS}")
+        self.pairing = pairing
         self.seed = seed
         self.num_workers = num_workers
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -65,7 +69,13 @@ class PairDataModule(pl.LightningDataModule):
         images, grades = self.splits["train"]
         rank, world_size = self._rank()
         sampler = PairSampler(
-            len(images), self.batch_size // 2, seed=self.seed, rank=rank, world_size=world_size
+            len(images),
+            self.batch_size // 2,
+            seed=self.seed,
+            rank=rank,
+            world_size=world_size,
+            strategy=self.pairing,
+            grades=grades,
         )
         return self._loader(PairDataset(images, grades), sampler)
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtcsnn.data.pairing import PairSampler
 from mtcsnn.metrics import grade_metrics, scalar_metrics
 from mtcsnn.models.siamese_resnet import SiameseResNet
 
@@ -50,6 +51,8 @@ class MTCSNNModule(pl.LightningModule):
         self.test_predictions: dict[str, torch.Tensor] = {}
         self.test_confusion: list[list[int]] = []
         self.compile_net = compile
+        # severity scores of the training images as last seen in training (hard pairing)
+        self._epoch_scores: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def configure_model(self) -> None:
         # In place (nn.Module.compile): parameter names, hence checkpoints, stay as they are.
@@ -72,8 +75,42 @@ class MTCSNNModule(pl.LightningModule):
             return self.loss.probabilities(out).clamp_min(1e-12).log()
         return out.logits
 
+    def _pair_sampler(self) -> PairSampler | None:
+        sampler = getattr(self.trainer.train_dataloader, "sampler", None)
+        return sampler if isinstance(sampler, PairSampler) else None
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_scores = []
+
+    def on_train_epoch_end(self) -> None:
+        sampler = self._pair_sampler()
+        if sampler is None:
+            return
+        if sampler.last_pairs is not None and sampler.grades is not None:
+            # the grade differences this epoch's pairs had, as shares (train/pair_diff_0 ...)
+            grades = sampler.grades
+            diffs = (grades[sampler.last_pairs[:, 0]] - grades[sampler.last_pairs[:, 1]]).abs()
+            shares = torch.bincount(diffs, minlength=self.hparams.num_classes).float()
+            shares /= shares.sum()
+            self.log_dict({f"train/pair_diff_{d}": float(v) for d, v in enumerate(shares)})
+        if sampler.strategy == "hard" and self._epoch_scores:
+            seen = [(i.cpu(), s.float().cpu()) for i, s in self._epoch_scores]
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                shares_of: list = [None] * torch.distributed.get_world_size()
+                torch.distributed.all_gather_object(shares_of, seen)
+                seen = [item for part in shares_of for item in part]
+            scores = sampler.scores
+            if scores is None:
+                scores = torch.zeros(sampler.num_images)
+            for index, score in seen:
+                scores[index] = score
+            sampler.scores = scores
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out_a, out_b = self.net.forward_pair(batch["image_a"], batch["image_b"])
+        if "index_a" in batch:
+            self._epoch_scores.append((batch["index_a"], out_a.score.detach()))
+            self._epoch_scores.append((batch["index_b"], out_b.score.detach()))
         terms = self.loss(out_a, out_b, batch["grade_a"], batch["grade_b"])
         self.log_dict(
             {f"train/{name}": value for name, value in terms.items()},
