@@ -72,6 +72,17 @@ def test_synthetic_train_writes_metrics_and_predictions(tiny_cfg, tmp_path, loss
     for term in ("train/loss", "val/auroc", *(f"train/{t}" for t in TERMS[loss])):
         assert term in logged
     assert ("train/reg" in logged) == (loss == "mtcsnn")
+    assert "train/pair_diff_0" in logged
+    # the score as a grader, where the loss trains the score
+    assert ("score_decoding" in metrics) == (loss in ("mtcsnn", "regression"))
+    if "score_decoding" in metrics:
+        for way in ("thresholds", "pairwise"):
+            assert set(metrics["score_decoding"][way]["test"]) == {
+                "acc",
+                "kappa",
+                "mae",
+                "acc_within1",
+            }
     # the checkpoint rebuilds with the loss's own head and gives the written predictions
     ckpt = load_checkpoint(metrics["best_checkpoint"])
     assert type(ckpt.module.net.classifier) is type(results_model_head(loss))

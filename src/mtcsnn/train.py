@@ -27,6 +27,7 @@ from mtcsnn.errors import MTCSNNError
 from mtcsnn.loggers import finish_wandb, log_test_results, prepare_wandb, uses_wandb
 from mtcsnn.models import MTCSNNModule
 from mtcsnn.outputs import predictions_csv, versions, write_json, write_text_atomic
+from mtcsnn.score_decoding import decode_scores
 
 log = logging.getLogger(__name__)
 CONFIG_PATH = str(Path(__file__).resolve().parents[2] / "conf")
@@ -131,6 +132,11 @@ def fit_and_test(cfg: DictConfig) -> dict:
         "versions": versions(),
         "config": model.run_config,
     }
+    if getattr(model.loss, "trains_score", False) and hasattr(datamodule, "splits"):
+        # the severity score as a grader: thresholds fitted on val, and pairwise inference
+        results["score_decoding"] = decode_scores(
+            model.net, datamodule.splits, getattr(model.loss, "difference", "absolute")
+        )
     if trainer.is_global_zero:  # under DDP every process has the results; one writes them
         write_outputs(out_dir, model, results)
         for lg in wandb_loggers:

@@ -62,6 +62,11 @@ class MultiTaskLoss(nn.Module):
         self.lam = lam
         self.difference = difference
 
+    @property
+    def trains_score(self) -> bool:
+        """Whether the severity-score head learns anything (it does not at lambda 0)."""
+        return self.lam > 0
+
     def forward(
         self, out_a: BranchOutput, out_b: BranchOutput, grade_a: torch.Tensor, grade_b: torch.Tensor
     ) -> dict[str, torch.Tensor]:

@@ -65,6 +65,9 @@ class GradeRegressionLoss(nn.Module):
     """Plain regression of the grade by the severity-score head (MSE); predicted grade = the
     rounded score. Probabilities: :func:`mtcsnn.ordinal.score_probabilities`."""
 
+    trains_score = True
+    difference = "signed"  # the score is the grade itself, so its differences keep their sign
+
     def __init__(self, num_classes: int = 5, width: float = 0.5) -> None:
         super().__init__()
         self.num_classes, self.width = num_classes, width
