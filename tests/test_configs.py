@@ -92,6 +92,7 @@ def test_bad_values_name_the_key_and_what_is_allowed(tiny_cfg, override, key, hi
     [
         ("paper_table", {"model": "resnet18,resnet34,resnet50", "loss": "ce,mtcsnn"}),
         ("lambda_sweep", {"loss.lam": "0,0.1,0.25,0.5,1,2"}),
+        ("ordinal_ablation", {"loss": "ce,mtcsnn,coral,corn,regression"}),
     ],
 )
 def test_experiment_sweeps_compose(tiny_cfg, experiment, params):

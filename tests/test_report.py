@@ -124,6 +124,26 @@ def test_a_setting_added_later_does_not_split_a_configuration(sweep):
     assert len(group_runs(runs)) > 2
 
 
+def test_report_compares_the_score_decodings_where_runs_have_them(sweep):
+    for job in range(3, 6):  # the mtcsnn runs
+        path = sweep / str(job) / "metrics.json"
+        metrics = json.loads(path.read_text())
+        decoded = {"acc": 0.6, "kappa": 0.7, "mae": 0.5, "acc_within1": 0.9}
+        metrics["score_decoding"] = {"thresholds": {"test": decoded}, "pairwise": {"test": decoded}}
+        path.write_text(json.dumps(metrics))
+    assert main([str(sweep), "--bootstrap", "50"]) == 0
+    text = (sweep / "results.md").read_text()
+    section = text.split("## The severity score as a grader (test)")[1]
+    (row,) = [line for line in section.splitlines() if line.startswith("| loss=mtcsnn |")]
+    assert row.split(" | ")[1:5] == [
+        "3",
+        "0.5000 +/- 0.0000",
+        "0.4000 +/- 0.0000",
+        "0.9000 +/- 0.0000",
+    ]
+    assert "| loss=ce |" not in section
+
+
 def test_report_on_a_single_run(sweep, tmp_path):
     assert main([str(sweep / "0"), "--bootstrap", "50"]) == 0
     assert "| all runs | 1 | 0.7000 |" in (sweep / "0" / "results.md").read_text()

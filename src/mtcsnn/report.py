@@ -317,10 +317,50 @@ def results_markdown(
                 + " | ".join(cells)
                 + " |"
             )
+    lines += score_decoding_lines(groups)
     if skipped:
         lines += ["", "## Skipped runs", ""]
         lines += [f"- `{path}`: {why}" for path, why in skipped]
     return "\n".join(lines) + "\n"
+
+
+def score_decoding_lines(groups: dict[tuple, list[Run]]) -> list[str]:
+    """Classifier vs severity score (thresholds fitted on val, pairwise) on test, per config."""
+    rows = []
+    for config, runs in sorted(groups.items(), key=lambda kv: label(kv[0])):
+        decoded = [r for r in runs if "score_decoding" in r.metrics]
+        if not decoded:
+            continue
+        cells = []
+        for way in ("classifier", "thresholds", "pairwise"):
+            for m in ("acc", "kappa", "mae"):
+                values = [
+                    r.metrics["test"][m]
+                    if way == "classifier"
+                    else r.metrics["score_decoding"][way]["test"][m]
+                    for r in decoded
+                ]
+                std = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+                cells.append(mean_std(float(np.mean(values)), std))
+        rows.append(f"| {label(config)} | {len(decoded)} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    head = " | ".join(
+        f"{way} {m}"
+        for way in ("classifier", "thresholds", "pairwise")
+        for m in ("acc", "kappa", "MAE")
+    )
+    return [
+        "",
+        "## The severity score as a grader (test)",
+        "",
+        "Grades from the classifier head, from the score by thresholds fitted on val, and by "
+        "pairwise inference against the training images; mean +/- std over seeds.",
+        "",
+        f"| configuration | seeds | {head} |",
+        "|---|---|" + "---|" * 9,
+        *rows,
+    ]
 
 
 def best_configuration(groups: dict[tuple, list[Run]]) -> tuple:
