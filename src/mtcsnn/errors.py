@@ -13,5 +13,9 @@ class ConfigError(MTCSNNError, ValueError):
         super().__init__(f"config error: {key}={value!r} is not allowed; {allowed}")
 
 
+class DivergenceError(MTCSNNError):
+    """The training loss is NaN or infinite."""
+
+
 class DataError(MTCSNNError):
     """The dataset is missing or cannot be read."""

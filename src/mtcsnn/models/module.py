@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtcsnn.data.pairing import PairSampler
+from mtcsnn.errors import DivergenceError
 from mtcsnn.metrics import grade_metrics, scalar_metrics
 from mtcsnn.models.siamese_resnet import SiameseResNet
 
@@ -112,6 +113,13 @@ class MTCSNNModule(pl.LightningModule):
             self._epoch_scores.append((batch["index_a"], out_a.score.detach()))
             self._epoch_scores.append((batch["index_b"], out_b.score.detach()))
         terms = self.loss(out_a, out_b, batch["grade_a"], batch["grade_b"])
+        if not torch.isfinite(terms["loss"]):
+            # stop here: the best checkpoint so far stays on disk, nothing else is written
+            raise DivergenceError(
+                f"training diverged: loss is {terms['loss'].item()} at epoch "
+                f"{self.current_epoch}, step {self.global_step} (batch {batch_idx}); the best "
+                "checkpoint so far is kept; try a lower model.optimizer.lr"
+            )
         self.log_dict(
             {f"train/{name}": value for name, value in terms.items()},
             on_step=False,
