@@ -7,6 +7,7 @@ trains, then validates and tests the best-val checkpoint once and writes ``metri
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -19,6 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mtcsnn.checkpoint import build_module
 from mtcsnn.config import check_config, cost_warnings, flatten
@@ -84,8 +86,24 @@ def train(cfg: DictConfig) -> dict:
     return results
 
 
+def resume_point(cfg: DictConfig, out_dir: Path) -> Path | None:
+    """``checkpoints/last.ckpt`` of this output dir when ``resume=true`` and it exists."""
+    if not cfg.get("resume"):
+        return None
+    last = out_dir / "checkpoints" / "last.ckpt"
+    if last.exists():
+        log.info("resuming from %s", last)
+        return last
+    log.info("resume=true but %s does not exist: starting from scratch", last)
+    return None
+
+
 def fit_and_test(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.paths.output_dir)
+    if cfg.get("resume") and (out_dir / "metrics.json").exists():
+        # a finished run of a resumed sweep: keep it as it is
+        log.info("resume=true: %s already finished, kept as it is", out_dir)
+        return json.loads((out_dir / "metrics.json").read_text())
     datamodule = instantiate(cfg.data)
     model = build_module(cfg)
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
@@ -98,7 +116,15 @@ def fit_and_test(cfg: DictConfig) -> dict:
     )
 
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule)
+    resumed_from = resume_point(cfg, out_dir)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resumed_from)
+    except SIGTERMException:
+        raise MTCSNNError(
+            f"stopped by SIGTERM after epoch {trainer.current_epoch - 1}; saved "
+            f"{out_dir / 'checkpoints' / 'last.ckpt'}. Resume with the same command plus "
+            f"hydra.run.dir={out_dir} resume=true"
+        ) from None
     fit_seconds = time.perf_counter() - start
 
     # Model selection on val only: the test set is touched once, by the best-val checkpoint.
@@ -122,6 +148,7 @@ def fit_and_test(cfg: DictConfig) -> dict:
         "best_checkpoint": ckpt_path or None,
         "monitor": checkpoint.monitor if checkpoint is not None else None,
         "epochs": trainer.current_epoch,
+        "resumed_from": str(resumed_from) if resumed_from else None,
         "seed": cfg.seed,
         "threads": torch.get_num_threads(),
         "choices": config_choices(),

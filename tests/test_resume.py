@@ -1,0 +1,90 @@
+"""A killed run resumes in its own dir with the numbers of an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cli import run_train
+
+pytestmark = pytest.mark.slow
+
+RUN = [
+    "data=synthetic",
+    "data.num_train=200",
+    "data.num_val=40",
+    "data.num_test=40",
+    "data.batch_size=16",
+    "trainer=cpu",
+    "trainer.max_epochs=12",
+    "trainer.deterministic=true",
+    "trainer.enable_progress_bar=false",
+    "callbacks.last_checkpoint.every_n_epochs=1",
+    "seed=3",
+]
+ENV = {"OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("uninterrupted")
+    proc = run_train(*RUN, f"hydra.run.dir={out}", env=ENV)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads((out / "metrics.json").read_text())
+
+
+def start_and_kill(run_dir: Path, signum: int, after_epoch: int) -> tuple[int, str]:
+    log = run_dir.parent / f"{run_dir.name}.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mtcsnn.train", *RUN, f"hydra.run.dir={run_dir}"],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "WANDB_MODE": "offline", **ENV},
+        )
+        # wait until last.ckpt has been written after_epoch + 1 times (each epoch rewrites it)
+        last, seen = run_dir / "checkpoints" / "last.ckpt", set()
+        deadline = time.time() + 300
+        while len(seen) <= after_epoch and proc.poll() is None and time.time() < deadline:
+            if last.exists():
+                seen.add(last.stat().st_mtime_ns)
+            time.sleep(0.02)
+        proc.send_signal(signum)
+        code = proc.wait(timeout=300)
+    return code, log.read_text()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_killed_run_resumes_to_the_same_numbers(tmp_path, uninterrupted, signum):
+    run_dir = tmp_path / "run"
+    code, output = start_and_kill(run_dir, signum, after_epoch=2)
+    assert code != 0
+    assert not (run_dir / "metrics.json").exists()
+    if signum == signal.SIGTERM:
+        assert "stopped by SIGTERM after epoch" in output and "resume=true" in output
+        assert "Traceback" not in output
+    resumed = run_train(*RUN, f"hydra.run.dir={run_dir}", "resume=true", env=ENV)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["resumed_from"].endswith("last.ckpt")
+    assert metrics["test"] == uninterrupted["test"]
+    assert metrics["val"] == uninterrupted["val"]
+    assert metrics["best_epoch"] == uninterrupted["best_epoch"]
+
+
+def test_resuming_a_finished_run_keeps_it(tmp_path):
+    first = run_train(*RUN[:-4], "trainer.max_epochs=1", f"hydra.run.dir={tmp_path}", env=ENV)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = (tmp_path / "metrics.json").read_text()
+    again = run_train(
+        *RUN[:-4], "trainer.max_epochs=1", f"hydra.run.dir={tmp_path}", "resume=true", env=ENV
+    )
+    assert again.returncode == 0
+    assert "already finished" in again.stdout + again.stderr
+    assert (tmp_path / "metrics.json").read_text() == before
