@@ -49,3 +49,31 @@ def test_same_config_and_seed_give_identical_numbers(tiny_cfg, tmp_path):
             )
         )
     assert written[0] == written[1]
+
+
+@pytest.mark.slow
+def test_a_failing_sweep_job_is_recorded_and_the_others_still_run(tmp_path):
+    from cli import run_train
+
+    from mtcsnn.report import main as report_main
+
+    sweep = tmp_path / "sweep"
+    proc = run_train(
+        "--multirun",
+        "experiment=smoke",
+        "data.num_train=1,40",  # one image cannot form a pair: job 0 fails
+        "data.num_val=20",
+        "data.num_test=20",
+        "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert proc.returncode == 1
+    assert "1 of 2 sweep jobs failed" in proc.stderr
+    failed = json.loads((sweep / "0" / "failed.json").read_text())
+    assert "cannot form pairs" in failed["error"]
+    assert not (sweep / "0" / "metrics.json").exists()
+    assert (sweep / "1" / "metrics.json").exists()  # the job after the failure ran
+    assert report_main([str(sweep), "--bootstrap", "20"]) == 0
+    text = (sweep / "results.md").read_text()
+    assert "## Failed runs" in text and "cannot form pairs" in text.split("## Failed runs")[1]

@@ -13,6 +13,10 @@ class ConfigError(MTCSNNError, ValueError):
         super().__init__(f"config error: {key}={value!r} is not allowed; {allowed}")
 
 
+class StoppedError(MTCSNNError):
+    """The run was stopped from outside (SIGTERM) and can be resumed."""
+
+
 class DivergenceError(MTCSNNError):
     """The training loss is NaN or infinite."""
 

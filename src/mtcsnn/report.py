@@ -69,6 +69,13 @@ def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def load_run(folder: Path) -> Run | str:
     """The run in ``folder``, or the reason it cannot be used."""
     metrics_path = folder / "metrics.json"
+    failed_path = folder / "failed.json"
+    if failed_path.exists() and not metrics_path.exists():
+        try:
+            reason = json.loads(failed_path.read_text()).get("error", "no reason recorded")
+        except (OSError, ValueError):
+            reason = "unreadable failed.json"
+        return f"failed: {reason}"
     if not metrics_path.exists():
         return "unfinished: no metrics.json"
     predictions_path = folder / "test_predictions.csv"
@@ -318,9 +325,14 @@ def results_markdown(
                 + " |"
             )
     lines += score_decoding_lines(groups)
-    if skipped:
-        lines += ["", "## Skipped runs", ""]
-        lines += [f"- `{path}`: {why}" for path, why in skipped]
+    failed = [(path, why) for path, why in skipped if why.startswith("failed:")]
+    other = [(path, why) for path, why in skipped if not why.startswith("failed:")]
+    if failed:
+        lines += ["", "## Failed runs", ""]
+        lines += [f"- `{path}`: {why.removeprefix('failed: ')}" for path, why in failed]
+    if other:
+        lines += ["", "## Unfinished or unreadable runs", ""]
+        lines += [f"- `{path}`: {why}" for path, why in other]
     return "\n".join(lines) + "\n"
 
 

@@ -17,6 +17,7 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
@@ -25,11 +26,12 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from mtcsnn.checkpoint import build_module
 from mtcsnn.config import check_config, cost_warnings, flatten
 from mtcsnn.distributed import end_ddp_job, use_job_commands_for_ddp_children
-from mtcsnn.errors import MTCSNNError
+from mtcsnn.errors import MTCSNNError, StoppedError
 from mtcsnn.loggers import finish_wandb, log_test_results, prepare_wandb, uses_wandb
 from mtcsnn.models import MTCSNNModule
 from mtcsnn.outputs import predictions_csv, versions, write_json, write_text_atomic
 from mtcsnn.score_decoding import decode_scores
+from mtcsnn.sweeps import clear_failure, record_failure
 
 log = logging.getLogger(__name__)
 CONFIG_PATH = str(Path(__file__).resolve().parents[2] / "conf")
@@ -100,6 +102,7 @@ def resume_point(cfg: DictConfig, out_dir: Path) -> Path | None:
 
 def fit_and_test(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.paths.output_dir)
+    clear_failure(out_dir)
     if cfg.get("resume") and (out_dir / "metrics.json").exists():
         # a finished run of a resumed sweep: keep it as it is
         log.info("resume=true: %s already finished, kept as it is", out_dir)
@@ -120,7 +123,7 @@ def fit_and_test(cfg: DictConfig) -> dict:
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=resumed_from)
     except SIGTERMException:
-        raise MTCSNNError(
+        raise StoppedError(
             f"stopped by SIGTERM after epoch {trainer.current_epoch - 1}; saved "
             f"{out_dir / 'checkpoints' / 'last.ckpt'}. Resume with the same command plus "
             f"hydra.run.dir={out_dir} resume=true"
@@ -207,6 +210,10 @@ def log_results(results: dict, out_dir: Path) -> None:
     )
 
 
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
@@ -215,8 +222,16 @@ def main(cfg: DictConfig) -> float | None:
 
             return search(cfg)
         results = train(cfg)
-    except MTCSNNError as err:
+    except StoppedError as err:  # SIGTERM: the whole sweep stops, resumable
         raise SystemExit(f"error: {err}") from None
+    except Exception as err:
+        if not in_multirun():
+            if isinstance(err, MTCSNNError):
+                raise SystemExit(f"error: {err}") from None
+            raise
+        # one failing job of a sweep: recorded in its dir; the other jobs still run
+        record_failure(Path(cfg.paths.output_dir), err)
+        return None
     metric = cfg.get("optimized_metric")
     if not metric:
         return None

@@ -1,0 +1,67 @@
+"""Failure-isolated sweeps: a failing job is recorded in its own dir and the sweep goes on.
+
+``train.main`` writes ``failed.json`` (the reason) into the dir of a multirun job that fails;
+:class:`FailureSummary`, a Hydra callback, lists the failed jobs when the sweep ends and makes
+it exit non-zero.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from mtcsnn.errors import MTCSNNError
+from mtcsnn.outputs import write_json
+
+log = logging.getLogger(__name__)
+FAILED = "failed.json"
+
+
+def record_failure(out_dir: Path, error: BaseException) -> None:
+    """``failed.json`` in the job's dir: the error, and a traceback for unexpected ones."""
+    record: dict[str, Any] = {
+        "error": str(error) or type(error).__name__,
+        "type": type(error).__name__,
+    }
+    if not isinstance(error, MTCSNNError):
+        record["traceback"] = traceback.format_exception(error)
+    write_json(out_dir / FAILED, record)
+    log.error("job failed: %s (recorded in %s)", record["error"], out_dir / FAILED)
+
+
+def clear_failure(out_dir: Path) -> None:
+    """A job run again (e.g. resumed) starts without the failure of an earlier attempt."""
+    (out_dir / FAILED).unlink(missing_ok=True)
+
+
+def read_failures(sweep_dir: Path) -> list[tuple[Path, dict]]:
+    failures = []
+    for path in sorted(sweep_dir.glob(f"*/{FAILED}")):
+        try:
+            failures.append((path.parent, json.loads(path.read_text())))
+        except (OSError, ValueError):
+            failures.append((path.parent, {"error": "unreadable failed.json"}))
+    return failures
+
+
+class FailureSummary(Callback):
+    """At the end of a multirun: one line per failed job, and a non-zero exit if any failed."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        failures = read_failures(sweep_dir)
+        if not failures:
+            return
+        jobs = sum(1 for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").exists())
+        lines = [f"{len(failures)} of {jobs} sweep jobs failed:"]
+        for job_dir, record in failures:
+            lines.append(f"  {job_dir}: {record.get('error')}")
+        print("\n".join(lines), file=sys.stderr)
+        raise SystemExit(1)
