@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 
+import numpy as np
 import pytest
 import torch
 
-from mtcsnn.errors import DivergenceError
+from mtcsnn.data import RetinaMNISTDataModule
+from mtcsnn.errors import DataError, DivergenceError
 from mtcsnn.losses import MultiTaskLoss
 from mtcsnn.train import train
 
@@ -77,3 +80,81 @@ def test_a_failing_sweep_job_is_recorded_and_the_others_still_run(tmp_path):
     assert report_main([str(sweep), "--bootstrap", "20"]) == 0
     text = (sweep / "results.md").read_text()
     assert "## Failed runs" in text and "cannot form pairs" in text.split("## Failed runs")[1]
+
+
+# --- bad data files -----------------------------------------------------------------------
+
+GOOD = {
+    f"{split}_{key}": value
+    for split, n in (("train", 6), ("val", 3), ("test", 3))
+    for key, value in (
+        ("images", np.zeros((n, 28, 28, 3), dtype=np.uint8)),
+        ("labels", (np.arange(n) % 5).reshape(-1, 1)),
+    )
+}
+
+
+def bad_file(folder, **changes):
+    arrays = {k: v for k, v in GOOD.items() if changes.get(k, "keep") is not None}
+    arrays.update({k: v for k, v in changes.items() if v is not None})
+    np.savez(folder / "retinamnist.npz", **arrays)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"val_labels": None}, "lacks val_labels"),
+        (
+            {"test_images": np.zeros((3, 32, 32, 3), dtype=np.uint8)},
+            "test_images is uint8 (3, 32, 32, 3)",
+        ),
+        ({"train_images": np.zeros((6, 28, 28, 3), dtype=np.float32)}, "expected uint8"),
+        ({"train_labels": np.array([[0], [1], [2], [3], [4], [7]])}, "grades 0..7"),
+        ({"val_labels": np.zeros((2, 1))}, "2 entries for 3 images"),
+    ],
+)
+def test_bad_npz_contents_give_one_clear_error(tmp_path, changes, message):
+    bad_file(tmp_path, **changes)
+    dm = RetinaMNISTDataModule(root=str(tmp_path), download=False, verify_md5=False)
+    with pytest.raises(DataError, match=re.escape(message)) as err:
+        dm.setup()
+    assert "retinamnist.npz" in str(err.value)
+
+
+def test_altered_or_truncated_file_fails_the_md5_check_and_stays(tmp_path, real_data_dir):
+    original = (real_data_dir / "retinamnist.npz").read_bytes()
+    for name, content in (
+        ("truncated", original[: len(original) // 2]),
+        ("altered", original[:-1] + b"x"),
+    ):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "retinamnist.npz").write_bytes(content)
+        dm = RetinaMNISTDataModule(root=str(folder), download=False)
+        with pytest.raises(DataError, match="is not the official bd4c0672"):
+            dm.setup()
+        assert (folder / "retinamnist.npz").read_bytes() == content  # nothing overwritten
+
+
+def test_truncated_file_without_md5_check_is_still_refused_clearly(tmp_path):
+    bad_file(tmp_path)
+    content = (tmp_path / "retinamnist.npz").read_bytes()
+    (tmp_path / "retinamnist.npz").write_bytes(content[: len(content) // 2])
+    dm = RetinaMNISTDataModule(root=str(tmp_path), download=False, verify_md5=False)
+    with pytest.raises(DataError, match="cannot be read as a .npz file"):
+        dm.setup()
+
+
+def test_cli_bad_data_is_one_line_without_traceback(tmp_path):
+    from cli import run_train
+
+    bad_file(tmp_path, train_labels=np.array([[0], [1], [2], [3], [4], [9]]))
+    proc = run_train(
+        f"data.root={tmp_path}",
+        "data.download=false",
+        "data.verify_md5=false",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert proc.returncode == 1
+    assert "error:" in proc.stderr and "grades 0..9" in proc.stderr
+    assert "Traceback" not in proc.stderr

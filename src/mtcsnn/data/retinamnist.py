@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import zipfile
 from pathlib import Path
 
 import medmnist
+import numpy as np
 import torch
 
-from mtcsnn.data.datamodule import PairDataModule
+from mtcsnn.data.datamodule import SPLITS, PairDataModule
 from mtcsnn.errors import DataError
 
 IMAGE_SIZES = (28, 64, 128, 224)
@@ -26,13 +29,22 @@ class RetinaMNISTDataModule(PairDataModule):
     is used as it is, so a folder holding ``retinamnist.npz`` works with no network.
     """
 
-    def __init__(self, root: str, size: int = 28, download: bool = True, **kwargs: object) -> None:
+    def __init__(
+        self,
+        root: str,
+        size: int = 28,
+        download: bool = True,
+        verify_md5: bool = True,
+        **kwargs: object,
+    ) -> None:
         super().__init__(**kwargs)
         if size not in IMAGE_SIZES:
             raise ValueError(f"size must be one of {IMAGE_SIZES}, got {size}")
         self.root = Path(root).expanduser()
         self.size = size
         self.download = download
+        self.verify_md5 = verify_md5
+        self._checked = False
 
     @property
     def path(self) -> Path:
@@ -57,8 +69,54 @@ class RetinaMNISTDataModule(PairDataModule):
             "(or data.root=<folder>)."
         )
 
+    def check_file(self) -> None:
+        """One clear DataError for a file that is altered, truncated or not RetinaMNIST."""
+        if self._checked:
+            return
+        if self.verify_md5:
+            key = "MD5" if self.size == 28 else f"MD5_{self.size}"
+            expected = medmnist.INFO["retinamnist"][key]
+            digest = hashlib.md5(self.path.read_bytes()).hexdigest()
+            if digest != expected:
+                raise DataError(
+                    f"{self.path}: MD5 {digest} is not the official {expected} (a truncated or "
+                    "altered file). Delete it to download it again, or set "
+                    "data.verify_md5=false for a file made on purpose."
+                )
+        try:
+            with np.load(self.path) as npz:
+                contents = {k: (npz[k].shape, npz[k].dtype) for k in npz.files}
+                labels = {s: npz[f"{s}_labels"] for s in SPLITS if f"{s}_labels" in npz.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise DataError(f"{self.path} cannot be read as a .npz file ({err})") from None
+        missing = [
+            f"{s}_{k}" for s in SPLITS for k in ("images", "labels") if f"{s}_{k}" not in contents
+        ]
+        if missing:
+            raise DataError(f"{self.path} lacks {', '.join(missing)} (it holds {sorted(contents)})")
+        for split in SPLITS:
+            shape, dtype = contents[f"{split}_images"]
+            wanted = (self.size, self.size, 3)
+            if len(shape) != 4 or tuple(shape[1:]) != wanted or dtype != np.uint8:
+                raise DataError(
+                    f"{self.path}: {split}_images is {dtype} {shape}, expected uint8 "
+                    f"(N, {self.size}, {self.size}, 3) for data.size={self.size}"
+                )
+            grades = labels[split].reshape(-1)
+            if len(grades) != shape[0]:
+                raise DataError(
+                    f"{self.path}: {split}_labels has {len(grades)} entries for {shape[0]} images"
+                )
+            if grades.size and (grades.min() < 0 or grades.max() > 4):
+                raise DataError(
+                    f"{self.path}: {split}_labels holds grades {int(grades.min())}.."
+                    f"{int(grades.max())}; RetinaMNIST grades are 0-4"
+                )
+        self._checked = True
+
     def load_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         self.prepare_data()
+        self.check_file()
         dataset = medmnist.RetinaMNIST(split=split, root=str(self.root), size=self.size)
         images = torch.from_numpy(dataset.imgs).permute(0, 3, 1, 2).contiguous()
         grades = torch.from_numpy(dataset.labels).reshape(-1).long()
