@@ -158,3 +158,27 @@ def test_cli_bad_data_is_one_line_without_traceback(tmp_path):
     assert proc.returncode == 1
     assert "error:" in proc.stderr and "grades 0..9" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# --- misspelt keys ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["loss.lamda=1"], "loss.lamda is not a key of loss; did you mean loss.lam?"),
+        (["loss=ce", "loss.lam=1"], "loss.lam is not a key of loss; allowed: _target_"),
+        (
+            ["--multirun", "model=resnet18,resnet34", "model.net.backbon=x"],
+            "did you mean model.net.backbone?",
+        ),
+    ],
+)
+def test_misspelt_keys_are_refused_before_training_with_the_allowed_keys(tmp_path, args, expected):
+    from cli import run_train
+
+    proc = run_train(*args, f"hydra.run.dir={tmp_path}", f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 1
+    assert expected in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "0").exists()

@@ -239,5 +239,19 @@ def main(cfg: DictConfig) -> float | None:
     return results[stage][name]
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``python -m mtcsnn.train`` / ``mtcsnn-train``: misspelt keys are refused first."""
+    import sys
+
+    from mtcsnn.overrides import unknown_key_message
+
+    message = unknown_key_message(
+        [a for a in sys.argv[1:] if not a.startswith("-")], CONFIG_PATH, "train"
+    )
+    if message:
+        raise SystemExit(f"error: {message}")
     main()
+
+
+if __name__ == "__main__":
+    cli()
