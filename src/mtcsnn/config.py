@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -45,9 +46,21 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
+_ABSENT = object()
+
+
+def _value(cfg: DictConfig, key: str) -> object:
+    """The value at ``key``; ``_ABSENT`` when the config has no such key (e.g. lam for ce)."""
+    return OmegaConf.select(cfg, key, default=_ABSENT)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _choice(cfg: DictConfig, key: str, allowed: tuple) -> None:
-    value = OmegaConf.select(cfg, key)
-    if value is not None and value not in allowed:
+    value = _value(cfg, key)
+    if value is not _ABSENT and (isinstance(value, bool) or value not in allowed):
         raise ConfigError(key, value, "choose one of: " + ", ".join(map(str, allowed)))
 
 
@@ -78,13 +91,18 @@ def check_config(cfg: DictConfig) -> None:
     _choice(cfg, "data.size", IMAGE_SIZES)
     _choice(cfg, "data.pairing", PAIRINGS)
 
-    lam = OmegaConf.select(cfg, "loss.lam")
-    if lam is not None and not (isinstance(lam, (int, float)) and lam >= 0):
-        raise ConfigError("loss.lam", lam, "it must be a number >= 0")
+    lam = _value(cfg, "loss.lam")
+    if lam is not _ABSENT and not (
+        isinstance(lam, (int, float))
+        and not isinstance(lam, bool)
+        and math.isfinite(lam)
+        and lam >= 0
+    ):
+        raise ConfigError("loss.lam", lam, "it must be a finite number >= 0")
 
-    batch_size = OmegaConf.select(cfg, "data.batch_size")
-    if batch_size is not None and not (
-        isinstance(batch_size, int) and batch_size >= 2 and batch_size % 2 == 0
+    batch_size = _value(cfg, "data.batch_size")
+    if batch_size is not _ABSENT and not (
+        _is_int(batch_size) and batch_size >= 2 and batch_size % 2 == 0
     ):
         raise ConfigError(
             "data.batch_size",
@@ -92,18 +110,18 @@ def check_config(cfg: DictConfig) -> None:
             "it counts images and must be an even number >= 2 (each batch is batch_size/2 pairs)",
         )
 
-    metric = OmegaConf.select(cfg, "optimized_metric")
-    if metric is not None and not str(metric).startswith("val/"):
+    metric = _value(cfg, "optimized_metric")
+    if metric is not _ABSENT and metric is not None and not str(metric).startswith("val/"):
         raise ConfigError(
             "optimized_metric",
             metric,
             "it picks the checkpoint and steers searches: use a val metric, e.g. val/auroc",
         )
 
-    threads = OmegaConf.select(cfg, "threads")
-    if threads is not None and not (isinstance(threads, int) and threads >= 1):
+    threads = _value(cfg, "threads")
+    if threads not in (_ABSENT, None) and not (_is_int(threads) and threads >= 1):
         raise ConfigError("threads", threads, "it must be null (all cores) or an integer >= 1")
 
-    max_epochs = OmegaConf.select(cfg, "trainer.max_epochs")
-    if max_epochs is not None and not (isinstance(max_epochs, int) and max_epochs >= 1):
+    max_epochs = _value(cfg, "trainer.max_epochs")
+    if max_epochs is not _ABSENT and not (_is_int(max_epochs) and max_epochs >= 1):
         raise ConfigError("trainer.max_epochs", max_epochs, "it must be an integer >= 1")
