@@ -182,3 +182,22 @@ def test_misspelt_keys_are_refused_before_training_with_the_allowed_keys(tmp_pat
     assert expected in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "0").exists()
+
+
+def test_a_write_that_fails_halfway_leaves_the_old_file_whole(tmp_path, monkeypatch):
+    import os
+
+    from mtcsnn.outputs import write_json
+
+    path = tmp_path / "metrics.json"
+    write_json(path, {"test": {"auroc": 0.7}})
+    before = path.read_text()
+
+    def fail(fd):  # the disk fails after the new text was handed over
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", fail)
+    with pytest.raises(OSError, match="disk full"):
+        write_json(path, {"test": {"auroc": 0.9}, "padding": "x" * 100_000})
+    assert path.read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temporary file left
