@@ -6,6 +6,14 @@ import os
 import subprocess
 import sys
 
+# one epoch on a small synthetic set: for tests of sweeps and launchers, not of learning
+ONE_SMALL_EPOCH = (
+    "data.num_val=20",
+    "data.num_test=20",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+)
+
 
 def run_train(*args: str, env: dict | None = None, inherit: bool = True):
     """``python -m mtcsnn.train`` with ``args``; flags such as ``--multirun`` go first."""

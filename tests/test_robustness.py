@@ -56,7 +56,7 @@ def test_same_config_and_seed_give_identical_numbers(tiny_cfg, tmp_path):
 
 @pytest.mark.slow
 def test_a_failing_sweep_job_is_recorded_and_the_others_still_run(tmp_path):
-    from cli import run_train
+    from cli import ONE_SMALL_EPOCH, run_train
 
     from mtcsnn.report import main as report_main
 
@@ -65,10 +65,7 @@ def test_a_failing_sweep_job_is_recorded_and_the_others_still_run(tmp_path):
         "--multirun",
         "experiment=smoke",
         "data.num_train=1,40",  # one image cannot form a pair: job 0 fails
-        "data.num_val=20",
-        "data.num_test=20",
-        "trainer.max_epochs=1",
-        "trainer.enable_progress_bar=false",
+        *ONE_SMALL_EPOCH,
         f"hydra.sweep.dir={sweep}",
     )
     assert proc.returncode == 1

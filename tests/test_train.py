@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli import run_train
+from cli import ONE_SMALL_EPOCH, run_train
 from sklearn.metrics import accuracy_score, cohen_kappa_score, roc_auc_score
 
 from mtcsnn.checkpoint import load_checkpoint
@@ -115,11 +115,8 @@ def test_multirun_smoke_gives_each_job_its_own_metrics(tmp_path):
         "--multirun",
         "experiment=smoke",
         "loss=ce,mtcsnn",
-        "trainer.max_epochs=1",
         "data.num_train=40",
-        "data.num_val=20",
-        "data.num_test=20",
-        "trainer.enable_progress_bar=false",
+        *ONE_SMALL_EPOCH,
         f"hydra.sweep.dir={sweep_dir}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -144,11 +141,8 @@ def test_parallel_launcher_runs_jobs_at_once_with_split_threads(tmp_path):
         "hydra/launcher=parallel",
         "hydra.launcher.n_jobs=2",
         "seed=1,2",
-        "trainer.max_epochs=1",
         "data.num_train=40",
-        "data.num_val=20",
-        "data.num_test=20",
-        "trainer.enable_progress_bar=false",
+        *ONE_SMALL_EPOCH,
         f"hydra.sweep.dir={sweep_dir}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
