@@ -162,12 +162,12 @@ def fit_and_test(cfg: DictConfig) -> dict:
         "versions": versions(),
         "config": model.run_config,
     }
-    if getattr(model.loss, "trains_score", False) and hasattr(datamodule, "splits"):
-        # the severity score as a grader: thresholds fitted on val, and pairwise inference
-        results["score_decoding"] = decode_scores(
-            model.net, datamodule.splits, getattr(model.loss, "difference", "absolute")
-        )
     if trainer.is_global_zero:  # under DDP every process has the results; one writes them
+        if getattr(model.loss, "trains_score", False) and hasattr(datamodule, "splits"):
+            # the severity score as a grader: thresholds fitted on val, pairwise inference
+            results["score_decoding"] = decode_scores(
+                model.net, datamodule.splits, getattr(model.loss, "difference", "absolute")
+            )
         write_outputs(out_dir, model, results)
         for lg in wandb_loggers:
             log_test_results(lg, model, datamodule, results)
