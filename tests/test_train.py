@@ -185,3 +185,13 @@ def test_cli_missing_dataset_offline(tmp_path):
     assert "retinamnist.npz" in proc.stderr and "MTCSNN_DATA_DIR" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_hard_pairing_uses_the_scores_seen_in_training(tiny_cfg, tmp_path):
+    train(tiny_cfg("data.pairing=hard", "trainer.max_epochs=3"))
+    with open(tmp_path / "csv" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/pair_diff_0")]
+    shares = [[float(r[f"train/pair_diff_{d}"]) for d in range(5)] for r in rows]
+    assert len(shares) == 3 and all(sum(s) == pytest.approx(1) for s in shares)
+    # epoch 0 has no scores yet (a random matching); later epochs pair different grades only
+    assert shares[1][0] == 0 and shares[2][0] == 0

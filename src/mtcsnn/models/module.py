@@ -54,6 +54,7 @@ class MTCSNNModule(pl.LightningModule):
         self.compile_net = compile
         # severity scores of the training images as last seen in training (hard pairing)
         self._epoch_scores: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._collect_scores = False
 
     def configure_model(self) -> None:
         # In place (nn.Module.compile): parameter names, hence checkpoints, stay as they are.
@@ -82,6 +83,8 @@ class MTCSNNModule(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._epoch_scores = []
+        sampler = self._pair_sampler()
+        self._collect_scores = sampler is not None and sampler.strategy == "hard"
 
     def on_train_epoch_end(self) -> None:
         sampler = self._pair_sampler()
@@ -109,7 +112,7 @@ class MTCSNNModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out_a, out_b = self.net.forward_pair(batch["image_a"], batch["image_b"])
-        if "index_a" in batch:
+        if self._collect_scores:
             self._epoch_scores.append((batch["index_a"], out_a.score.detach()))
             self._epoch_scores.append((batch["index_b"], out_b.score.detach()))
         terms = self.loss(out_a, out_b, batch["grade_a"], batch["grade_b"])
