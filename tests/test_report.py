@@ -144,6 +144,15 @@ def test_report_compares_the_score_decodings_where_runs_have_them(sweep):
     assert "| loss=ce |" not in section
 
 
+def test_off_by_one_accuracy_comes_from_the_predictions_when_metrics_lack_it(sweep):
+    runs, _ = collect_runs(sweep)
+    for run in runs:
+        expected = np.mean(np.abs(run.probs.argmax(1) - run.grades) <= 1)
+        assert run.metrics["test"]["acc_within1"] == pytest.approx(expected)
+    assert main([str(sweep), "--bootstrap", "20"]) == 0
+    assert "test off-by-one accuracy" in (sweep / "results.md").read_text()
+
+
 def test_report_on_a_single_run(sweep, tmp_path):
     assert main([str(sweep / "0"), "--bootstrap", "50"]) == 0
     assert "| all runs | 1 | 0.7000 |" in (sweep / "0" / "results.md").read_text()

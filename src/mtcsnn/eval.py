@@ -17,6 +17,7 @@ from omegaconf import DictConfig, open_dict
 from mtcsnn.checkpoint import load_checkpoint
 from mtcsnn.errors import MTCSNNError
 from mtcsnn.outputs import versions
+from mtcsnn.score_decoding import decode_scores
 from mtcsnn.train import CONFIG_PATH, log_results, validate_and_test, write_outputs
 
 
@@ -41,6 +42,10 @@ def evaluate(cfg: DictConfig) -> dict:
         "versions": versions(),
         "config": ckpt.module.run_config,
     }
+    if getattr(ckpt.module.loss, "trains_score", False):
+        results["score_decoding"] = decode_scores(
+            ckpt.module.net, datamodule.splits, getattr(ckpt.module.loss, "difference", "absolute")
+        )
     write_outputs(out_dir, ckpt.module, results)
     log_results(results, out_dir)
     return results
