@@ -28,6 +28,9 @@ METRICS = ("auroc", "acc", "kappa", "mae")
 OPTIONAL_METRICS = {"acc_within1": "off-by-one accuracy"}
 # config keys that differ between runs without making them different configurations
 IGNORED_KEYS = {
+    # names of a sweep and its folder, not settings: what an experiment sets shows in the config
+    "experiment",
+    "task_name",
     "seed",
     "data.seed",
     "data.root",
