@@ -37,6 +37,16 @@ def checkpoint_of(run_dir: Path) -> Path:
     return Path(json.loads((run_dir / "metrics.json").read_text())["best_checkpoint"])
 
 
+def run_tool(tool: str, run_dir: Path, inputs: str, out: Path):
+    """``python -m mtcsnn.<tool>`` on the checkpoint of ``run_dir``, writing into ``out``."""
+    return run_module(
+        f"mtcsnn.{tool}",
+        f"ckpt_path={checkpoint_of(run_dir)}",
+        f"inputs=[{inputs}]",
+        f"hydra.run.dir={out}",
+    )
+
+
 def read_csv(path: Path) -> list[dict]:
     with open(path) as f:
         return list(csv.DictReader(f))
@@ -68,12 +78,7 @@ def test_predict_big_jpeg_and_png_and_reports_the_corrupt_file(real_run, tmp_pat
     Image.fromarray(rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)).save(inputs / "b.png")
     (inputs / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
     out = tmp_path / "out"
-    proc = run_module(
-        "mtcsnn.predict",
-        f"ckpt_path={checkpoint_of(real_run)}",
-        f"inputs=[{inputs}]",
-        f"hydra.run.dir={out}",
-    )
+    proc = run_tool("predict", real_run, str(inputs), out)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert "1 input(s) could not be read" in proc.stderr
@@ -98,12 +103,7 @@ def test_predict_on_test_split_images_gives_the_test_predictions(real_run, tmp_p
     npz = tmp_path / "subset.npz"
     np.savez(npz, test_images=test_images)
     out = tmp_path / "out"
-    proc = run_module(
-        "mtcsnn.predict",
-        f"ckpt_path={checkpoint_of(real_run)}",
-        f"inputs=[{folder},{npz}]",
-        f"hydra.run.dir={out}",
-    )
+    proc = run_tool("predict", real_run, f"{folder},{npz}", out)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = read_csv(out / "predictions.csv")
     expected = read_csv(real_run / "test_predictions.csv")[:40]
@@ -120,12 +120,7 @@ def test_explain_writes_one_overlay_per_image(real_run, tmp_path, real_data_dir)
     image = np.load(real_data_dir / "retinamnist.npz")["test_images"][0]
     Image.fromarray(image).save(tmp_path / "eye.png")
     out = tmp_path / "out"
-    proc = run_module(
-        "mtcsnn.explain",
-        f"ckpt_path={checkpoint_of(real_run)}",
-        f"inputs=[{tmp_path / 'eye.png'}]",
-        f"hydra.run.dir={out}",
-    )
+    proc = run_tool("explain", real_run, str(tmp_path / "eye.png"), out)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (png,) = out.glob("*_gradcam.png")
     assert Image.open(png).size[0] > 100

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, open_dict
 from mtcsnn.checkpoint import load_checkpoint
 from mtcsnn.errors import MTCSNNError
 from mtcsnn.outputs import versions
-from mtcsnn.score_decoding import decode_scores
+from mtcsnn.score_decoding import decode_if_trained
 from mtcsnn.train import CONFIG_PATH, log_results, validate_and_test, write_outputs
 
 
@@ -42,10 +42,9 @@ def evaluate(cfg: DictConfig) -> dict:
         "versions": versions(),
         "config": ckpt.module.run_config,
     }
-    if getattr(ckpt.module.loss, "trains_score", False):
-        results["score_decoding"] = decode_scores(
-            ckpt.module.net, datamodule.splits, getattr(ckpt.module.loss, "difference", "absolute")
-        )
+    decoded = decode_if_trained(ckpt.module, datamodule.splits)
+    if decoded is not None:
+        results["score_decoding"] = decoded
     write_outputs(out_dir, ckpt.module, results)
     log_results(results, out_dir)
     return results

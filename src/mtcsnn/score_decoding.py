@@ -127,3 +127,10 @@ def decode_scores(net: torch.nn.Module, splits: dict, difference: str = "absolut
         out["thresholds"][stage] = label_metrics(by_threshold, grades[stage])
         out["pairwise"][stage] = label_metrics(by_pairs, grades[stage])
     return out
+
+
+def decode_if_trained(module, splits: dict | None) -> dict | None:
+    """:func:`decode_scores` for a module whose loss trains the score; None otherwise."""
+    if not getattr(module.loss, "trains_score", False) or splits is None:
+        return None
+    return decode_scores(module.net, splits, getattr(module.loss, "difference", "absolute"))

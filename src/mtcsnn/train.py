@@ -30,7 +30,7 @@ from mtcsnn.errors import MTCSNNError, StoppedError
 from mtcsnn.loggers import finish_wandb, log_test_results, prepare_wandb, uses_wandb
 from mtcsnn.models import MTCSNNModule
 from mtcsnn.outputs import predictions_csv, versions, write_json, write_text_atomic
-from mtcsnn.score_decoding import decode_scores
+from mtcsnn.score_decoding import decode_if_trained
 from mtcsnn.sweeps import clear_failure, record_failure
 
 log = logging.getLogger(__name__)
@@ -163,11 +163,10 @@ def fit_and_test(cfg: DictConfig) -> dict:
         "config": model.run_config,
     }
     if trainer.is_global_zero:  # under DDP every process has the results; one writes them
-        if getattr(model.loss, "trains_score", False) and hasattr(datamodule, "splits"):
-            # the severity score as a grader: thresholds fitted on val, pairwise inference
-            results["score_decoding"] = decode_scores(
-                model.net, datamodule.splits, getattr(model.loss, "difference", "absolute")
-            )
+        # the severity score as a grader: thresholds fitted on val, pairwise inference
+        decoded = decode_if_trained(model, getattr(datamodule, "splits", None))
+        if decoded is not None:
+            results["score_decoding"] = decoded
         write_outputs(out_dir, model, results)
         for lg in wandb_loggers:
             log_test_results(lg, model, datamodule, results)
