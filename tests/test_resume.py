@@ -21,6 +21,7 @@ RUN = [
     "data.num_val=40",
     "data.num_test=40",
     "data.batch_size=16",
+    "data.eval_batch_size=16",  # several val batches, so a signal can land inside validation
     "trainer=cpu",
     "trainer.max_epochs=12",
     "trainer.deterministic=true",
@@ -73,6 +74,37 @@ def test_killed_run_resumes_to_the_same_numbers(tmp_path, uninterrupted, signum)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["resumed_from"].endswith("last.ckpt")
+    assert metrics["test"] == uninterrupted["test"]
+    assert metrics["val"] == uninterrupted["val"]
+    assert metrics["best_epoch"] == uninterrupted["best_epoch"]
+
+
+@pytest.mark.parametrize(
+    "point",
+    [("3", "false"), ("1", "true")],
+    ids=["mid-training", "mid-validation"],
+)
+def test_sigterm_inside_an_epoch_stops_at_its_end(tmp_path, uninterrupted, point):
+    # the signal lands at a known batch of epoch 2; the run must still stop after that epoch,
+    # since resuming from the middle of an epoch would pair and augment other images
+    batch, val = point
+    run_dir = tmp_path / "run"
+    stopped = run_train(
+        *RUN,
+        f"hydra.run.dir={run_dir}",
+        "+callbacks.interrupt._target_=interrupt.SigtermAt",
+        "+callbacks.interrupt.epoch=2",
+        f"+callbacks.interrupt.batch={batch}",
+        f"+callbacks.interrupt.val={val}",
+        env={**ENV, "PYTHONPATH": str(Path(__file__).parent)},
+    )
+    assert stopped.returncode != 0
+    assert "stopped by SIGTERM after epoch 2" in stopped.stderr
+    assert "Traceback" not in stopped.stdout + stopped.stderr
+    assert not (run_dir / "metrics.json").exists()
+    resumed = run_train(*RUN, f"hydra.run.dir={run_dir}", "resume=true", env=ENV)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test"] == uninterrupted["test"]
     assert metrics["val"] == uninterrupted["val"]
     assert metrics["best_epoch"] == uninterrupted["best_epoch"]

@@ -2,25 +2,35 @@
 
 from __future__ import annotations
 
+import logging
+import signal
+import threading
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+log = logging.getLogger(__name__)
+
 
 class RunState(pl.Callback):
-    """Keeps the random state in checkpoints, and saves ``last.ckpt`` when SIGTERM stops a run.
+    """Keeps the random state in checkpoints, and stops a run on SIGTERM at an epoch end.
 
     Lightning checkpoints hold weights, optimiser, schedule and loop counters, not the random
     number generators; the augmentation draws from torch's generator, so a resumed run would
-    flip and rotate other images than an uninterrupted one. On SIGTERM Lightning finishes the
-    current epoch and stops; this callback then writes ``last.ckpt`` at that epoch end.
+    flip and rotate other images than an uninterrupted one. Lightning's own SIGTERM handler
+    stops after the current batch, and a run resumed from the middle of an epoch sees other
+    pairs and augmentations than an uninterrupted one; so SIGTERM is only noted here, handed
+    to Lightning once the epoch (validation included) is over, and ``last.ckpt`` is written
+    at that epoch end.
     """
 
     def __init__(self, dirpath: str) -> None:
         self.dirpath = Path(dirpath)
         self.stopped_by_sigterm = False
+        self._sigterm_requested = False
+        self._lightning_handler = None
 
     @property
     def last_path(self) -> Path:
@@ -38,6 +48,32 @@ class RunState(pl.Callback):
             torch.set_rng_state(states["torch"])
         if "cuda" in states and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(states["cuda"])
+
+    def _note_sigterm(self, signum, frame) -> None:
+        self._sigterm_requested = True  # nothing else: this runs between any two bytecodes
+
+    def _defer_sigterm(self) -> None:
+        # Lightning installs its handler just before the sanity check and training start
+        if threading.current_thread() is not threading.main_thread():
+            return
+        current = signal.getsignal(signal.SIGTERM)
+        if current != self._note_sigterm:
+            self._lightning_handler = current
+            signal.signal(signal.SIGTERM, self._note_sigterm)
+
+    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module) -> None:
+        self._defer_sigterm()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module) -> None:
+        self._defer_sigterm()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
+        # every rank takes part, so all stop at the same epoch end
+        stop = trainer.strategy.reduce_boolean_decision(self._sigterm_requested, all=False)
+        if stop and callable(self._lightning_handler):
+            log.info("SIGTERM received: stopping at the end of epoch %d", trainer.current_epoch)
+            # Lightning's handler raises SIGTERMException once this epoch is complete
+            self._lightning_handler(signal.SIGTERM, None)
 
     def on_exception(self, trainer: pl.Trainer, pl_module, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException):

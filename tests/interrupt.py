@@ -1,0 +1,26 @@
+"""A callback that sends SIGTERM to its own run at a chosen point, for the resume tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytorch_lightning as pl
+
+
+class SigtermAt(pl.Callback):
+    """SIGTERM after training batch ``batch`` of ``epoch`` (or its val batch with ``val``)."""
+
+    def __init__(self, epoch: int, batch: int, val: bool = False) -> None:
+        self.epoch, self.batch, self.val = epoch, batch, val
+
+    def _maybe_kill(self, trainer: pl.Trainer, batch_idx: int, val: bool) -> None:
+        if (trainer.current_epoch, batch_idx, val) == (self.epoch, self.batch, self.val):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._maybe_kill(trainer, batch_idx, val=False)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *_) -> None:
+        if not trainer.sanity_checking:
+            self._maybe_kill(trainer, batch_idx, val=True)
