@@ -61,6 +61,16 @@ def start_and_kill(run_dir: Path, signum: int, after_epoch: int) -> tuple[int, s
     return code, log.read_text()
 
 
+def resume_and_compare(run_dir: Path, uninterrupted: dict) -> None:
+    resumed = run_train(*RUN, f"hydra.run.dir={run_dir}", "resume=true", env=ENV)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["resumed_from"].endswith("last.ckpt")
+    assert metrics["test"] == uninterrupted["test"]
+    assert metrics["val"] == uninterrupted["val"]
+    assert metrics["best_epoch"] == uninterrupted["best_epoch"]
+
+
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_killed_run_resumes_to_the_same_numbers(tmp_path, uninterrupted, signum):
     run_dir = tmp_path / "run"
@@ -70,13 +80,7 @@ def test_killed_run_resumes_to_the_same_numbers(tmp_path, uninterrupted, signum)
     if signum == signal.SIGTERM:
         assert "stopped by SIGTERM after epoch" in output and "resume=true" in output
         assert "Traceback" not in output
-    resumed = run_train(*RUN, f"hydra.run.dir={run_dir}", "resume=true", env=ENV)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["resumed_from"].endswith("last.ckpt")
-    assert metrics["test"] == uninterrupted["test"]
-    assert metrics["val"] == uninterrupted["val"]
-    assert metrics["best_epoch"] == uninterrupted["best_epoch"]
+    resume_and_compare(run_dir, uninterrupted)
 
 
 @pytest.mark.parametrize(
@@ -102,12 +106,7 @@ def test_sigterm_inside_an_epoch_stops_at_its_end(tmp_path, uninterrupted, point
     assert "stopped by SIGTERM after epoch 2" in stopped.stderr
     assert "Traceback" not in stopped.stdout + stopped.stderr
     assert not (run_dir / "metrics.json").exists()
-    resumed = run_train(*RUN, f"hydra.run.dir={run_dir}", "resume=true", env=ENV)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["test"] == uninterrupted["test"]
-    assert metrics["val"] == uninterrupted["val"]
-    assert metrics["best_epoch"] == uninterrupted["best_epoch"]
+    resume_and_compare(run_dir, uninterrupted)
 
 
 def test_resuming_a_finished_run_keeps_it(tmp_path):
