@@ -28,7 +28,6 @@ class RunState(pl.Callback):
 
     def __init__(self, dirpath: str) -> None:
         self.dirpath = Path(dirpath)
-        self.stopped_by_sigterm = False
         self._sigterm_requested = False
         self._lightning_handler = None
 
@@ -77,5 +76,4 @@ class RunState(pl.Callback):
 
     def on_exception(self, trainer: pl.Trainer, pl_module, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException):
-            self.stopped_by_sigterm = True
             trainer.save_checkpoint(self.last_path)
