@@ -17,8 +17,12 @@ from omegaconf import DictConfig, open_dict
 from mtcsnn.checkpoint import load_checkpoint
 from mtcsnn.errors import MTCSNNError
 from mtcsnn.outputs import versions
+from mtcsnn.overrides import missing_arguments_message
 from mtcsnn.score_decoding import decode_if_trained
 from mtcsnn.train import CONFIG_PATH, log_results, validate_and_test, write_outputs
+
+# the command line printed when a mandatory argument is missing
+EXAMPLE = "python -m mtcsnn.eval ckpt_path=logs/train/runs/<date>_<time>/checkpoints/epoch_012.ckpt"
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -52,6 +56,9 @@ def evaluate(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
 def main(cfg: DictConfig) -> float:
+    missing = missing_arguments_message(cfg, EXAMPLE)
+    if missing:
+        raise SystemExit(f"error: {missing}")
     try:
         return evaluate(cfg)["test"]["auroc"]
     except MTCSNNError as err:

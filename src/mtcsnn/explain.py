@@ -14,10 +14,17 @@ from mtcsnn.cam import cam_layer, grad_cam
 from mtcsnn.checkpoint import load_checkpoint
 from mtcsnn.errors import MTCSNNError
 from mtcsnn.images import expand_inputs, read_all
+from mtcsnn.overrides import missing_arguments_message
 from mtcsnn.predict import as_list, pick_device
 from mtcsnn.train import CONFIG_PATH
 
 log = logging.getLogger(__name__)
+
+# the command line printed when a mandatory argument is missing
+EXAMPLE = (
+    "python -m mtcsnn.explain ckpt_path=logs/train/runs/<date>_<time>/checkpoints/"
+    "epoch_012.ckpt inputs=[photo.jpg]"
+)
 
 
 def overlay_png(image: torch.Tensor, cam: torch.Tensor, title: str, path: Path) -> None:
@@ -72,6 +79,9 @@ def explain(cfg: DictConfig) -> tuple[list[Path], list[tuple[str, str]]]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="explain")
 def main(cfg: DictConfig) -> None:
+    missing = missing_arguments_message(cfg, EXAMPLE)
+    if missing:
+        raise SystemExit(f"error: {missing}")
     try:
         written, failures = explain(cfg)
     except (MTCSNNError, ValueError) as err:

@@ -75,3 +75,12 @@ def _check_key(cfg: DictConfig, key: str) -> str | None:
         if node is None:
             return None
     return None
+
+
+def missing_arguments_message(cfg: DictConfig, example: str) -> str | None:
+    """``ckpt_path is required, e.g. ...`` when a mandatory (``???``) value was not given."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if not missing:
+        return None
+    verb = "is" if len(missing) == 1 else "are"
+    return f"{' and '.join(missing)} {verb} required, e.g. {example}"

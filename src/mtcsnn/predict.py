@@ -21,9 +21,16 @@ from mtcsnn.errors import MTCSNNError
 from mtcsnn.images import ImageSource, expand_inputs, read_all
 from mtcsnn.models import MTCSNNModule
 from mtcsnn.outputs import write_text_atomic
+from mtcsnn.overrides import missing_arguments_message
 from mtcsnn.train import CONFIG_PATH
 
 log = logging.getLogger(__name__)
+
+# the command line printed when a mandatory argument is missing
+EXAMPLE = (
+    "python -m mtcsnn.predict ckpt_path=logs/train/runs/<date>_<time>/checkpoints/"
+    "epoch_012.ckpt inputs=[photo.jpg,more_photos/]"
+)
 
 
 def pick_device(name: str) -> torch.device:
@@ -89,6 +96,9 @@ PREDICTION_HEADER = ["path", "pred", *[f"prob_{c}" for c in range(5)], "score"]
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="predict")
 def main(cfg: DictConfig) -> None:
+    missing = missing_arguments_message(cfg, EXAMPLE)
+    if missing:
+        raise SystemExit(f"error: {missing}")
     try:
         rows, failures = predict(cfg)
     except MTCSNNError as err:

@@ -1,0 +1,57 @@
+"""What a user sees first: ``--help`` of each command, and a missing argument."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+from cli import run_module
+from conftest import ROOT
+
+CONF = ROOT / "conf"
+HYDRA_COMMANDS = ("train", "eval", "predict", "explain")
+
+
+def groups_used(command: str) -> set[str]:
+    """The config groups in the defaults list of the command's primary config."""
+    defaults = yaml.safe_load((CONF / f"{command}.yaml").read_text())["defaults"]
+    names = {next(iter(entry)) for entry in defaults if isinstance(entry, dict)}
+    return {name for name in names if not name.startswith(("hydra", "override"))}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", HYDRA_COMMANDS)
+def test_help_says_what_the_command_does_and_lists_only_its_groups(command):
+    result = run_module(f"mtcsnn.{command}", "--help")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert text.startswith(f"python -m mtcsnn.{command}")
+    assert "MTCSNN_DATA_DIR" in text
+    listed = dict(re.findall(r"^\s*(\w+): ([\w, ]+)$", text, re.M))
+    assert set(listed) <= groups_used(command), listed
+    for group, options in listed.items():
+        on_disk = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+        assert options.split(", ") == on_disk, group
+    if command == "train":
+        assert {"model", "loss", "data", "trainer", "experiment"} <= set(listed)
+    else:
+        assert "loss" not in listed and "model" not in listed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("command", "args", "missing"),
+    [
+        ("eval", [], "ckpt_path is required"),
+        ("predict", [], "ckpt_path and inputs are required"),
+        ("predict", ["ckpt_path=x.ckpt"], "inputs is required"),
+        ("explain", ["inputs=[a.png]"], "ckpt_path is required"),
+    ],
+)
+def test_a_missing_argument_is_one_line_with_an_example(tmp_path, command, args, missing):
+    result = run_module(f"mtcsnn.{command}", *args, f"hydra.run.dir={tmp_path / 'out'}")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {missing}, e.g. python -m mtcsnn.{command} ckpt_path=")

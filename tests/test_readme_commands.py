@@ -1,0 +1,345 @@
+"""Every command block of README.md and notebooks/README.md, run as a user types it.
+
+The commands run in document order in one scratch folder (with ``../shared`` beside it, as in
+a checkout), each through ``bash`` exactly as written, with only size-limiting overrides
+appended (``data=synthetic``, one epoch, one seed, ...) and nothing that moves outputs. Then the
+outputs the README documents for that command are checked. Placeholders (``<date>_<time>``,
+``<run dir>``, ...) stand for the newest folder the earlier commands made.
+
+A README command that is neither run here nor listed in ``SKIPPED`` fails the test: a new
+command must be added to this harness.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import DATA_DIR, ROOT
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+DOCS = ("README.md", "notebooks/README.md")
+
+# one epoch on a small synthetic set: the command's own overrides stay, these only shrink it
+SMALL = (
+    "data=synthetic data.num_train=32 data.num_val=20 data.num_test=20 data.batch_size=16 "
+    "trainer.max_epochs=1 trainer.enable_progress_bar=false"
+)
+ONE_SEED = SMALL + " seed=1"
+
+# Commands that cannot run in CI, with the reason.
+SKIPPED = {
+    'pip install -e ".[test]"': "the install itself: .ci/run runs it in a fresh venv",
+    "pytest": "the suite itself: .ci/run runs it",
+    "python -m mtcsnn.train trainer=ddp trainer.accelerator=gpu trainer.devices=4": (
+        "needs 4 GPUs; tests/test_ddp.py runs the same DDP code on 2 CPU processes"
+    ),
+    "python -m mtcsnn.train --multirun hydra/launcher=slurm experiment=paper_table trainer=gpu "
+    "hydra.launcher.partition=gpu hydra.launcher.account=my_lab "
+    "hydra.launcher.timeout_min=30": (
+        "needs a SLURM cluster; tests/test_configs.py composes the launcher config"
+    ),
+    "python -m mtcsnn.report logs/paper_table/multiruns/<date>_<time>#slurm": (
+        "reads the SLURM sweep above (the same report command runs after experiment=paper_table)"
+    ),
+    "python -m mtcsnn.bench --steps 60 --warmup 10 trainer=gpu "
+    "model.net.channels_last=true": "needs a GPU",
+    "python -m mtcsnn.train experiment=paper_table hydra/launcher=parallel "
+    "hydra.launcher.n_jobs=8 trainer=gpu model.net.channels_last=true": "needs a GPU",
+    "wandb login": "needs a W&B account and the network; runs log offline without it",
+    'pip install -e ".[notebooks]"': "an install into the test venv (JupyterLab, about 100 MB)",
+    "jupyter lab notebooks/": "starts a server that waits for a browser; pytest runs the notebooks",
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    """How one README command runs here: what is appended, and what it must leave behind."""
+
+    append: str
+    check: Callable[[set[Path], str], None]  # (the files the command wrote, its output)
+
+
+def folders_with(written: set[Path], name: str) -> set[Path]:
+    return {p.parent for p in written if p.name == name}
+
+
+def runs(count: int) -> Callable[[set[Path], str], None]:
+    """``count`` new training runs, each with the files README's run table lists."""
+
+    def check(written: set[Path], output: str) -> None:
+        run_dirs = folders_with(written, "metrics.json")
+        assert len(run_dirs) == count, output
+        for run_dir in run_dirs:
+            assert (run_dir / "test_predictions.csv").is_file()
+            assert (run_dir / "csv" / "metrics.csv").is_file()
+            assert (run_dir / "train.log").stat().st_size > 0
+            assert (run_dir / ".hydra" / "overrides.yaml").is_file()
+            assert list((run_dir / "checkpoints").glob("epoch_*.ckpt"))
+
+    return check
+
+
+def report(lambda_figure: bool = False) -> Callable[[set[Path], str], None]:
+    def check(written: set[Path], output: str) -> None:
+        (folder,) = folders_with(written, "results.md")
+        names = {"results.md", "confusion_matrix.png", "roc_curves.png", "val_curves.png"}
+        if lambda_figure:
+            names.add("auroc_vs_lambda.png")
+        assert names <= {p.name for p in folder.iterdir()}, output
+        assert "| test AUROC" in (folder / "results.md").read_text()
+
+    return check
+
+
+def search(trials: int) -> Callable[[set[Path], str], None]:
+    def check(written: set[Path], output: str) -> None:
+        (folder,) = folders_with(written, "search.json")
+        assert len(folders_with(written, "metrics.json")) == trials, output
+        assert all(p.parent == folder for p in folders_with(written, "metrics.json"))
+
+    return check
+
+
+def evaluated(written: set[Path], output: str) -> None:
+    assert folders_with(written, "metrics.json") == folders_with(written, "test_predictions.csv")
+    assert len(folders_with(written, "metrics.json")) == 1, output
+
+
+def predicted(written: set[Path], output: str) -> None:
+    (table,) = (p for p in written if p.name == "predictions.csv")
+    with open(table) as f:
+        paths = [row["path"] for row in csv.DictReader(f)]
+    # photo.jpg, the two files in more_photos/, the 400 test images of retinamnist.npz
+    assert len(paths) == 1 + 2 + 400, output
+
+
+def explained(written: set[Path], output: str) -> None:
+    assert len([p for p in written if p.suffix == ".png"]) == 1, output
+
+
+def benched(written: set[Path], output: str) -> None:
+    assert "img/s" in output, output
+
+
+def kept(written: set[Path], output: str) -> None:
+    assert "already finished, kept as it is" in output, output
+    assert not folders_with(written, "metrics.json")
+
+
+def nothing(written: set[Path], output: str) -> None:
+    """An assignment: the harness keeps the variable for the next commands."""
+
+
+def cleared(written: set[Path], output: str) -> None:
+    notebooks = [p for p in written if p.suffix == ".ipynb"]
+    assert len(notebooks) == 2, output
+    for notebook in notebooks:
+        cells = json.loads(notebook.read_text())["cells"]
+        assert not any(cell.get("outputs") for cell in cells), notebook
+
+
+RUN = {
+    "python -m mtcsnn.train": Run("trainer.max_epochs=1 trainer.enable_progress_bar=false", runs(1)),
+    "python -m mtcsnn.train loss=ce": Run(SMALL, runs(1)),
+    "python -m mtcsnn.train model=resnet50 loss.lam=1.0 seed=3": Run(SMALL, runs(1)),
+    "python -m mtcsnn.train model.net.stem=cifar": Run(SMALL, runs(1)),
+    "python -m mtcsnn.train trainer.max_epochs=10 data.batch_size=64": Run(SMALL, runs(1)),
+    "python -m mtcsnn.train --multirun model=resnet18,resnet34,resnet50 loss=ce,mtcsnn": Run(
+        SMALL, runs(6)
+    ),
+    "python -m mtcsnn.train --multirun loss.lam=0,0.25,0.5,1,2 seed=1,2,3": Run(ONE_SEED, runs(5)),
+    "python -m mtcsnn.train experiment=paper_table": Run(ONE_SEED, runs(6)),
+    "python -m mtcsnn.train experiment=lambda_sweep": Run(ONE_SEED, runs(6)),
+    "python -m mtcsnn.report logs/paper_table/multiruns/<date>_<time>": Run("", report()),
+    "python -m mtcsnn.train hparams_search=resnet18_optuna": Run(
+        SMALL + " hparams_search.n_trials=2", search(2)
+    ),
+    "python -m mtcsnn.train hparams_search=resnet18_optuna hparams_search.n_trials=50 "
+    "hparams_search.storage=sqlite:///logs/optuna.db": Run(
+        SMALL + " hparams_search.n_trials=2", search(2)
+    ),
+    "CKPT=logs/train/runs/<date>_<time>/checkpoints/epoch_012.ckpt": Run("", nothing),
+    "python -m mtcsnn.eval ckpt_path=$CKPT": Run("", evaluated),
+    "python -m mtcsnn.predict ckpt_path=$CKPT inputs=[photo.jpg,more_photos/,retinamnist.npz]": (
+        Run("progress=false", predicted)
+    ),
+    "python -m mtcsnn.explain ckpt_path=$CKPT inputs=[photo.jpg]": Run("progress=false", explained),
+    "python -m mtcsnn.train experiment=ordinal_ablation": Run(ONE_SEED, runs(5)),
+    "python -m mtcsnn.report logs/ordinal_ablation/multiruns/<date>_<time>": Run("", report()),
+    "MTCSNN_DATA_DIR=../shared/data python -m mtcsnn.bench --steps 30": Run(
+        "--steps 3 --warmup 1", benched
+    ),
+    "MTCSNN_DATA_DIR=../shared/data python -m mtcsnn.train experiment=paper_table": Run(
+        ONE_SEED, runs(6)
+    ),
+    "MTCSNN_DATA_DIR=../shared/data python -m mtcsnn.train --multirun "
+    "model=resnet18,resnet34,resnet50 loss=ce,mtcsnn": Run(SMALL, runs(6)),
+    "python -m mtcsnn.report logs/train/multiruns/<date>_<time>": Run("", report()),
+    "python -m mtcsnn.train logger=csv_wandb": Run(SMALL, runs(1)),
+    "python -m mtcsnn.train logger=csv_wandb logger.wandb.entity=my-team "
+    "logger.wandb.project=dr": Run(SMALL, runs(1)),
+    "python -m mtcsnn.train <same overrides> hydra.run.dir=<run dir> resume=true": Run("", kept),
+    "python -m mtcsnn.train --multirun <same sweep> hydra.sweep.dir=<sweep dir> resume=true": Run(
+        "", kept
+    ),
+    "export MTCSNN_DATA_DIR=/path/to/folder": Run("", nothing),
+    "jupyter nbconvert --clear-output --inplace notebooks/*.ipynb": Run("", cleared),
+}
+
+
+@dataclass(frozen=True)
+class Command:
+    doc: str
+    line: int
+    text: str
+    key: str  # the text, or text#tag where the same text appears twice with other meanings
+
+
+def readme_commands() -> list[Command]:
+    """The shell commands of the docs' ```bash blocks, continuations joined, comments cut."""
+    commands = []
+    for doc in DOCS:
+        source = (ROOT / doc).read_text()
+        for block in re.finditer(r"```bash\n(.*?)```", source, re.S):
+            first_line = source[: block.start()].count("\n") + 2
+            joined = re.sub(r"\\\n\s*", "", block.group(1))
+            for offset, raw in enumerate(joined.splitlines()):
+                text = re.sub(r"\s+#.*$", "", raw).strip()
+                if text and not text.startswith("#"):
+                    commands.append(Command(doc, first_line + offset, text, text))
+    return tag_repeats(commands)
+
+
+def tag_repeats(commands: list[Command]) -> list[Command]:
+    """The report after the SLURM sweep reads that sweep: it is skipped, the later one runs."""
+    tagged = []
+    for i, command in enumerate(commands):
+        key = command.text
+        if i and "hydra/launcher=slurm" in commands[i - 1].text:
+            key += "#slurm"
+        tagged.append(Command(command.doc, command.line, command.text, key))
+    return tagged
+
+
+COMMANDS = readme_commands()
+
+
+def test_every_readme_command_is_run_or_skipped_with_a_reason():
+    keys = [c.key for c in COMMANDS]
+    unknown = [k for k in keys if k not in RUN and k not in SKIPPED]
+    assert not unknown, f"README commands the harness does not know: {unknown}"
+    stale = [k for k in (*RUN, *SKIPPED) if k not in keys]
+    assert not stale, f"harness entries no longer in the docs: {stale}"
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory) -> Path:
+    """A folder laid out like a checkout: ``../shared/data``, the user's own images, notebooks."""
+    base = tmp_path_factory.mktemp("readme")
+    (base / "shared").mkdir()
+    (base / "shared" / "data").symlink_to(DATA_DIR)
+    project = base / "project"
+    project.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)).save(
+        project / "photo.jpg"
+    )
+    (project / "more_photos").mkdir()
+    for name in ("left.png", "right.jpg"):
+        image = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+        Image.fromarray(image).save(project / "more_photos" / name)
+    shutil.copy(DATA_DIR / "retinamnist.npz", project / "retinamnist.npz")
+    shutil.copytree(ROOT / "notebooks", project / "notebooks")
+    for notebook in (project / "notebooks").glob("*.ipynb"):  # outputs for nbconvert to clear
+        content = json.loads(notebook.read_text())
+        code = next(cell for cell in content["cells"] if cell["cell_type"] == "code")
+        code["outputs"] = [{"output_type": "stream", "name": "stdout", "text": ["printed\n"]}]
+        notebook.write_text(json.dumps(content))
+    return project
+
+
+def newest(folder: Path) -> Path:
+    found = sorted((p for p in folder.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    if not found:
+        pytest.fail(f"{folder} is empty: this command needs the commands above it")
+    return found[-1]
+
+
+def overrides_of(run_dir: Path, multirun: bool) -> str:
+    """The overrides a run (or a sweep) was started with, as typed."""
+    if multirun:
+        saved = yaml.safe_load((run_dir / "multirun.yaml").read_text())["hydra"]["overrides"]
+        return " ".join(saved["task"])
+    return " ".join(yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()))
+
+
+def fill_placeholders(text: str, cwd: Path) -> str:
+    """The documented placeholders, filled with what the earlier commands made."""
+    if "<run dir>" in text:
+        run_dir = newest(cwd / "logs" / "train" / "runs")
+        text = text.replace("<same overrides>", overrides_of(run_dir, multirun=False))
+        text = text.replace("<run dir>", str(run_dir.relative_to(cwd)))
+    if "<sweep dir>" in text:
+        sweep_dir = newest(cwd / "logs" / "train" / "multiruns")
+        text = text.replace("<same sweep>", overrides_of(sweep_dir, multirun=True))
+        text = text.replace("<sweep dir>", str(sweep_dir.relative_to(cwd)))
+    for match in re.finditer(r"(\S*?)/<date>_<time>", text):
+        text = text.replace(match.group(0), str(newest(cwd / match.group(1)).relative_to(cwd)))
+    if "epoch_012.ckpt" in text:  # the best epoch of the run: whichever one it is
+        folder = Path(text.split("=", 1)[1]).parent
+        (best,) = (cwd / folder).glob("epoch_*.ckpt")
+        text = text.replace("epoch_012.ckpt", best.name)
+    return text.replace("/path/to/folder", "../shared/data")
+
+
+ASSIGNMENT = re.compile(r"^(?:export\s+)?([A-Z_]+)=(\S+)$")
+
+
+@pytest.fixture(scope="module")
+def shell_env() -> dict[str, str]:
+    """The variables the README's commands set (``export``, ``CKPT=``), kept between them."""
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    env.pop("MTCSNN_DATA_DIR", None)  # a new user's shell: only what the README tells to set
+    return env
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=[f"{c.doc}:{c.line}" for c in COMMANDS])
+def test_readme_command_runs_as_written(command: Command, scratch: Path, shell_env):
+    if command.key in SKIPPED:
+        pytest.skip(SKIPPED[command.key])
+    spec = RUN[command.key]
+    text = fill_placeholders(command.text, scratch)
+    assignment = ASSIGNMENT.match(text)
+    if assignment:
+        name, value = assignment.groups()
+        shell_env[name] = value
+        return
+    before = {p: p.stat().st_mtime_ns for p in scratch.rglob("*") if p.is_file()}
+    result = subprocess.run(
+        ["bash", "-c", f"{text} {spec.append}".strip()],
+        cwd=scratch,
+        env=shell_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"{text} {spec.append}\n{output[-4000:]}"
+    assert "Traceback" not in output, output[-4000:]
+    written = {
+        p for p in scratch.rglob("*") if p.is_file() and before.get(p) != p.stat().st_mtime_ns
+    }
+    spec.check(written, output)
