@@ -35,7 +35,7 @@ DOCS = ("README.md", "notebooks/README.md")
 # one epoch on a small synthetic set: the command's own overrides stay, these only shrink it
 SMALL = (
     "data=synthetic data.num_train=32 data.num_val=20 data.num_test=20 data.batch_size=16 "
-    "trainer.max_epochs=1 trainer.enable_progress_bar=false"
+    "trainer.max_epochs=1"
 )
 ONE_SEED = SMALL + " seed=1"
 
@@ -152,7 +152,7 @@ def cleared(written: set[Path], output: str) -> None:
 
 
 RUN = {
-    "python -m mtcsnn.train": Run("trainer.max_epochs=1 trainer.enable_progress_bar=false", runs(1)),
+    "python -m mtcsnn.train": Run("trainer.max_epochs=1", runs(1)),
     "python -m mtcsnn.train loss=ce": Run(SMALL, runs(1)),
     "python -m mtcsnn.train model=resnet50 loss.lam=1.0 seed=3": Run(SMALL, runs(1)),
     "python -m mtcsnn.train model.net.stem=cifar": Run(SMALL, runs(1)),
@@ -254,9 +254,7 @@ def scratch(tmp_path_factory) -> Path:
     project = base / "project"
     project.mkdir()
     rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)).save(
-        project / "photo.jpg"
-    )
+    Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)).save(project / "photo.jpg")
     (project / "more_photos").mkdir()
     for name in ("left.png", "right.jpg"):
         image = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)

@@ -39,6 +39,24 @@ def test_search_trains_each_trial_and_resumes_a_stored_study(tmp_path):
         values.append(trial["value"])
     assert summary["best"]["value"] == max(values)
     assert summary["metric"] == "val/auroc"
+    # trials never touch test; the chosen one is tested once, at the end
+    tested = [
+        t["number"]
+        for t in summary["trials"]
+        if (tmp_path / "a" / f"trial_{t['number']:03d}" / "test_predictions.csv").exists()
+    ]
+    assert tested == [summary["best"]["number"]]
+    best_dir = tmp_path / "a" / f"trial_{summary['best']['number']:03d}"
+    best_metrics = json.loads((best_dir / "metrics.json").read_text())
+    assert summary["best"]["test"] == best_metrics["test"]
+    assert (
+        sum(
+            len(json.loads(p.read_text())["test"] or {}) > 0
+            for p in (tmp_path / "a").glob("trial_*/metrics.json")
+        )
+        == 1
+    )
+    assert (first.stdout + first.stderr).count("- test: auroc") == 1
 
     again = run_train(
         *TINY_SEARCH,

@@ -122,6 +122,10 @@ def check_config(cfg: DictConfig) -> None:
     if threads not in (_ABSENT, None) and not (_is_int(threads) and threads >= 1):
         raise ConfigError("threads", threads, "it must be null (all cores) or an integer >= 1")
 
+    keep = _value(cfg, "keep_training_state")
+    if keep is not _ABSENT and not isinstance(keep, bool):
+        raise ConfigError("keep_training_state", keep, "it must be true or false")
+
     max_epochs = _value(cfg, "trainer.max_epochs")
     if max_epochs is not _ABSENT and not (_is_int(max_epochs) and max_epochs >= 1):
         raise ConfigError("trainer.max_epochs", max_epochs, "it must be an integer >= 1")

@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 from mtcsnn.checkpoint import load_checkpoint
+from mtcsnn.console import quiet_libraries
 from mtcsnn.errors import MTCSNNError
 from mtcsnn.outputs import versions
 from mtcsnn.overrides import missing_arguments_message
@@ -27,6 +28,7 @@ EXAMPLE = "python -m mtcsnn.eval ckpt_path=logs/train/runs/<date>_<time>/checkpo
 
 def evaluate(cfg: DictConfig) -> dict:
     start = time.perf_counter()
+    quiet_libraries()
     ckpt = load_checkpoint(cfg.ckpt_path)
     data_cfg = ckpt.config.data
     if cfg.get("data_root") and "root" in data_cfg:

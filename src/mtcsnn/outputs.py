@@ -41,6 +41,30 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         raise
 
 
+# what eval, predict and explain read from a checkpoint; the rest only resumes training
+WEIGHTS_KEYS = ("state_dict", "mtcsnn_config", "epoch", "global_step", "pytorch-lightning_version")
+
+
+def keep_weights_only(path: str | Path) -> None:
+    """Rewrite a Lightning checkpoint in place without optimiser, schedule and loop state.
+
+    An Adam checkpoint is three times its weights; a finished run needs only the weights.
+    """
+    path = Path(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    slim = {key: state[key] for key in WEIGHTS_KEYS if key in state}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(slim, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def write_json(path: str | Path, data: dict) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 

@@ -39,6 +39,11 @@ IGNORED_KEYS = {
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
     "trainer.log_every_n_steps",
+    # how a run was executed, not what was trained: thread count (null = all cores), resuming,
+    # what is kept on disk
+    "threads",
+    "resume",
+    "keep_training_state",
 }
 IGNORED_PREFIXES = ("paths.", "logger.", "hydra.")
 IGNORED_SUFFIXES = (".dirpath", ".save_dir", "default_root_dir")
@@ -69,6 +74,18 @@ def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return grades, probs
 
 
+SEARCH_FOLDER = "a search: its trials are the runs"
+UNTESTED_TRIAL = "search trial not tested (only the chosen trial sees the test split)"
+
+
+def is_untested_trial(metrics_path: Path) -> bool:
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(metrics, dict) and "test" in metrics and metrics["test"] is None
+
+
 def load_run(folder: Path) -> Run | str:
     """The run in ``folder``, or the reason it cannot be used."""
     metrics_path = folder / "metrics.json"
@@ -79,9 +96,13 @@ def load_run(folder: Path) -> Run | str:
         except (OSError, ValueError):
             reason = "unreadable failed.json"
         return f"failed: {reason}"
+    if (folder / "search.json").exists():
+        return SEARCH_FOLDER
     if not metrics_path.exists():
         return "unfinished: no metrics.json"
     predictions_path = folder / "test_predictions.csv"
+    if not predictions_path.exists() and is_untested_trial(metrics_path):
+        return UNTESTED_TRIAL
     if not predictions_path.exists():
         return "missing test_predictions.csv"
     try:
@@ -108,7 +129,7 @@ def collect_runs(root: Path) -> tuple[list[Run], list[tuple[Path, str]]]:
         loaded = load_run(folder)
         if isinstance(loaded, Run):
             runs.append(loaded)
-        else:
+        elif loaded != SEARCH_FOLDER:
             skipped.append((folder, loaded))
     return runs, skipped
 
@@ -281,6 +302,14 @@ def comparisons(groups: dict[tuple, list[Run]], num_resamples: int) -> list[dict
     return rows
 
 
+def seeds_cell(runs: list[Run]) -> str:
+    """The number of seeds; runs that repeat a seed are said to be repeats, not more seeds."""
+    seeds = len({r.seed for r in runs})
+    if seeds == len(runs):
+        return str(seeds)
+    return f"{seeds} ({len(runs)} runs: repeats of a seed)"
+
+
 def mean_std(mean: float, std: float) -> str:
     return f"{mean:.4f}" if np.isnan(std) else f"{mean:.4f} +/- {std:.4f}"
 
@@ -311,7 +340,9 @@ def results_markdown(
         s = summarise(runs)
         cells = [mean_std(*s[f"test/{m}"]) for m in (*METRICS, *extra)]
         val_cell = mean_std(*s["val/auroc"]) if "val/auroc" in s else "-"
-        lines.append(f"| {label(config)} | {len(runs)} | " + " | ".join(cells) + f" | {val_cell} |")
+        lines.append(
+            f"| {label(config)} | {seeds_cell(runs)} | " + " | ".join(cells) + f" | {val_cell} |"
+        )
     if compared:
         lines += [
             "",
@@ -333,7 +364,11 @@ def results_markdown(
             )
     lines += score_decoding_lines(groups)
     failed = [(path, why) for path, why in skipped if why.startswith("failed:")]
-    other = [(path, why) for path, why in skipped if not why.startswith("failed:")]
+    trials = [(path, why) for path, why in skipped if why == UNTESTED_TRIAL]
+    other = [(path, why) for path, why in skipped if (path, why) not in failed + trials]
+    if trials:
+        lines += ["", "## Search trials not tested", ""]
+        lines += [f"- `{path}`" for path, _ in trials]
     if failed:
         lines += ["", "## Failed runs", ""]
         lines += [f"- `{path}`: {why.removeprefix('failed: ')}" for path, why in failed]
@@ -408,6 +443,7 @@ def write_figures(groups: dict[tuple, list[Run]], out: Path) -> list[Path]:
     # notebook without breaking its inline plots.
     import torch
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
     from torchmetrics.functional.classification import multiclass_roc
 
     written = []
@@ -468,6 +504,7 @@ def write_figures(groups: dict[tuple, list[Run]], out: Path) -> list[Path]:
         for name, (epochs, mean) in curves.items():
             ax.plot(epochs, mean, label=name)
         ax.set(xlabel="epoch", ylabel="val AUROC (mean over seeds)", title="validation curves")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.legend(fontsize=7)
         fig.tight_layout()
         written.append(out / "val_curves.png")

@@ -81,7 +81,7 @@ def search(cfg: DictConfig) -> float:
         trial.set_user_attr("run_dir", str(trial_dir))
         trial_cfg = trial_config(overrides, trial_dir)
         check_config(trial_cfg)
-        return float(train(trial_cfg)[stage][name])
+        return float(train(trial_cfg, test=False)[stage][name])
 
     try:
         study.optimize(objective, n_trials=spec["n_trials"], catch=(MTCSNNError,))
@@ -92,10 +92,34 @@ def search(cfg: DictConfig) -> float:
     log.info(
         "best %s %.4f with %s (%s)", metric, best.value, best.params, best.user_attrs["run_dir"]
     )
+    # the chosen trial, and only it, sees the test split, once
+    test = test_chosen_run(Path(best.user_attrs["run_dir"]), cfg.trainer)
+    write_json(out_dir / "search.json", study_summary(study, metric, test))
     return best.value
 
 
-def study_summary(study: optuna.Study, metric: str) -> dict:
+def test_chosen_run(run_dir: Path, trainer_cfg: DictConfig) -> dict[str, float]:
+    """Test the best checkpoint of a finished, untested run; its files get the test results."""
+    import json
+
+    from hydra.utils import instantiate
+
+    from mtcsnn.checkpoint import load_checkpoint
+    from mtcsnn.train import log_results, validate_and_test, write_outputs
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    if metrics.get("test") is not None:  # a resumed study whose best was tested before
+        return metrics["test"]
+    ckpt = load_checkpoint(metrics["best_checkpoint"])
+    datamodule = instantiate(ckpt.config.data)
+    _, test = validate_and_test(ckpt.module, datamodule, trainer_cfg)
+    metrics.update(test=test, test_confusion=ckpt.module.test_confusion)
+    write_outputs(run_dir, ckpt.module, metrics)
+    log_results(metrics, run_dir)
+    return test
+
+
+def study_summary(study: optuna.Study, metric: str, test: dict | None = None) -> dict:
     finished = [t for t in study.trials if t.value is not None]
     best = study.best_trial if finished else None
     return {
@@ -109,6 +133,7 @@ def study_summary(study: optuna.Study, metric: str) -> dict:
             "value": best.value,
             "params": best.params,
             "run_dir": best.user_attrs.get("run_dir"),
+            "test": test,
         },
         "trials": [
             {

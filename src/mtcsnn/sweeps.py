@@ -24,8 +24,11 @@ log = logging.getLogger(__name__)
 FAILED = "failed.json"
 
 
-def record_failure(out_dir: Path, error: BaseException) -> None:
-    """``failed.json`` in the job's dir: the error, and a traceback for unexpected ones."""
+def record_failure(out_dir: Path, error: BaseException, announce: bool = True) -> None:
+    """``failed.json`` in the job's dir: the error, and a traceback for unexpected ones.
+
+    ``announce=False`` where the caller prints the error itself (a single run's one line).
+    """
     record: dict[str, Any] = {
         "error": str(error) or type(error).__name__,
         "type": type(error).__name__,
@@ -33,7 +36,8 @@ def record_failure(out_dir: Path, error: BaseException) -> None:
     if not isinstance(error, MTCSNNError):
         record["traceback"] = traceback.format_exception(error)
     write_json(out_dir / FAILED, record)
-    log.error("job failed: %s (recorded in %s)", record["error"], out_dir / FAILED)
+    if announce:
+        log.error("job failed: %s (recorded in %s)", record["error"], out_dir / FAILED)
 
 
 def clear_failure(out_dir: Path) -> None:

@@ -25,11 +25,18 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mtcsnn.checkpoint import build_module
 from mtcsnn.config import check_config, cost_warnings, flatten
+from mtcsnn.console import metrics_line, progress_bar_wanted, quiet_libraries
 from mtcsnn.distributed import end_ddp_job, use_job_commands_for_ddp_children
 from mtcsnn.errors import MTCSNNError, StoppedError
 from mtcsnn.loggers import finish_wandb, log_test_results, prepare_wandb, uses_wandb
 from mtcsnn.models import MTCSNNModule
-from mtcsnn.outputs import predictions_csv, versions, write_json, write_text_atomic
+from mtcsnn.outputs import (
+    keep_weights_only,
+    predictions_csv,
+    versions,
+    write_json,
+    write_text_atomic,
+)
 from mtcsnn.score_decoding import decode_if_trained
 from mtcsnn.sweeps import clear_failure, record_failure
 
@@ -65,8 +72,12 @@ def set_threads(cfg: DictConfig) -> int:
     return torch.get_num_threads()
 
 
-def train(cfg: DictConfig) -> dict:
-    """Fit, then validate and test the best-val checkpoint; returns what ``metrics.json`` holds."""
+def train(cfg: DictConfig, test: bool = True) -> dict:
+    """Fit, then validate and test the best-val checkpoint; returns what ``metrics.json`` holds.
+
+    ``test=False`` (a search trial) stops after val: only the chosen configuration is tested.
+    """
+    quiet_libraries()
     check_config(cfg)
     for warning in cost_warnings(cfg):
         log.warning(warning)
@@ -79,7 +90,7 @@ def train(cfg: DictConfig) -> dict:
     use_job_commands_for_ddp_children()
     failed = True
     try:
-        results = fit_and_test(cfg)
+        results = fit_and_test(cfg, test)
         failed = False
     finally:
         if wandb:
@@ -100,7 +111,7 @@ def resume_point(cfg: DictConfig, out_dir: Path) -> Path | None:
     return None
 
 
-def fit_and_test(cfg: DictConfig) -> dict:
+def fit_and_test(cfg: DictConfig, test: bool = True) -> dict:
     out_dir = Path(cfg.paths.output_dir)
     clear_failure(out_dir)
     if cfg.get("resume") and (out_dir / "metrics.json").exists():
@@ -115,7 +126,10 @@ def fit_and_test(cfg: DictConfig) -> dict:
     for lg in wandb_loggers:
         lg.log_hyperparams(flatten(model.run_config))  # one readable column per config key
     trainer: pl.Trainer = instantiate(
-        cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=loggers or False
+        cfg.trainer,
+        callbacks=instantiate_group(cfg.get("callbacks")),
+        logger=loggers or False,
+        enable_progress_bar=progress_bar_wanted(cfg.trainer.get("enable_progress_bar", True)),
     )
 
     start = time.perf_counter()
@@ -141,12 +155,12 @@ def fit_and_test(cfg: DictConfig) -> dict:
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["state_dict"])
         epoch = int(state["epoch"])
-    val, test = validate_and_test(model, datamodule, cfg.trainer, loggers)
+    val, test_metrics = validate_and_test(model, datamodule, cfg.trainer, loggers, test=test)
 
     results = {
         "val": val,
-        "test": test,
-        "test_confusion": model.test_confusion,
+        "test": test_metrics,
+        "test_confusion": model.test_confusion if test else None,
         "best_epoch": epoch,
         "best_checkpoint": ckpt_path or None,
         "monitor": checkpoint.monitor if checkpoint is not None else None,
@@ -163,13 +177,17 @@ def fit_and_test(cfg: DictConfig) -> dict:
         "config": model.run_config,
     }
     if trainer.is_global_zero:  # under DDP every process has the results; one writes them
-        # the severity score as a grader: thresholds fitted on val, pairwise inference
-        decoded = decode_if_trained(model, getattr(datamodule, "splits", None))
-        if decoded is not None:
-            results["score_decoding"] = decoded
+        if test:
+            # the severity score as a grader: thresholds fitted on val, pairwise inference
+            decoded = decode_if_trained(model, getattr(datamodule, "splits", None))
+            if decoded is not None:
+                results["score_decoding"] = decoded
         write_outputs(out_dir, model, results)
-        for lg in wandb_loggers:
-            log_test_results(lg, model, datamodule, results)
+        if not cfg.get("keep_training_state"):
+            drop_training_state(out_dir, ckpt_path)
+        if test:
+            for lg in wandb_loggers:
+                log_test_results(lg, model, datamodule, results)
         log_results(results, out_dir)
     return results
 
@@ -179,25 +197,55 @@ def validate_and_test(
     datamodule: pl.LightningDataModule,
     trainer_cfg: DictConfig,
     loggers: list | None = None,
-) -> tuple[dict[str, float], dict[str, float]]:
-    """One val pass (not logged) and one test pass (logged) of ``model`` as it is now."""
-    validator: pl.Trainer = instantiate(trainer_cfg, callbacks=[], logger=False)
-    val = validator.validate(model, datamodule=datamodule)[0]
-    evaluator: pl.Trainer = instantiate(trainer_cfg, callbacks=[], logger=loggers or False)
-    test = evaluator.test(model, datamodule=datamodule)[0]
-    return (
-        {k.removeprefix("val/"): float(v) for k, v in val.items()},
-        {k.removeprefix("test/"): float(v) for k, v in test.items()},
-    )
+    test: bool = True,
+) -> tuple[dict[str, float], dict[str, float] | None]:
+    """One val pass (not logged) and one test pass (logged) of ``model`` as it is now.
+
+    Each is one short pass: no progress bar, and the metrics are logged with 4 digits here
+    instead of Lightning's full-precision tables.
+    """
+    quiet = {"callbacks": [], "enable_progress_bar": False}
+    validator: pl.Trainer = instantiate(trainer_cfg, **quiet, logger=False)
+    val = validator.validate(model, datamodule=datamodule, verbose=False)[0]
+    val_metrics = {k.removeprefix("val/"): float(v) for k, v in val.items()}
+    if validator.is_global_zero:
+        log.info("val  %s", metrics_line(val_metrics))
+    if not test:
+        return val_metrics, None
+    evaluator: pl.Trainer = instantiate(trainer_cfg, **quiet, logger=loggers or False)
+    tested = evaluator.test(model, datamodule=datamodule, verbose=False)[0]
+    test_metrics = {k.removeprefix("test/"): float(v) for k, v in tested.items()}
+    if validator.is_global_zero:
+        log.info("test %s", metrics_line(test_metrics))
+    return val_metrics, test_metrics
 
 
 def write_outputs(out_dir: Path, model: MTCSNNModule, results: dict) -> None:
     """``test_predictions.csv`` then ``metrics.json`` (the file that marks a finished run)."""
-    write_text_atomic(out_dir / "test_predictions.csv", predictions_csv(model.test_predictions))
+    if results.get("test") is not None:
+        write_text_atomic(out_dir / "test_predictions.csv", predictions_csv(model.test_predictions))
     write_json(out_dir / "metrics.json", results)
 
 
+def drop_training_state(out_dir: Path, best_checkpoint: str) -> None:
+    """A finished run keeps the best checkpoint's weights; resuming state is no longer needed.
+
+    Logger callbacks (W&B ``log_model``) have uploaded their copies by now.
+    """
+    (out_dir / "checkpoints" / "last.ckpt").unlink(missing_ok=True)
+    if best_checkpoint:
+        keep_weights_only(best_checkpoint)
+
+
 def log_results(results: dict, out_dir: Path) -> None:
+    if results.get("test") is None:
+        log.info(
+            "val: auroc %.4f (best val epoch %s; not tested: only the chosen trial is); wrote %s",
+            results["val"]["auroc"],
+            results["best_epoch"],
+            out_dir / "metrics.json",
+        )
+        return
     log.info(
         "test: auroc %.4f acc %.4f kappa %.4f mae %.4f (best val epoch %s); wrote %s",
         results["test"]["auroc"],
@@ -226,6 +274,8 @@ def main(cfg: DictConfig) -> float | None:
     except Exception as err:
         if not in_multirun():
             if isinstance(err, MTCSNNError):
+                # the run's folder says that it failed and why (mtcsnn.report lists it so)
+                record_failure(Path(cfg.paths.output_dir), err, announce=False)
                 raise SystemExit(f"error: {err}") from None
             raise
         # one failing job of a sweep: recorded in its dir; the other jobs still run

@@ -123,13 +123,16 @@ class MTCSNNModule(pl.LightningModule):
                 f"{self.current_epoch}, step {self.global_step} (batch {batch_idx}); the best "
                 "checkpoint so far is kept; try a lower model.optimizer.lr"
             )
-        self.log_dict(
-            {f"train/{name}": value for name, value in terms.items()},
-            on_step=False,
-            on_epoch=True,
-            batch_size=len(batch["grade_a"]),
-            sync_dist=True,  # reduced once per epoch; a no-op in one process
-        )
+        for name, value in terms.items():
+            self.log(
+                f"train/{name}",
+                value,
+                on_step=False,
+                on_epoch=True,
+                batch_size=len(batch["grade_a"]),
+                sync_dist=True,  # reduced once per epoch; a no-op in one process
+                prog_bar=name == "loss",  # the bar shows the last epoch's loss: no step syncs
+            )
         return terms["loss"]
 
     def _evaluate(self, batch: dict[str, torch.Tensor], stage: str):
@@ -148,7 +151,8 @@ class MTCSNNModule(pl.LightningModule):
         self._evaluate(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(scalar_metrics(self.val_metrics.compute(), "val/"), prog_bar=False)
+        for name, value in scalar_metrics(self.val_metrics.compute(), "val/").items():
+            self.log(name, value, prog_bar=name == "val/auroc")
         self.val_metrics.reset()
 
     def on_test_epoch_start(self) -> None:

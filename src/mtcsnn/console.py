@@ -1,0 +1,87 @@
+"""What a run prints: library noise off, one line per epoch, metric tables with 4 digits."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+
+import pytorch_lightning as pl
+
+log = logging.getLogger("mtcsnn")
+
+
+class OncePerProcess(logging.Filter):
+    """Lightning's advertising tips never; its device lines ("GPU available ...") once.
+
+    A run builds three trainers (fit, validate, test) and a sweep many more: each would print
+    the same lines again.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "Tip:" in message:
+            return False
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
+_FILTER = OncePerProcess()
+
+
+def quiet_libraries() -> None:
+    """Silence repeated and advertising lines and other libraries' deprecation warnings."""
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+    # the user cannot act on a library's own deprecations; ours would be raised as errors
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+
+def progress_bar_wanted(enabled: bool) -> bool:
+    """A progress bar only on a terminal: in a file or a pipe it is escape codes."""
+    return enabled and sys.stderr.isatty()
+
+
+def metrics_line(values: dict[str, float], names: tuple[str, ...] | None = None) -> str:
+    """``auroc 0.8123 acc 0.5100 ...``: the values with 4 digits."""
+    keys = names or tuple(values)
+    return " ".join(f"{key} {values[key]:.4f}" for key in keys if key in values)
+
+
+class EpochLog(pl.Callback):
+    """One log line per epoch (console and ``train.log``): losses and val metrics, 4 digits."""
+
+    def __init__(self, monitor: str = "val/auroc", mode: str = "max") -> None:
+        self.monitor, self.sign = monitor, 1.0 if mode == "max" else -1.0
+        self.best: tuple[float, int] | None = None
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        # after this epoch's validation, with the epoch's mean train loss
+        if not trainer.is_global_zero:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        epoch = trainer.current_epoch
+        value = metrics.get(self.monitor)
+        if value is not None and (self.best is None or self.sign * (value - self.best[0]) > 0):
+            self.best = (value, epoch)
+        shown = {
+            "train/loss": metrics.get("train/loss"),
+            "val/loss": metrics.get("val/loss"),
+            "val/auroc": metrics.get("val/auroc"),
+            "val/acc": metrics.get("val/acc"),
+            "val/kappa": metrics.get("val/kappa"),
+        }
+        text = metrics_line({k: v for k, v in shown.items() if v is not None})
+        if self.best:
+            text += f" (best {self.monitor} {self.best[0]:.4f} at epoch {self.best[1]})"
+        log.info("epoch %d/%d: %s", epoch, trainer.max_epochs - 1, text)
