@@ -195,3 +195,31 @@ def test_hard_pairing_uses_the_scores_seen_in_training(tiny_cfg, tmp_path):
     assert len(shares) == 3 and all(sum(s) == pytest.approx(1) for s in shares)
     # epoch 0 has no scores yet (a random matching); later epochs pair different grades only
     assert shares[1][0] == 0 and shares[2][0] == 0
+
+
+def test_a_finished_run_keeps_only_the_best_weights(tiny_cfg, tmp_path):
+    # every epoch writes last.ckpt, so it exists while the run trains
+    train(tiny_cfg("callbacks.last_checkpoint.every_n_epochs=1"))
+    (best,) = (tmp_path / "checkpoints").iterdir()
+    assert best.name.startswith("epoch_")
+    state = torch.load(best, weights_only=True)
+    assert set(state) <= {
+        "state_dict",
+        "mtcsnn_config",
+        "epoch",
+        "global_step",
+        "pytorch-lightning_version",
+    }
+    assert "optimizer_states" not in state
+    # what eval and predict need still loads and gives the run's own test numbers
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["best_checkpoint"] == str(best)
+    assert load_checkpoint(best).epoch == metrics["best_epoch"]
+
+
+def test_keep_training_state_keeps_last_and_optimizer_state(tiny_cfg, tmp_path):
+    train(tiny_cfg("callbacks.last_checkpoint.every_n_epochs=1", "keep_training_state=true"))
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names[-1] == "last.ckpt" and len(names) == 2
+    for path in (tmp_path / "checkpoints").iterdir():
+        assert "optimizer_states" in torch.load(path, weights_only=True)

@@ -1,8 +1,13 @@
+import json
 import os
 
+import numpy as np
 import pytest
 from cli import run_train
+from PIL import Image
 from wandb_records import offline_run
+
+from mtcsnn.data import SyntheticDataModule
 
 TINY = [
     "experiment=smoke",
@@ -38,12 +43,38 @@ def test_no_login_logs_offline_with_summary_and_resolved_config(tmp_path):
     assert run["summary"]["test/confusion_matrix_table.nrows"] == 25  # 5 x 5 grades
     assert run["summary"]["test/roc_table.nrows"] > 0
     assert run["summary"]["test/examples.nrows"] == 16
+    check_example_images(run, run_dir)
     config = run["config"]
     assert config["model.optimizer.lr"] == 0.001
     assert config["loss.lam"] == 0.5 and config["seed"] == 3
     assert config["model.net.backbone"] == "resnet18"
     assert run["name"] == "resnet18-mtcsnn-lam0.5-seed3"
     assert run["job_type"] == "smoke" and "mtcsnn" in run["tags"]
+
+
+def check_example_images(run: dict, run_dir) -> None:
+    """The table's images are files that ``wandb sync`` uploads, inside the run's folder.
+
+    The run's own table JSON names each image only by its type ("Image"); W&B keeps the table
+    with its images as a "run_table" artifact, and the web page shows that.
+    """
+    (files,) = [files for kind, files in run["artifact_files"] if kind == "run_table"]
+    (table_path,) = [p for p in files if p.endswith(".table.json")]
+    table = json.loads(files[table_path].read_text())
+    image_column = table["columns"].index("image")
+    index_column = table["columns"].index("index")
+    datamodule = SyntheticDataModule(num_train=40, num_val=20, num_test=20)
+    datamodule.setup()
+    test_images, _ = datamodule.splits["test"]
+    assert len(table["data"]) == 16
+    for row in table["data"]:
+        cell = row[image_column]
+        assert cell["_type"] == "image-file"
+        local = files[cell["path"]]
+        assert local.is_file() and run_dir in local.parents  # travels with the run
+        pixels = np.asarray(Image.open(local).convert("RGB"))
+        expected = test_images[row[index_column]].permute(1, 2, 0).numpy()
+        assert np.array_equal(pixels, expected)
 
 
 @pytest.mark.slow

@@ -49,7 +49,7 @@ def offline_run(run_dir: Path) -> dict:
     """Group, name, config and final summary of the one offline W&B run under ``run_dir``."""
     files = list(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))
     assert len(files) == 1, files
-    run, config, summary, artifacts, exit_code = {}, {}, {}, [], None
+    run, config, summary, artifacts, staged, exit_code = {}, {}, {}, [], [], None
     for record in read_records(files[0]):
         kind = record.WhichOneof("record_type")
         if kind == "run":
@@ -69,6 +69,12 @@ def offline_run(run_dir: Path) -> dict:
             artifacts.append(
                 (record.artifact.type, [m.path for m in record.artifact.manifest.contents])
             )
+            staged.append(
+                (
+                    record.artifact.type,
+                    {m.path: Path(m.local_path) for m in record.artifact.manifest.contents},
+                )
+            )
         elif kind == "exit":
             exit_code = record.exit.exit_code
         elif kind == "summary":
@@ -80,6 +86,8 @@ def offline_run(run_dir: Path) -> dict:
         "config": config,
         "summary": summary,
         "artifacts": artifacts,
+        # (type, {path in the artifact: the local file wandb sync uploads})
+        "artifact_files": staged,
         "exit_code": exit_code,
         "file": files[0],
     }

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,7 +33,7 @@ from mtcsnn.config import check_config
 from mtcsnn.data.augment import augment
 from mtcsnn.data.pairing import PairSampler
 from mtcsnn.errors import MTCSNNError
-from mtcsnn.train import CONFIG_PATH
+from mtcsnn.train import CONFIG_PATH, set_threads
 
 FETCH = "[_TrainingEpochLoop].train_dataloader_next"
 
@@ -215,6 +218,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 2.0) 
 def benchmark(overrides: list[str], steps: int, warmup: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = compose_config(overrides, Path(tmp))
+        set_threads(cfg)  # threads=N as in a run
         datamodule = instantiate(cfg.data)
         datamodule.prepare_data()
         datamodule.setup("fit")
@@ -266,8 +270,9 @@ def cpu_name() -> str:
 
 
 def summary(r: dict) -> str:
+    load = f"; {r['busy_processes']} busy processes" if r.get("busy_processes") else ""
     lines = [
-        f"device: {r['device']} ({r['threads']} threads); {r['backbone']} stem={r['stem']} "
+        f"device: {r['device']} ({r['threads']} threads{load}); {r['backbone']} stem={r['stem']} "
         f"size={r['size']} batch={r['batch_size']} precision={r['precision']}; "
         f"{r['steps']} timed steps",
         f"  bare PyTorch loop : {r['bare']['images_per_s']:9.1f} images/s "
@@ -285,20 +290,40 @@ def summary(r: dict) -> str:
     return "\n".join(lines)
 
 
+@contextmanager
+def busy_processes(count: int) -> Iterator[None]:
+    """``count`` processes that spin on a core each until the block ends."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mtcsnn-bench", description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="train config overrides, e.g. model=resnet50")
     parser.add_argument("--steps", type=int, default=30, help="timed training steps")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument(
+        "--busy",
+        type=int,
+        default=0,
+        help="CPU-bound processes kept running meanwhile: a machine shared with other work",
+    )
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.warmup < 1:
-        parser.error("--steps and --warmup must be >= 1")
+    if args.steps < 1 or args.warmup < 1 or args.busy < 0:
+        parser.error("--steps and --warmup must be >= 1, --busy >= 0")
     try:
-        result = benchmark(args.overrides, args.steps, args.warmup)
+        with busy_processes(args.busy):
+            result = benchmark(args.overrides, args.steps, args.warmup)
     except MTCSNNError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    result["busy_processes"] = args.busy
     print(summary(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -31,15 +31,26 @@ def has_wandb_login() -> bool:
         return False
 
 
+# a W&B data folder the user chose; else offline runs keep their staged files themselves
+_USER_DATA_DIR = os.environ.get("WANDB_DATA_DIR")
+
+
 def prepare_wandb(output_dir: Path) -> None:
-    """Log offline, never prompt, when the user has not logged in; ``WANDB_MODE`` always wins."""
-    if os.environ.get("WANDB_MODE") or has_wandb_login():
-        return
-    os.environ["WANDB_MODE"] = "offline"
-    log.warning(
-        "W&B: no API key or login found, logging offline; sync later with: wandb sync %s",
-        output_dir / "wandb" / "offline-run-*",
-    )
+    """Log offline, never prompt, when the user has not logged in; ``WANDB_MODE`` always wins.
+
+    W&B stores the images of a logged table in a "run_table" artifact whose files it stages in
+    ``~/.local/share/wandb`` (the run's own table JSON names only their type, "Image"); offline,
+    ``wandb sync`` uploads them from there. The staging folder is put inside the run's folder,
+    so the run carries its images to wherever it is synced.
+    """
+    if not os.environ.get("WANDB_MODE") and not has_wandb_login():
+        os.environ["WANDB_MODE"] = "offline"
+        log.warning(
+            "W&B: no API key or login found, logging offline; sync later with: wandb sync %s",
+            output_dir / "wandb" / "offline-run-*",
+        )
+    if os.environ.get("WANDB_MODE") == "offline" and _USER_DATA_DIR is None:
+        os.environ["WANDB_DATA_DIR"] = str(output_dir / "wandb" / "data")
 
 
 def log_test_results(logger, model, datamodule, results: dict) -> None:
