@@ -1,4 +1,4 @@
-"""A callback that sends SIGTERM to its own run at a chosen point, for the resume tests."""
+"""A callback that signals its own run at a chosen point, for the resume tests."""
 
 from __future__ import annotations
 
@@ -9,14 +9,16 @@ import pytorch_lightning as pl
 
 
 class SigtermAt(pl.Callback):
-    """SIGTERM after training batch ``batch`` of ``epoch`` (or its val batch with ``val``)."""
+    """A signal (SIGTERM, or SIGINT as Ctrl-C sends) after training batch ``batch`` of ``epoch``
+    (or its val batch with ``val``)."""
 
-    def __init__(self, epoch: int, batch: int, val: bool = False) -> None:
+    def __init__(self, epoch: int, batch: int, val: bool = False, signal_name: str = "SIGTERM"):
         self.epoch, self.batch, self.val = epoch, batch, val
+        self.signum = getattr(signal, signal_name)
 
     def _maybe_kill(self, trainer: pl.Trainer, batch_idx: int, val: bool) -> None:
         if (trainer.current_epoch, batch_idx, val) == (self.epoch, self.batch, self.val):
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), self.signum)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._maybe_kill(trainer, batch_idx, val=False)

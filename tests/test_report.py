@@ -208,3 +208,68 @@ def test_synthetic_paper_table_runs_and_reports(tmp_path):
             assert f"| loss={loss}, model={backbone} | 2 |" in table
         assert f"| loss=mtcsnn, model={backbone} | loss=ce, model={backbone} | 2 |" in table
     assert (sweep_dir / "roc_curves.png").exists()
+
+
+def results_table(folder) -> str:
+    assert main([str(folder), "--bootstrap", "50"]) == 0
+    return (folder / "results.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["[1, 2]", '{"test": "high"}', '{"test": {"auroc": 0.7}}', "null"],
+    ids=["list", "string-test", "missing-metrics", "null"],
+)
+def test_a_metrics_json_of_another_shape_is_skipped_with_a_reason(sweep, content):
+    (sweep / "0" / "metrics.json").write_text(content)
+    runs, skipped = collect_runs(sweep)
+    assert len(runs) == 5
+    reasons = {p.name: why for p, why in skipped}
+    assert reasons["0"].startswith("metrics.json of another shape")
+    assert "another shape" in results_table(sweep)
+
+
+def test_runs_tested_on_other_data_are_never_paired(sweep):
+    # the CE run of seed 1 was tested on other images: no pair for seed 1, and no crash
+    metrics = json.loads((sweep / "0" / "metrics.json").read_text())
+    metrics["test_data"] = "sha256:other"
+    (sweep / "0" / "metrics.json").write_text(json.dumps(metrics))
+    assert "| 2 |" in results_table(sweep).split("## MTCSNN vs CE")[1]
+    # other grades with no recorded fingerprint (runs of older versions) do not pair either
+    other = np.arange(100)[::-1] % 5
+    (sweep / "1" / "test_predictions.csv").write_text(
+        predictions_csv(fake_predictions(other, 0.5, 2))
+    )
+    assert "| 1 |" in results_table(sweep).split("## MTCSNN vs CE")[1]
+
+
+def test_repeats_of_a_seed_are_not_counted_as_seeds_and_threads_do_not_split(sweep):
+    for job in ("1", "2"):  # the other CE runs become repeats of seed 1, at other thread counts
+        metrics = json.loads((sweep / job / "metrics.json").read_text())
+        metrics["seed"] = metrics["config"]["seed"] = 1
+        metrics["config"]["threads"] = 2 if job == "1" else None
+        (sweep / job / "metrics.json").write_text(json.dumps(metrics))
+    table = results_table(sweep)
+    ce_rows = [line for line in table.splitlines() if line.startswith("| loss=ce")]
+    assert len(ce_rows) == 1
+    assert "| 1 (3 runs: repeats of a seed) |" in ce_rows[0]
+
+
+def test_a_search_folder_is_not_an_unfinished_run_and_untested_trials_are_apart(tmp_path):
+    grades = np.arange(100) % 5
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text("seed: 1\n")
+    (tmp_path / "search.json").write_text("{}")
+    write_run(tmp_path / "trial_000", "ce", 1, grades, 0.5)
+    write_run(tmp_path / "trial_001", "ce", 2, grades, 0.5)
+    metrics = json.loads((tmp_path / "trial_001" / "metrics.json").read_text())
+    metrics.update(test=None, test_confusion=None)
+    (tmp_path / "trial_001" / "metrics.json").write_text(json.dumps(metrics))
+    (tmp_path / "trial_001" / "test_predictions.csv").unlink()
+    runs, skipped = collect_runs(tmp_path)
+    assert [r.path.name for r in runs] == ["trial_000"]
+    assert [(p.name, why.split(" (")[0]) for p, why in skipped] == [
+        ("trial_001", "search trial not tested")
+    ]
+    table = results_table(tmp_path)
+    assert "## Search trials not tested" in table and "Unfinished" not in table

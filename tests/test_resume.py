@@ -85,13 +85,14 @@ def test_killed_run_resumes_to_the_same_numbers(tmp_path, uninterrupted, signum)
 
 @pytest.mark.parametrize(
     "point",
-    [("3", "false"), ("1", "true")],
-    ids=["mid-training", "mid-validation"],
+    [("3", "false", "SIGTERM"), ("1", "true", "SIGTERM"), ("3", "false", "SIGINT")],
+    ids=["mid-training", "mid-validation", "ctrl-c-mid-training"],
 )
 def test_sigterm_inside_an_epoch_stops_at_its_end(tmp_path, uninterrupted, point):
     # the signal lands at a known batch of epoch 2; the run must still stop after that epoch,
-    # since resuming from the middle of an epoch would pair and augment other images
-    batch, val = point
+    # since resuming from the middle of an epoch would pair and augment other images.
+    # Ctrl-C (SIGINT) stops the same way: last.ckpt at the epoch end, one line to resume.
+    batch, val, signal_name = point
     run_dir = tmp_path / "run"
     stopped = run_train(
         *RUN,
@@ -100,10 +101,12 @@ def test_sigterm_inside_an_epoch_stops_at_its_end(tmp_path, uninterrupted, point
         "+callbacks.interrupt.epoch=2",
         f"+callbacks.interrupt.batch={batch}",
         f"+callbacks.interrupt.val={val}",
+        f"+callbacks.interrupt.signal_name={signal_name}",
         env={**ENV, "PYTHONPATH": str(Path(__file__).parent)},
     )
     assert stopped.returncode != 0
-    assert "stopped by SIGTERM after epoch 2" in stopped.stderr
+    assert f"stopped by {signal_name} after epoch 2" in stopped.stderr
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
     assert "Traceback" not in stopped.stdout + stopped.stderr
     assert not (run_dir / "metrics.json").exists()
     resume_and_compare(run_dir, uninterrupted)

@@ -124,3 +124,35 @@ def test_a_failing_job_still_finishes_its_run(tmp_path):
     proc = run_without_login(tmp_path, f"hydra.run.dir={run_dir}", "data.num_train=1")
     assert proc.returncode != 0
     assert offline_run(run_dir)["exit_code"] == 1
+
+
+@pytest.mark.slow
+def test_a_resumed_run_continues_the_same_wandb_run(tmp_path):
+    from pathlib import Path
+
+    run_dir = tmp_path / "run"
+    tests_dir = str(Path(__file__).parent)
+    common = ["trainer.max_epochs=2", f"hydra.run.dir={run_dir}"]
+    stopped = run_without_login(
+        tmp_path,
+        *common,
+        "+callbacks.interrupt._target_=interrupt.SigtermAt",
+        "+callbacks.interrupt.epoch=0",
+        "+callbacks.interrupt.batch=0",
+        PYTHONPATH=tests_dir,
+    )
+    assert "stopped by SIGTERM after epoch 0" in stopped.stderr, stopped.stderr[-2000:]
+    resumed = run_without_login(
+        tmp_path,
+        *common,
+        "+callbacks.interrupt._target_=interrupt.SigtermAt",
+        "+callbacks.interrupt.epoch=0",
+        "+callbacks.interrupt.batch=0",
+        "resume=true",
+        PYTHONPATH=tests_dir,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run_id = (run_dir / "wandb_run_id").read_text().strip()
+    folders = sorted(p.name for p in (run_dir / "wandb").glob("offline-run-*"))
+    assert len(folders) == 2
+    assert all(name.endswith(f"-{run_id}") for name in folders)

@@ -28,7 +28,7 @@ class RunState(pl.Callback):
 
     def __init__(self, dirpath: str) -> None:
         self.dirpath = Path(dirpath)
-        self._sigterm_requested = False
+        self.stop_signal: str | None = None  # "SIGTERM" or "SIGINT" once one asked to stop
         self._lightning_handler = None
 
     @property
@@ -49,7 +49,14 @@ class RunState(pl.Callback):
             torch.cuda.set_rng_state_all(states["cuda"])
 
     def _note_sigterm(self, signum, frame) -> None:
-        self._sigterm_requested = True  # nothing else: this runs between any two bytecodes
+        self.stop_signal = "SIGTERM"  # nothing else: this runs between any two bytecodes
+
+    def _note_sigint(self, signum, frame) -> None:
+        """Ctrl-C: stop like SIGTERM at the epoch end; a second Ctrl-C stops at once."""
+        if self.stop_signal == "SIGINT":
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        self.stop_signal = self.stop_signal or "SIGINT"
 
     def _defer_sigterm(self) -> None:
         # Lightning installs its handler just before the sanity check and training start
@@ -59,6 +66,16 @@ class RunState(pl.Callback):
         if current != self._note_sigterm:
             self._lightning_handler = current
             signal.signal(signal.SIGTERM, self._note_sigterm)
+        if callable(self._lightning_handler) and signal.getsignal(signal.SIGINT) in (
+            signal.default_int_handler,
+            self._note_sigint,
+        ):
+            signal.signal(signal.SIGINT, self._note_sigint)
+
+    def teardown(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
+        if threading.current_thread() is threading.main_thread():
+            if signal.getsignal(signal.SIGINT) == self._note_sigint:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def on_sanity_check_start(self, trainer: pl.Trainer, pl_module) -> None:
         self._defer_sigterm()
@@ -68,9 +85,15 @@ class RunState(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
         # every rank takes part, so all stop at the same epoch end
-        stop = trainer.strategy.reduce_boolean_decision(self._sigterm_requested, all=False)
+        requested = self.stop_signal is not None
+        stop = trainer.strategy.reduce_boolean_decision(requested, all=False)
         if stop and callable(self._lightning_handler):
-            log.info("SIGTERM received: stopping at the end of epoch %d", trainer.current_epoch)
+            self.stop_signal = self.stop_signal or "SIGTERM"  # another rank's signal
+            log.info(
+                "%s received: stopping at the end of epoch %d",
+                self.stop_signal,
+                trainer.current_epoch,
+            )
             # Lightning's handler raises SIGTERMException once this epoch is complete
             self._lightning_handler(signal.SIGTERM, None)
 

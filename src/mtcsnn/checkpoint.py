@@ -34,6 +34,81 @@ def build_module(cfg: DictConfig) -> MTCSNNModule:
     return instantiate(cfg.model, loss=instantiate(cfg.loss))
 
 
+# What a checkpoint's config may ask to be built: the project's own model, loss and data
+# classes, and the optimisers and schedules it offers. A checkpoint is a file from someone else;
+# any other ``_target_`` (``os.system``, ``builtins.exec``, ``runpy.run_path`` ...) would run
+# code while the model is rebuilt, so it is refused before anything is built.
+SAFE_TARGETS = frozenset(
+    {
+        "mtcsnn.models.MTCSNNModule",
+        "mtcsnn.models.SiameseResNet",
+        "mtcsnn.losses.PairCrossEntropyLoss",
+        "mtcsnn.losses.MultiTaskLoss",
+        "mtcsnn.losses.CoralLoss",
+        "mtcsnn.losses.CornLoss",
+        "mtcsnn.losses.GradeRegressionLoss",
+        "mtcsnn.data.RetinaMNISTDataModule",
+        "mtcsnn.data.SyntheticDataModule",
+        "torch.optim.Adam",
+        "torch.optim.AdamW",
+        "torch.optim.SGD",
+        "torch.optim.lr_scheduler.MultiStepLR",
+        "torch.optim.lr_scheduler.CosineAnnealingLR",
+        "torch.optim.lr_scheduler.StepLR",
+    }
+)
+# the parts of a saved config that are rebuilt; the rest is only read
+BUILT_FROM_CHECKPOINT = ("model", "loss", "data")
+# keys with a meaning to hydra.utils.instantiate: each value is checked like any other
+HYDRA_KEYS = frozenset({"_target_", "_args_", "_partial_", "_convert_", "_recursive_"})
+
+
+def unsafe_entry(node: object, key: str) -> str | None:
+    """The first ``key=value`` under ``node`` that could run code when built, else None.
+
+    Walks dicts and lists recursively (``_args_`` and nested nodes included): every
+    ``_target_`` must be in ``SAFE_TARGETS``, no other ``_underscored_`` key is allowed, and
+    no string may be an interpolation (``${...}`` would call a resolver).
+    """
+    if isinstance(node, dict):
+        for child_key, child in node.items():
+            name = f"{key}.{child_key}"
+            if not isinstance(child_key, str):
+                return f"{name}: keys must be strings"
+            if child_key == "_target_" and not (isinstance(child, str) and child in SAFE_TARGETS):
+                return f"{name}={child!r}"
+            reserved = child_key.startswith("_") and child_key.endswith("_")
+            if reserved and child_key not in HYDRA_KEYS:
+                return f"{name}={child!r}"
+            found = unsafe_entry(child, name)
+            if found:
+                return found
+    elif isinstance(node, (list, tuple)):
+        for i, child in enumerate(node):
+            found = unsafe_entry(child, f"{key}[{i}]")
+            if found:
+                return found
+    elif isinstance(node, str) and "${" in node:
+        return f"{key}={node!r}"
+    return None
+
+
+def check_buildable(config: dict, path: Path) -> None:
+    """Refuse a saved config that asks for anything but the project's own classes."""
+    for section in BUILT_FROM_CHECKPOINT:
+        if section not in config:
+            if section == "data":
+                continue  # predict and explain need no data module
+            raise CheckpointError(f"{path} is not an mtcsnn checkpoint: no {section} in its config")
+        found = unsafe_entry(config[section], section)
+        if found:
+            raise CheckpointError(
+                f"{path}: refused to rebuild the model: {found} is not something mtcsnn builds "
+                "(a checkpoint may only name the project's own model, loss and data classes and "
+                "the optimisers and schedules it offers)"
+            )
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Load ``path`` safely (``weights_only=True``) and rebuild its model from its own config."""
     path = Path(path).expanduser()
@@ -51,8 +126,17 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             f"{path} is not an mtcsnn checkpoint (it holds no mtcsnn_config and state_dict; "
             "use a .ckpt from a run's checkpoints/ folder)"
         )
-    config = OmegaConf.create(state["mtcsnn_config"])
-    module = build_module(config)
+    saved = state["mtcsnn_config"]
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path} is not an mtcsnn checkpoint: mtcsnn_config is no mapping")
+    check_buildable(saved, path)
+    config = OmegaConf.create(saved)
+    try:
+        module = build_module(config)
+    except Exception as err:  # only the project's own classes, with values they refuse
+        raise CheckpointError(
+            f"{path}: the model cannot be rebuilt from its saved config ({type(err).__name__})"
+        ) from None
     try:
         module.load_state_dict(state["state_dict"])
     except RuntimeError as err:

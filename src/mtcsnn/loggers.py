@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import secrets
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 from omegaconf import DictConfig
+
+from mtcsnn.outputs import write_text_atomic
 
 log = logging.getLogger(__name__)
 NUM_EXAMPLES = 16  # test images shown in the W&B table
@@ -17,7 +20,26 @@ NUM_EXAMPLES = 16  # test images shown in the W&B table
 
 def uses_wandb(cfg: DictConfig) -> bool:
     loggers = cfg.get("logger") or {}
-    return any(str(node.get("_target_", "")).endswith("WandbLogger") for node in loggers.values())
+    return any(node and is_wandb(node) for node in loggers.values())
+
+
+def is_wandb(node: DictConfig) -> bool:
+    return str(node.get("_target_", "")).endswith("WandbLogger")
+
+
+RUN_ID_FILE = "wandb_run_id"
+
+
+def wandb_identity(output_dir: Path, resume: bool) -> dict[str, str]:
+    """The W&B run id of this output dir: kept in it, so a resumed run continues its W&B run."""
+    path = Path(output_dir) / RUN_ID_FILE
+    if resume and path.exists():
+        return {"id": path.read_text().strip(), "resume": "allow"}
+    if "LOCAL_RANK" in os.environ and path.exists():
+        return {"id": path.read_text().strip()}  # a DDP process of the run rank 0 started
+    run_id = secrets.token_hex(4)
+    write_text_atomic(path, run_id + "\n")
+    return {"id": run_id}
 
 
 def has_wandb_login() -> bool:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
 import platform
 import tempfile
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import IO
 
 import torch
 
@@ -26,19 +29,27 @@ PACKAGES = (
 )
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
+def write_atomic(path: str | Path, write: Callable[[IO], object], binary: bool = False) -> None:
+    """``write(file)`` into a temporary file beside ``path``, then rename it to ``path``.
+
+    A kill or a full disk never leaves half a file: the old one stays until the new one is whole.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb" if binary else "w", newline=None if binary else "") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    write_atomic(path, lambda f: f.write(text))
 
 
 # what eval, predict and explain read from a checkpoint; the rest only resumes training
@@ -53,16 +64,16 @@ def keep_weights_only(path: str | Path) -> None:
     path = Path(path)
     state = torch.load(path, map_location="cpu", weights_only=True)
     slim = {key: state[key] for key in WEIGHTS_KEYS if key in state}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(slim, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda f: torch.save(slim, f), binary=True)
+
+
+def data_fingerprint(images: torch.Tensor, grades: torch.Tensor) -> str:
+    """A short hash of a split's images and grades: runs tested on other data never pair."""
+    digest = hashlib.sha256()
+    for tensor in (images, grades):
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return "sha256:" + digest.hexdigest()[:16]
 
 
 def write_json(path: str | Path, data: dict) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import sys
 from collections import defaultdict
@@ -61,6 +62,14 @@ class Run:
     def seed(self) -> int:
         return int(self.metrics.get("seed", 0))
 
+    @property
+    def test_data(self) -> str:
+        """What the run was tested on: the fingerprint training recorded, else its grades."""
+        recorded = self.metrics.get("test_data")
+        if isinstance(recorded, str):
+            return recorded
+        return "grades:" + hashlib.sha256(self.grades.astype(np.int64).tobytes()).hexdigest()
+
 
 def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
     with open(path, newline="") as f:
@@ -86,6 +95,34 @@ def is_untested_trial(metrics_path: Path) -> bool:
     return isinstance(metrics, dict) and "test" in metrics and metrics["test"] is None
 
 
+def _numbers(node: object, names: tuple[str, ...]) -> bool:
+    return isinstance(node, dict) and all(
+        isinstance(node.get(n), (int, float)) and not isinstance(node.get(n), bool) for n in names
+    )
+
+
+def shape_problem(metrics: object) -> str | None:
+    """What keeps a parsed ``metrics.json`` from being a run's results, or None."""
+    if not isinstance(metrics, dict):
+        return f"a {type(metrics).__name__}, not an object"
+    if not _numbers(metrics.get("test"), METRICS):
+        return "no test metrics (" + ", ".join(METRICS) + ")"
+    if "val" in metrics and metrics["val"] is not None and not isinstance(metrics["val"], dict):
+        return "val is not an object"
+    confusion = metrics.get("test_confusion")
+    if not (
+        isinstance(confusion, list)
+        and all(isinstance(row, list) and all(isinstance(v, int) for v in row) for row in confusion)
+    ):
+        return "test_confusion is not a matrix of counts"
+    if not isinstance(metrics.get("seed", 0), int):
+        return "seed is not an integer"
+    for key in ("config", "choices"):
+        if not isinstance(metrics.get(key, {}), dict):
+            return f"{key} is not an object"
+    return None
+
+
 def load_run(folder: Path) -> Run | str:
     """The run in ``folder``, or the reason it cannot be used."""
     metrics_path = folder / "metrics.json"
@@ -108,10 +145,11 @@ def load_run(folder: Path) -> Run | str:
     try:
         metrics = json.loads(metrics_path.read_text())
         grades, probs = read_predictions(predictions_path)
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
         return f"unreadable ({type(err).__name__}: {err})"
-    if not all(m in metrics.get("test", {}) for m in METRICS):
-        return "metrics.json has no test metrics"
+    problem = shape_problem(metrics)
+    if problem:
+        return f"metrics.json of another shape: {problem}"
     if "acc_within1" not in metrics["test"]:
         # runs from before the metric existed: the same number, from their own predictions
         within = float(np.mean(np.abs(probs.argmax(1) - grades) <= 1))
@@ -291,10 +329,12 @@ def comparisons(groups: dict[tuple, list[Run]], num_resamples: int) -> list[dict
         base = baseline_of(config, groups)
         if base is None:
             continue
-        by_seed = {r.seed: r for r in groups[base]}
-        pairs = [(r, by_seed[r.seed]) for r in runs if r.seed in by_seed]
+        # a pair is one seed tested on the same images; every pair of a row on one test set
+        by_key = {(r.seed, r.test_data): r for r in groups[base]}
+        pairs = [(r, by_key[r.seed, r.test_data]) for r in runs if (r.seed, r.test_data) in by_key]
         if not pairs:
             continue
+        pairs = [(a, b) for a, b in pairs if a.test_data == pairs[0][0].test_data]
         row = {"config": config, "baseline": base, "seeds": len(pairs)}
         for metric in PAIRED_METRICS:
             row[metric] = paired_difference(pairs, metric, num_resamples)

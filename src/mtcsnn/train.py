@@ -23,19 +23,36 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from mtcsnn.callbacks import RunState
 from mtcsnn.checkpoint import build_module
 from mtcsnn.config import check_config, cost_warnings, flatten
 from mtcsnn.console import metrics_line, progress_bar_wanted, quiet_libraries
 from mtcsnn.distributed import end_ddp_job, use_job_commands_for_ddp_children
 from mtcsnn.errors import MTCSNNError, StoppedError
-from mtcsnn.loggers import finish_wandb, log_test_results, prepare_wandb, uses_wandb
+from mtcsnn.loggers import (
+    finish_wandb,
+    is_wandb,
+    log_test_results,
+    prepare_wandb,
+    uses_wandb,
+    wandb_identity,
+)
 from mtcsnn.models import MTCSNNModule
 from mtcsnn.outputs import (
+    data_fingerprint,
     keep_weights_only,
     predictions_csv,
     versions,
     write_json,
     write_text_atomic,
+)
+from mtcsnn.run_dir import (
+    RunDirError,
+    check_resume,
+    hold,
+    keep_original,
+    release,
+    restore_original,
 )
 from mtcsnn.score_decoding import decode_if_trained
 from mtcsnn.sweeps import clear_failure, record_failure
@@ -49,6 +66,16 @@ def instantiate_group(group: DictConfig | None) -> list:
     if not group:
         return []
     return [instantiate(node) for node in group.values() if node and "_target_" in node]
+
+
+def instantiate_loggers(cfg: DictConfig, out_dir: Path) -> list:
+    """The run's loggers; a W&B logger gets the run id kept in ``out_dir`` (resume continues it)."""
+    loggers = []
+    for node in (cfg.get("logger") or {}).values():
+        if node and "_target_" in node:
+            extra = wandb_identity(out_dir, bool(cfg.get("resume"))) if is_wandb(node) else {}
+            loggers.append(instantiate(node, **extra))
+    return loggers
 
 
 def config_choices() -> dict[str, str]:
@@ -87,6 +114,9 @@ def train(cfg: DictConfig, test: bool = True) -> dict:
     if wandb:
         prepare_wandb(Path(cfg.paths.output_dir))
     launches_ddp = "LOCAL_RANK" not in os.environ  # Lightning sets it in every DDP process
+    out_dir = Path(cfg.paths.output_dir)
+    if launches_ddp:  # DDP's other processes work in the same dir, for the same run
+        claim_run_dir(cfg, out_dir)
     use_job_commands_for_ddp_children()
     failed = True
     try:
@@ -96,7 +126,18 @@ def train(cfg: DictConfig, test: bool = True) -> dict:
         if wandb:
             finish_wandb(failed)  # also after a failure, so the next job of a sweep starts clean
         end_ddp_job(launched_here=launches_ddp)
+        release(out_dir)
     return results
+
+
+def claim_run_dir(cfg: DictConfig, out_dir: Path) -> None:
+    """This run's dir, held by this process; a resume must continue the run that is there."""
+    hold(out_dir)
+    if cfg.get("resume"):
+        check_resume(out_dir, cfg, in_sweep=in_multirun())
+        restore_original(out_dir)
+    else:
+        keep_original(out_dir)
 
 
 def resume_point(cfg: DictConfig, out_dir: Path) -> Path | None:
@@ -121,7 +162,7 @@ def fit_and_test(cfg: DictConfig, test: bool = True) -> dict:
     datamodule = instantiate(cfg.data)
     model = build_module(cfg)
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
-    loggers = instantiate_group(cfg.get("logger"))
+    loggers = instantiate_loggers(cfg, out_dir)
     wandb_loggers = [lg for lg in loggers if isinstance(lg, WandbLogger)]
     for lg in wandb_loggers:
         lg.log_hyperparams(flatten(model.run_config))  # one readable column per config key
@@ -135,10 +176,14 @@ def fit_and_test(cfg: DictConfig, test: bool = True) -> dict:
     start = time.perf_counter()
     resumed_from = resume_point(cfg, out_dir)
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resumed_from)
+        # a last.ckpt is only ever unpickled as tensors and plain values
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resumed_from, weights_only=True)
     except SIGTERMException:
+        signal_name = next(
+            (cb.stop_signal for cb in trainer.callbacks if isinstance(cb, RunState)), None
+        )
         raise StoppedError(
-            f"stopped by SIGTERM after epoch {trainer.current_epoch - 1}; saved "
+            f"stopped by {signal_name or 'SIGTERM'} after epoch {trainer.current_epoch - 1}; saved "
             f"{out_dir / 'checkpoints' / 'last.ckpt'}. Resume with the same command plus "
             f"hydra.run.dir={out_dir} resume=true"
         ) from None
@@ -167,6 +212,7 @@ def fit_and_test(cfg: DictConfig, test: bool = True) -> dict:
         "epochs": trainer.current_epoch,
         "resumed_from": str(resumed_from) if resumed_from else None,
         "seed": cfg.seed,
+        "test_data": data_fingerprint(*datamodule.splits["test"]) if test else None,
         "threads": torch.get_num_threads(),
         "choices": config_choices(),
         "wall_time_s": {
@@ -270,6 +316,8 @@ def main(cfg: DictConfig) -> float | None:
             return search(cfg)
         results = train(cfg)
     except StoppedError as err:  # SIGTERM: the whole sweep stops, resumable
+        raise SystemExit(f"error: {err}") from None
+    except RunDirError as err:  # the dir is another run's: nothing is written into it
         raise SystemExit(f"error: {err}") from None
     except Exception as err:
         if not in_multirun():
