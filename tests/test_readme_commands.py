@@ -95,14 +95,20 @@ def runs(count: int) -> Callable[[set[Path], str], None]:
     return check
 
 
-def report(lambda_figure: bool = False) -> Callable[[set[Path], str], None]:
+def report(rows: int, compared: int = 0) -> Callable[[set[Path], str], None]:
+    """The report's files, ``rows`` configurations and ``compared`` MTCSNN-vs-CE rows."""
+
     def check(written: set[Path], output: str) -> None:
         (folder,) = folders_with(written, "results.md")
+        table = (folder / "results.md").read_text()
+        sections = {part.split("\n", 1)[0]: part for part in table.split("\n## ")}
+        first = sections[table.split("\n", 1)[0]]
+        assert len(re.findall(r"^\| \w+=.* \| 1 \| ", first, re.M)) == rows, table
+        paired = sections.get("MTCSNN vs CE, same backbone and seed", "")
+        assert len(re.findall(r"^\| \w+=.* \| 1 \| ", paired, re.M)) == compared, table
         names = {"results.md", "confusion_matrix.png", "roc_curves.png", "val_curves.png"}
-        if lambda_figure:
-            names.add("auroc_vs_lambda.png")
         assert names <= {p.name for p in folder.iterdir()}, output
-        assert "| test AUROC" in (folder / "results.md").read_text()
+        assert "| test AUROC" in table
 
     return check
 
@@ -125,8 +131,9 @@ def predicted(written: set[Path], output: str) -> None:
     (table,) = (p for p in written if p.name == "predictions.csv")
     with open(table) as f:
         paths = [row["path"] for row in csv.DictReader(f)]
-    # photo.jpg, the two files in more_photos/, the 400 test images of retinamnist.npz
-    assert len(paths) == 1 + 2 + 400, output
+    # photo.jpg, the two files in more_photos/, the 1,600 images of retinamnist.npz's splits
+    assert len(paths) == 1 + 2 + 1600, output
+    assert {"photo.jpg", "more_photos/left.png", "retinamnist.npz:test_images[399]"} <= set(paths)
 
 
 def explained(written: set[Path], output: str) -> None:
@@ -166,7 +173,8 @@ RUN = {
     "python -m mtcsnn.train --multirun loss.lam=0,0.25,0.5,1,2 seed=1,2,3": Run(ONE_SEED, runs(5)),
     "python -m mtcsnn.train experiment=paper_table": Run(ONE_SEED, runs(6)),
     "python -m mtcsnn.train experiment=lambda_sweep": Run(ONE_SEED, runs(6)),
-    "python -m mtcsnn.report logs/paper_table/multiruns/<date>_<time>": Run("", report()),
+    # 3 backbones x 2 losses, one seed; each MTCSNN row paired with its CE row
+    "python -m mtcsnn.report logs/paper_table/multiruns/<date>_<time>": Run("", report(6, 3)),
     "python -m mtcsnn.train hparams_search=resnet18_optuna": Run(
         SMALL + " hparams_search.n_trials=2", search(2)
     ),
@@ -181,7 +189,7 @@ RUN = {
     ),
     "python -m mtcsnn.explain ckpt_path=$CKPT inputs=[photo.jpg]": Run("progress=false", explained),
     "python -m mtcsnn.train experiment=ordinal_ablation": Run(ONE_SEED, runs(5)),
-    "python -m mtcsnn.report logs/ordinal_ablation/multiruns/<date>_<time>": Run("", report()),
+    "python -m mtcsnn.report logs/ordinal_ablation/multiruns/<date>_<time>": Run("", report(5, 4)),
     "MTCSNN_DATA_DIR=../shared/data python -m mtcsnn.bench --steps 30": Run(
         "--steps 3 --warmup 1", benched
     ),
@@ -190,7 +198,7 @@ RUN = {
     ),
     "MTCSNN_DATA_DIR=../shared/data python -m mtcsnn.train --multirun "
     "model=resnet18,resnet34,resnet50 loss=ce,mtcsnn": Run(SMALL, runs(6)),
-    "python -m mtcsnn.report logs/train/multiruns/<date>_<time>": Run("", report()),
+    "python -m mtcsnn.report logs/train/multiruns/<date>_<time>": Run("", report(6, 3)),
     "python -m mtcsnn.train logger=csv_wandb": Run(SMALL, runs(1)),
     "python -m mtcsnn.train logger=csv_wandb logger.wandb.entity=my-team "
     "logger.wandb.project=dr": Run(SMALL, runs(1)),

@@ -184,32 +184,6 @@ def test_rank_auroc_equals_scikit_learn_with_ties():
         assert math.isclose(ours[b], np.mean(per_class), abs_tol=1e-12)
 
 
-@pytest.mark.slow
-def test_synthetic_paper_table_runs_and_reports(tmp_path):
-    from cli import run_train
-
-    sweep_dir = tmp_path / "paper_table"
-    proc = run_train(
-        "experiment=paper_table",
-        "data=synthetic",
-        "data.num_train=40",
-        "data.num_val=20",
-        "data.num_test=20",
-        "trainer.max_epochs=1",
-        "seed=1,2",
-        f"hydra.sweep.dir={sweep_dir}",
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert len(list(sweep_dir.glob("*/metrics.json"))) == 12  # 3 backbones x 2 losses x 2 seeds
-    assert main([str(sweep_dir), "--bootstrap", "50"]) == 0
-    table = (sweep_dir / "results.md").read_text()
-    for backbone in ("resnet18", "resnet34", "resnet50"):
-        for loss in ("ce", "mtcsnn"):
-            assert f"| loss={loss}, model={backbone} | 2 |" in table
-        assert f"| loss=mtcsnn, model={backbone} | loss=ce, model={backbone} | 2 |" in table
-    assert (sweep_dir / "roc_curves.png").exists()
-
-
 def results_table(folder) -> str:
     assert main([str(folder), "--bootstrap", "50"]) == 0
     return (folder / "results.md").read_text()

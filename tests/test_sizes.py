@@ -62,7 +62,8 @@ def test_train_at_medmnist_plus_size(tiny_cfg, tmp_path, size):
 def test_cifar_stem_at_224_warns_before_training(tiny_cfg, caplog, monkeypatch):
     import mtcsnn.train as train_module
 
-    monkeypatch.setattr(train_module, "fit_and_test", lambda cfg: {})  # no 224px training here
+    # no 224px training here
+    monkeypatch.setattr(train_module, "fit_and_test", lambda cfg, test=True: {})
     with caplog.at_level(logging.WARNING, logger="mtcsnn.train"):
         train(tiny_cfg("model.net.stem=cifar", "data.size=224"))
     assert "model.net.stem=cifar at data.size=224" in caplog.text

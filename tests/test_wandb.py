@@ -58,7 +58,8 @@ def check_example_images(run: dict, run_dir) -> None:
     The run's own table JSON names each image only by its type ("Image"); W&B keeps the table
     with its images as a "run_table" artifact, and the web page shows that.
     """
-    (files,) = [files for kind, files in run["artifact_files"] if kind == "run_table"]
+    tables = [files for kind, files in run["artifact_files"] if kind == "run_table"]
+    (files,) = [f for f in tables if any(p.startswith("test/examples") for p in f)]
     (table_path,) = [p for p in files if p.endswith(".table.json")]
     table = json.loads(files[table_path].read_text())
     image_column = table["columns"].index("image")

@@ -106,17 +106,17 @@ def train(cfg: DictConfig, test: bool = True) -> dict:
     """
     quiet_libraries()
     check_config(cfg)
+    launches_ddp = "LOCAL_RANK" not in os.environ  # Lightning sets it in every DDP process
+    out_dir = Path(cfg.paths.output_dir)
+    if launches_ddp:  # DDP's other processes work in the same dir, for the same run
+        claim_run_dir(cfg, out_dir)  # before anything is printed or written
     for warning in cost_warnings(cfg):
         log.warning(warning)
     set_threads(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     wandb = uses_wandb(cfg)
     if wandb:
-        prepare_wandb(Path(cfg.paths.output_dir))
-    launches_ddp = "LOCAL_RANK" not in os.environ  # Lightning sets it in every DDP process
-    out_dir = Path(cfg.paths.output_dir)
-    if launches_ddp:  # DDP's other processes work in the same dir, for the same run
-        claim_run_dir(cfg, out_dir)
+        prepare_wandb(out_dir)
     use_job_commands_for_ddp_children()
     failed = True
     try:
@@ -133,11 +133,15 @@ def train(cfg: DictConfig, test: bool = True) -> dict:
 def claim_run_dir(cfg: DictConfig, out_dir: Path) -> None:
     """This run's dir, held by this process; a resume must continue the run that is there."""
     hold(out_dir)
-    if cfg.get("resume"):
-        check_resume(out_dir, cfg, in_sweep=in_multirun())
-        restore_original(out_dir)
-    else:
-        keep_original(out_dir)
+    try:
+        if cfg.get("resume"):
+            check_resume(out_dir, cfg, in_sweep=in_multirun())
+            restore_original(out_dir)
+        else:
+            keep_original(out_dir)
+    except BaseException:
+        release(out_dir)
+        raise
 
 
 def resume_point(cfg: DictConfig, out_dir: Path) -> Path | None:
