@@ -15,6 +15,10 @@ class SigtermAt(pl.Callback):
     def __init__(self, epoch: int, batch: int, val: bool = False, signal_name: str = "SIGTERM"):
         self.epoch, self.batch, self.val = epoch, batch, val
         self.signum = getattr(signal, signal_name)
+        if self.signum == signal.SIGINT:
+            # as in a terminal: pytest-xdist's workers start their children with SIGINT ignored,
+            # and a run leaves an ignored SIGINT ignored
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def _maybe_kill(self, trainer: pl.Trainer, batch_idx: int, val: bool) -> None:
         if (trainer.current_epoch, batch_idx, val) == (self.epoch, self.batch, self.val):
