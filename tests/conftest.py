@@ -63,3 +63,10 @@ def real_data_dir() -> Path:
     if not REAL_NPZ.exists():
         pytest.skip(f"real RetinaMNIST not found at {REAL_NPZ} (set MTCSNN_DATA_DIR to its folder)")
     return DATA_DIR
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # the notebooks load the real data and train a short run in a subprocess: slow ones
+    for item in items:
+        if item.path.suffix == ".ipynb":
+            item.add_marker(pytest.mark.slow)
