@@ -108,6 +108,9 @@ def bad_file(folder, **changes):
         ({"train_images": np.zeros((6, 28, 28, 3), dtype=np.float32)}, "expected uint8"),
         ({"train_labels": np.array([[0], [1], [2], [3], [4], [7]])}, "grades 0..7"),
         ({"val_labels": np.zeros((2, 1))}, "2 entries for 3 images"),
+        ({"val_labels": np.array([[0.0], [np.nan], [2.0]])}, "not whole grades"),
+        ({"val_labels": np.array([[0.0], [1.5], [2.0]])}, "not whole grades"),
+        ({"val_labels": np.array([[0.0], [np.inf], [2.0]])}, "not whole grades"),
     ],
 )
 def test_bad_npz_contents_give_one_clear_error(tmp_path, changes, message):
@@ -198,3 +201,44 @@ def test_a_write_that_fails_halfway_leaves_the_old_file_whole(tmp_path, monkeypa
         write_json(path, {"test": {"auroc": 0.9}, "padding": "x" * 100_000})
     assert path.read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temporary file left
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 1.5, True])
+def test_a_seed_outside_numpys_range_is_refused(tiny_cfg, seed):
+    from mtcsnn.config import check_config
+    from mtcsnn.errors import ConfigError
+
+    cfg = tiny_cfg()
+    cfg.seed = seed
+    with pytest.raises(ConfigError, match=r"seed=.* it must be an integer from 0 to 4294967295"):
+        check_config(cfg)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_gpu_asked_for_where_there_is_none_is_one_config_error(tiny_cfg):
+    from mtcsnn.config import check_config
+    from mtcsnn.errors import ConfigError
+    from mtcsnn.predict import pick_device
+
+    with pytest.raises(ConfigError, match="no CUDA GPU is available"):
+        check_config(tiny_cfg("trainer.accelerator=gpu"))
+    with pytest.raises(ConfigError, match="no CUDA GPU is available"):
+        pick_device("cuda")
+    with pytest.raises(ConfigError, match="choose one of: auto, cpu, cuda"):
+        pick_device("tpu")
+
+
+def test_the_divergence_message_names_the_term_its_setting_and_the_checkpoint_truthfully():
+    from mtcsnn.models.module import divergence_message
+
+    inf, nan = torch.tensor(float("inf")), torch.tensor(float("nan"))
+    one = torch.tensor(1.0)
+    exploded = divergence_message({"loss": inf, "ce_a": one, "ce_b": one, "reg": inf}, 3, 40, 2, "")
+    assert "term reg = inf" in exploded and "loss.lam" in exploded
+    assert "no checkpoint was written" in exploded and "kept" not in exploded
+    ce = divergence_message({"loss": nan, "ce_a": nan, "ce_b": one}, 1, 4, 0, "/r/epoch_000.ckpt")
+    assert "model.optimizer.lr" in ce and "kept: /r/epoch_000.ckpt" in ce
+    # all terms finite, their sum not: the largest term is the one to tame
+    big = torch.tensor(3e38)
+    summed = divergence_message({"loss": inf, "ce_a": one, "reg": big}, 0, 1, 1, "")
+    assert "loss.lam" in summed

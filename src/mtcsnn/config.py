@@ -47,11 +47,18 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 
 _ABSENT = object()
+MAX_SEED = 2**32 - 1  # numpy's seed range
 
 
 def _value(cfg: DictConfig, key: str) -> object:
     """The value at ``key``; ``_ABSENT`` when the config has no such key (e.g. lam for ce)."""
     return OmegaConf.select(cfg, key, default=_ABSENT)
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _is_int(value: object) -> bool:
@@ -121,6 +128,19 @@ def check_config(cfg: DictConfig) -> None:
     threads = _value(cfg, "threads")
     if threads not in (_ABSENT, None) and not (_is_int(threads) and threads >= 1):
         raise ConfigError("threads", threads, "it must be null (all cores) or an integer >= 1")
+
+    seed = _value(cfg, "seed")
+    if seed is not _ABSENT and not (_is_int(seed) and 0 <= seed <= MAX_SEED):
+        # Lightning would replace an out-of-range seed by 0 with a warning
+        raise ConfigError("seed", seed, f"it must be an integer from 0 to {MAX_SEED}")
+
+    accelerator = _value(cfg, "trainer.accelerator")
+    if accelerator in ("gpu", "cuda") and not cuda_available():
+        raise ConfigError(
+            "trainer.accelerator",
+            accelerator,
+            "no CUDA GPU is available here; use trainer=cpu (or trainer.accelerator=auto)",
+        )
 
     keep = _value(cfg, "keep_training_state")
     if keep is not _ABSENT and not isinstance(keep, bool):

@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, ListConfig
 
 from mtcsnn.checkpoint import load_checkpoint
-from mtcsnn.errors import MTCSNNError
+from mtcsnn.errors import ConfigError, MTCSNNError
 from mtcsnn.images import ImageSource, expand_inputs, read_all
 from mtcsnn.models import MTCSNNModule
 from mtcsnn.outputs import write_text_atomic
@@ -36,6 +36,10 @@ EXAMPLE = (
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise ConfigError("device", name, "choose one of: auto, cpu, cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device", name, "no CUDA GPU is available here; use device=cpu or auto")
     return torch.device(name)
 
 

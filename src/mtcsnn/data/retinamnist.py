@@ -107,6 +107,16 @@ class RetinaMNISTDataModule(PairDataModule):
                 raise DataError(
                     f"{self.path}: {split}_labels has {len(grades)} entries for {shape[0]} images"
                 )
+            whole = np.issubdtype(grades.dtype, np.integer) or (
+                np.issubdtype(grades.dtype, np.floating)
+                and bool(np.isfinite(grades).all())
+                and bool((grades == np.round(grades)).all())
+            )
+            if not whole:
+                raise DataError(
+                    f"{self.path}: {split}_labels holds values that are not whole grades "
+                    f"({grades.dtype}; NaN, infinite or fractional); RetinaMNIST grades are 0-4"
+                )
             if grades.size and (grades.min() < 0 or grades.max() > 4):
                 raise DataError(
                     f"{self.path}: {split}_labels holds grades {int(grades.min())}.."

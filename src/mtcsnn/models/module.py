@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import pytorch_lightning as pl
@@ -13,6 +14,26 @@ from mtcsnn.data.pairing import PairSampler
 from mtcsnn.errors import DivergenceError
 from mtcsnn.metrics import grade_metrics, scalar_metrics
 from mtcsnn.models.siamese_resnet import SiameseResNet
+
+
+def divergence_message(
+    terms: dict[str, torch.Tensor], epoch: int, step: int, batch_idx: int, best: str
+) -> str:
+    """Which term diverged, the setting to lower for it, and whether a checkpoint exists."""
+    values = {name: float(value) for name, value in terms.items() if name != "loss"}
+    broken = [name for name, value in values.items() if not math.isfinite(value)]
+    culprit = broken[0] if broken else max(values, key=lambda n: abs(values[n]), default="loss")
+    knob = (
+        "try a lower loss.lam (the score-difference term diverged)"
+        if culprit == "reg"
+        else "try a lower model.optimizer.lr"
+    )
+    kept = f"the best checkpoint so far is kept: {best}" if best else "no checkpoint was written"
+    return (
+        f"training diverged: loss is {float(terms['loss'])} at epoch {epoch}, step {step} "
+        f"(batch {batch_idx}; term {culprit} = {values.get(culprit, float('nan'))}); {kept}; "
+        f"{knob}"
+    )
 
 
 class MTCSNNModule(pl.LightningModule):
@@ -118,10 +139,10 @@ class MTCSNNModule(pl.LightningModule):
         terms = self.loss(out_a, out_b, batch["grade_a"], batch["grade_b"])
         if not torch.isfinite(terms["loss"]):
             # stop here: the best checkpoint so far stays on disk, nothing else is written
+            checkpoint = self.trainer.checkpoint_callback
+            best = checkpoint.best_model_path if checkpoint is not None else ""
             raise DivergenceError(
-                f"training diverged: loss is {terms['loss'].item()} at epoch "
-                f"{self.current_epoch}, step {self.global_step} (batch {batch_idx}); the best "
-                "checkpoint so far is kept; try a lower model.optimizer.lr"
+                divergence_message(terms, self.current_epoch, self.global_step, batch_idx, best)
             )
         for name, value in terms.items():
             self.log(
