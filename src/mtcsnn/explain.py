@@ -49,6 +49,21 @@ def file_stem(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name.strip("/"))[-120:]
 
 
+def unique_path(out_dir: Path, name: str, taken: set[Path]) -> Path:
+    """``<name>_gradcam.png``, numbered when another input already gave that name.
+
+    ``eye.png`` and ``eye.jpg`` keep their suffixes; names that differ only in punctuation
+    (``a b.png``, ``a_b.png``) map to one stem and get ``_2``, ``_3``, ...
+    """
+    stem = file_stem(name)
+    path, number = out_dir / f"{stem}_gradcam.png", 1
+    while path in taken or path.exists():
+        number += 1
+        path = out_dir / f"{stem}_{number}_gradcam.png"
+    taken.add(path)
+    return path
+
+
 def explain(cfg: DictConfig) -> tuple[list[Path], list[tuple[str, str]]]:
     ckpt = load_checkpoint(cfg.ckpt_path)
     device = pick_device(cfg.device)
@@ -56,8 +71,18 @@ def explain(cfg: DictConfig) -> tuple[list[Path], list[tuple[str, str]]]:
     net = module.net
     layer = cam_layer(net, ckpt.image_size, cfg.layer)
     sources, failures = expand_inputs(as_list(cfg.inputs))
+    if len(sources) > cfg.max_images:
+        log.warning(
+            "max_images=%d: explaining the first %d of %d images, skipping %d "
+            "(raise max_images to explain more)",
+            cfg.max_images,
+            cfg.max_images,
+            len(sources),
+            len(sources) - cfg.max_images,
+        )
     sources = sources[: cfg.max_images]
     out_dir = Path(cfg.output_dir)
+    taken: set[Path] = set()
     written: list[Path] = []
     for source, image, reason in read_all(sources, ckpt.image_size, progress=cfg.progress):
         if image is None:
@@ -68,8 +93,7 @@ def explain(cfg: DictConfig) -> tuple[list[Path], list[tuple[str, str]]]:
             probs = module.probabilities(net(x))[0]
         grade = int(probs.argmax())
         cam = grad_cam(module.class_scores, x, torch.tensor([grade], device=device), layer)[0]
-        name = source.name if source.key else str(source.path.with_suffix(""))
-        path = out_dir / f"{file_stem(name)}_gradcam.png"
+        path = unique_path(out_dir, source.name, taken)
         overlay_png(
             x[0], cam, f"{Path(source.name).name}\ngrade {grade} (p={probs[grade]:.2f})", path
         )

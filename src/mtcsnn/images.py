@@ -8,15 +8,18 @@ images taken out of the dataset give exactly the dataset's pixels.
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+# an .npz array is decompressed whole; one larger than this is refused, not read
+MAX_NPZ_ARRAY_BYTES = 2 * 1024**3
 
 
 @dataclass
@@ -29,12 +32,68 @@ class ImageSource:
 
     @property
     def name(self) -> str:
-        return str(self.path) if self.key is None else f"{self.path}:{self.key}[{self.index}]"
+        path = shown(self.path)
+        return path if self.key is None else f"{path}:{self.key}[{self.index}]"
+
+
+def shown(path: Path | str) -> str:
+    """A path as text for logs and CSVs; bytes that are not UTF-8 become ``\\xNN`` escapes."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def to_uint8(array: np.ndarray) -> np.ndarray:
+    """Pixel values of any depth scaled to 0-255 (never clipped), as uint8.
+
+    Integers are scaled by their type's range where values exceed 255 (16-bit by 65535,
+    larger by their maximum), booleans to 0/255, floats in 0-1 by 255, other floats from
+    their minimum to maximum.
+    """
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * 255
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise ValueError(f"pixels of type {array.dtype} are not an image")
+    values = array.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError("pixels hold NaN or infinite values")
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if np.issubdtype(array.dtype, np.integer):
+        if low >= 0 and high <= 255:
+            return values.astype(np.uint8)
+        if low >= 0 and high <= 65535:
+            return np.round(values / 65535 * 255).astype(np.uint8)
+    elif low >= 0 and high <= 1:
+        return np.round(values * 255).astype(np.uint8)
+    elif low >= 0 and high <= 255:
+        return np.round(values).astype(np.uint8)
+    span = high - low or 1.0
+    return np.round((values - low) / span * 255).astype(np.uint8)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB at 8 bits, whatever the mode: 16/32-bit and float images are scaled, not clipped."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        return Image.fromarray(to_uint8(np.asarray(image)), mode="L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", image.size, "black"), image).convert("RGB")
+    return image.convert("RGB")
+
+
+def array_to_image(array: np.ndarray) -> Image.Image:
+    """An .npz entry (H x W or H x W x 1/3/4, any numeric type) as an 8-bit RGB image."""
+    if array.ndim == 3 and array.shape[-1] in (1, 3, 4):
+        array = array[..., :3] if array.shape[-1] != 1 else array[..., 0]
+    if array.ndim not in (2, 3):
+        raise ValueError(f"an image of shape {array.shape} (expected H x W or H x W x 3)")
+    pixels = to_uint8(np.ascontiguousarray(array))
+    return Image.fromarray(pixels, mode="L" if pixels.ndim == 2 else "RGB").convert("RGB")
 
 
 def to_square_rgb(image: Image.Image, size: int) -> Image.Image:
     """RGB, centre crop to a square on the short side, bicubic resize to ``size``."""
-    image = image.convert("RGB")
+    image = to_rgb(image)
     width, height = image.size
     side = min(width, height)
     if width != height:
@@ -60,33 +119,74 @@ def expand_inputs(inputs: list[str]) -> tuple[list[ImageSource], list[tuple[str,
     for item in inputs:
         path = Path(str(item)).expanduser()
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            try:
+                found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            except OSError as err:  # e.g. a folder inside that cannot be read
+                failures.append((shown(path), f"cannot list the folder ({err})"))
+                continue
             if not found:
-                failures.append((str(path), f"folder holds no image files {IMAGE_SUFFIXES}"))
+                failures.append((shown(path), f"folder holds no image files {IMAGE_SUFFIXES}"))
             sources.extend(ImageSource(p) for p in found)
         elif not path.exists():
-            failures.append((str(path), "no such file or folder"))
+            failures.append((shown(path), "no such file or folder"))
         elif path.suffix.lower() == ".npz":
             try:
                 sources.extend(npz_sources(path))
-            except (OSError, ValueError) as err:
-                failures.append((str(path), f"cannot read as MedMNIST .npz ({err})"))
+            except Exception as err:  # any way a file can fail to be an .npz of images
+                failures.append((shown(path), f"cannot read as MedMNIST .npz ({err})"))
         else:
             sources.append(ImageSource(path))
     return sources, failures
 
 
+HEADER_READERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
+
+
+def npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and type of each array of an ``.npz``, read from the headers alone.
+
+    Nothing is decompressed beyond the header, so a small file that would expand to
+    gigabytes costs nothing here.
+    """
+    headers = {}
+    with zipfile.ZipFile(path) as archive:
+        for member in archive.namelist():
+            if not member.endswith(".npy"):
+                continue
+            with archive.open(member) as f:
+                version = np.lib.format.read_magic(f)
+                if version not in HEADER_READERS:
+                    raise ValueError(f"{member}: .npy format version {version} is not supported")
+                shape, _, dtype = HEADER_READERS[version](f)
+            headers[member.removesuffix(".npy")] = (shape, dtype)
+    return headers
+
+
 def npz_sources(path: Path) -> list[ImageSource]:
     """One source per image of every ``*_images`` array (MedMNIST: train/val/test_images)."""
-    with np.load(path) as npz:
-        keys = [k for k in npz.files if k.endswith("_images")]
-        if not keys:
-            raise ValueError(f"no *_images arrays; it holds {npz.files}")
-        shapes = {k: npz[k].shape for k in keys}
-    for key, shape in shapes.items():
+    try:
+        headers = npz_headers(path)
+    except zipfile.BadZipFile:
+        raise ValueError("not a zip archive") from None
+    keys = [k for k in headers if k.endswith("_images")]
+    if not keys:
+        raise ValueError(f"no *_images arrays; it holds {sorted(headers)}")
+    for key in keys:
+        shape, dtype = headers[key]
         if len(shape) not in (3, 4):
             raise ValueError(f"{key} has shape {shape}, expected N x H x W (x 3)")
-    return [ImageSource(path, key, i) for key in keys for i in range(shapes[key][0])]
+        if dtype.hasobject:
+            raise ValueError(f"{key} holds Python objects, not pixels")
+        size = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+        if size > MAX_NPZ_ARRAY_BYTES:
+            raise ValueError(
+                f"{key} would take {size / 1024**3:.1f} GiB decompressed, more than the "
+                f"{MAX_NPZ_ARRAY_BYTES / 1024**3:.0f} GiB allowed"
+            )
+    return [ImageSource(path, key, i) for key in keys for i in range(headers[key][0][0])]
 
 
 class ImageReader:
@@ -94,23 +194,30 @@ class ImageReader:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._arrays: dict[tuple[Path, str], np.ndarray] = {}
+        self._arrays: dict[tuple[Path, str], np.ndarray | Exception] = {}
 
     def read(self, source: ImageSource) -> torch.Tensor:
         if source.key is None:
             try:
                 with Image.open(source.path) as image:
                     image.load()
-                    return to_tensor(to_square_rgb(image, self.size))
+                    upright = ImageOps.exif_transpose(image)  # as a camera's viewer shows it
+                    return to_tensor(to_square_rgb(upright, self.size))
             except UnidentifiedImageError:
                 raise ValueError("not an image file PIL can read") from None
-        array = self._array(source.path, source.key)[source.index]
-        return to_tensor(to_square_rgb(Image.fromarray(array), self.size))
+        array = self._array(source.path, source.key)
+        if isinstance(array, Exception):
+            raise ValueError(str(array))
+        return to_tensor(to_square_rgb(array_to_image(array[source.index]), self.size))
 
-    def _array(self, path: Path, key: str) -> np.ndarray:
+    def _array(self, path: Path, key: str) -> np.ndarray | Exception:
+        """Each array decompressed once; one that cannot be read fails each of its images."""
         if (path, key) not in self._arrays:
-            with np.load(path) as npz:
-                self._arrays[(path, key)] = npz[key]
+            try:
+                with np.load(path, allow_pickle=False) as npz:
+                    self._arrays[(path, key)] = npz[key]
+            except Exception as err:  # a broken member: its images fail, the others go on
+                self._arrays[(path, key)] = ValueError(f"cannot read {key} ({err})")
         return self._arrays[(path, key)]
 
 
@@ -124,5 +231,7 @@ def read_all(
     for source in tqdm(sources, desc="reading", unit="img", disable=not progress or None):
         try:
             yield source, reader.read(source), None
-        except (OSError, ValueError, SyntaxError) as err:
-            yield source, None, str(err).strip().splitlines()[0] if str(err) else type(err).__name__
+        except Exception as err:  # any failure of one input: recorded, the others go on
+            message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            kind = type(err).__name__
+            yield source, None, f"{kind}: {message}" if message else kind
