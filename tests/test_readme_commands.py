@@ -127,13 +127,22 @@ def evaluated(written: set[Path], output: str) -> None:
     assert len(folders_with(written, "metrics.json")) == 1, output
 
 
-def predicted(written: set[Path], output: str) -> None:
-    (table,) = (p for p in written if p.name == "predictions.csv")
-    with open(table) as f:
-        paths = [row["path"] for row in csv.DictReader(f)]
-    # photo.jpg, the two files in more_photos/, the 1,600 images of retinamnist.npz's splits
-    assert len(paths) == 1 + 2 + 1600, output
-    assert {"photo.jpg", "more_photos/left.png", "retinamnist.npz:test_images[399]"} <= set(paths)
+def predicted(*names: str, count: int) -> Callable[[set[Path], str], None]:
+    """``predictions.csv`` with ``count`` rows, ``names`` among them."""
+
+    def check(written: set[Path], output: str) -> None:
+        (table,) = (p for p in written if p.name == "predictions.csv")
+        with open(table) as f:
+            paths = [row["path"] for row in csv.DictReader(f)]
+        assert len(paths) == count, output
+        assert set(names) <= set(paths), paths[:5]
+
+    return check
+
+
+# the files the README's predict commands name, as a user would have them
+USER_FILES = ("photo.jpg", "more_photos/left.png", "more_photos/right.jpg")
+ODD_NAMES = ("my photos/eye 1.jpg", "scan,left=1 [a].png", "fee$5.png")
 
 
 def explained(written: set[Path], output: str) -> None:
@@ -184,8 +193,13 @@ RUN = {
     ),
     "CKPT=logs/train/runs/<date>_<time>/checkpoints/epoch_012.ckpt": Run("", nothing),
     "python -m mtcsnn.eval ckpt_path=$CKPT": Run("", evaluated),
+    # photo.jpg, the two files in more_photos/, the 1,600 images of retinamnist.npz's splits
     "python -m mtcsnn.predict ckpt_path=$CKPT inputs=[photo.jpg,more_photos/,retinamnist.npz]": (
-        Run("progress=false", predicted)
+        Run("progress=false", predicted(*USER_FILES, "retinamnist.npz:val_images[0]", count=1603))
+    ),
+    "python -m mtcsnn.predict ckpt_path=$CKPT "
+    "\"inputs=['my photos/eye 1.jpg','scan,left=1 [a].png','fee\\$5.png']\"": Run(
+        "progress=false", predicted(*ODD_NAMES, count=3)
     ),
     "python -m mtcsnn.explain ckpt_path=$CKPT inputs=[photo.jpg]": Run("progress=false", explained),
     "python -m mtcsnn.train experiment=ordinal_ablation": Run(ONE_SEED, runs(5)),
@@ -265,11 +279,10 @@ def scratch(tmp_path_factory) -> Path:
     project = base / "project"
     project.mkdir()
     rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)).save(project / "photo.jpg")
-    (project / "more_photos").mkdir()
-    for name in ("left.png", "right.jpg"):
-        image = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
-        Image.fromarray(image).save(project / "more_photos" / name)
+    for name in (*USER_FILES, *ODD_NAMES):
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        image = rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)
+        Image.fromarray(image).save(project / name)
     shutil.copy(DATA_DIR / "retinamnist.npz", project / "retinamnist.npz")
     shutil.copytree(ROOT / "notebooks", project / "notebooks")
     for notebook in (project / "notebooks").glob("*.ipynb"):  # outputs for nbconvert to clear
