@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from mtcsnn.data import RetinaMNISTDataModule
@@ -242,3 +243,44 @@ def test_the_divergence_message_names_the_term_its_setting_and_the_checkpoint_tr
     big = torch.tensor(3e38)
     summed = divergence_message({"loss": inf, "ce_a": one, "reg": big}, 0, 1, 1, "")
     assert "loss.lam" in summed
+
+
+class FullDiskFromEpoch(pl.Callback):
+    """Every file write fails with ENOSPC from epoch 1 on, as on a disk that just filled."""
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == 1:
+            import errno
+            import os
+
+            def full(fd):
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            FullDiskFromEpoch.restore = os.fsync
+            os.fsync = full
+
+
+def test_a_full_disk_ends_the_run_in_one_line_and_keeps_the_last_good_checkpoint(
+    tiny_cfg, tmp_path
+):
+    import os
+
+    from mtcsnn.errors import WriteError
+
+    cfg = tiny_cfg(
+        "callbacks.last_checkpoint.every_n_epochs=1",
+        "+callbacks.disk._target_=test_robustness.FullDiskFromEpoch",
+        "trainer.max_epochs=3",
+    )
+    try:
+        with pytest.raises(WriteError, match="No space left on device") as err:
+            train(cfg)
+    finally:
+        os.fsync = FullDiskFromEpoch.restore
+    assert "\n" not in str(err.value) and "checkpoints" in str(err.value)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["epoch_000.ckpt", "last.ckpt"]  # no temporary or truncated file
+    for name in names:
+        state = torch.load(tmp_path / "checkpoints" / name, weights_only=True)
+        assert state["epoch"] == 0
+    assert not (tmp_path / "metrics.json").exists()

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from mtcsnn.outputs import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -100,3 +103,15 @@ class RunState(pl.Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException):
             trainer.save_checkpoint(self.last_path)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file beside their name, then renamed.
+
+    Lightning stages a checkpoint in the system's temporary folder and moves it over; on a full
+    disk that can leave a truncated file. Here a failed write removes its temporary file, the
+    last good checkpoint stays, and the run ends with one line naming the file.
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        write_atomic(path, lambda f: torch.save(checkpoint, f), binary=True)

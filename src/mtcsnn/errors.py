@@ -23,3 +23,7 @@ class DivergenceError(MTCSNNError):
 
 class DataError(MTCSNNError):
     """The dataset is missing or cannot be read."""
+
+
+class WriteError(MTCSNNError, OSError):
+    """A file could not be written (a full disk, a folder without write permission)."""

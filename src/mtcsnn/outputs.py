@@ -16,6 +16,8 @@ from typing import IO
 
 import torch
 
+from mtcsnn.errors import WriteError
+
 PACKAGES = (
     "mtcsnn",
     "torch",
@@ -35,14 +37,21 @@ def write_atomic(path: str | Path, write: Callable[[IO], object], binary: bool =
     A kill or a full disk never leaves half a file: the old one stays until the new one is whole.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise WriteError(f"cannot write {path}: {err.strerror or err}") from None
     try:
         with os.fdopen(fd, "wb" if binary else "w", newline=None if binary else "") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        kept = " (the previous file is kept)" if path.exists() else ""
+        raise WriteError(f"cannot write {path}: {err.strerror or err}{kept}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -35,7 +35,10 @@ def record_failure(out_dir: Path, error: BaseException, announce: bool = True) -
     }
     if not isinstance(error, MTCSNNError):
         record["traceback"] = traceback.format_exception(error)
-    write_json(out_dir / FAILED, record)
+    try:
+        write_json(out_dir / FAILED, record)
+    except OSError:  # a full disk: the error itself still reaches the user
+        pass
     if announce:
         log.error("job failed: %s (recorded in %s)", record["error"], out_dir / FAILED)
 

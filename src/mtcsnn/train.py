@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from mtcsnn.callbacks import RunState
+from mtcsnn.callbacks import AtomicCheckpointIO, RunState
 from mtcsnn.checkpoint import build_module
 from mtcsnn.config import check_config, cost_warnings, flatten
 from mtcsnn.console import metrics_line, progress_bar_wanted, quiet_libraries
@@ -175,6 +175,7 @@ def fit_and_test(cfg: DictConfig, test: bool = True) -> dict:
         callbacks=instantiate_group(cfg.get("callbacks")),
         logger=loggers or False,
         enable_progress_bar=progress_bar_wanted(cfg.trainer.get("enable_progress_bar", True)),
+        plugins=[AtomicCheckpointIO()],
     )
 
     start = time.perf_counter()

@@ -20,7 +20,7 @@ def divergence_message(
     terms: dict[str, torch.Tensor], epoch: int, step: int, batch_idx: int, best: str
 ) -> str:
     """Which term diverged, the setting to lower for it, and whether a checkpoint exists."""
-    values = {name: float(value) for name, value in terms.items() if name != "loss"}
+    values = {name: float(value.detach()) for name, value in terms.items() if name != "loss"}
     broken = [name for name, value in values.items() if not math.isfinite(value)]
     culprit = broken[0] if broken else max(values, key=lambda n: abs(values[n]), default="loss")
     knob = (
@@ -30,7 +30,7 @@ def divergence_message(
     )
     kept = f"the best checkpoint so far is kept: {best}" if best else "no checkpoint was written"
     return (
-        f"training diverged: loss is {float(terms['loss'])} at epoch {epoch}, step {step} "
+        f"training diverged: loss is {float(terms['loss'].detach())} at epoch {epoch}, step {step} "
         f"(batch {batch_idx}; term {culprit} = {values.get(culprit, float('nan'))}); {kept}; "
         f"{knob}"
     )
