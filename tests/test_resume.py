@@ -69,6 +69,9 @@ def resume_and_compare(run_dir: Path, uninterrupted: dict) -> None:
     assert metrics["test"] == uninterrupted["test"]
     assert metrics["val"] == uninterrupted["val"]
     assert metrics["best_epoch"] == uninterrupted["best_epoch"]
+    # one best checkpoint: none from before the resume stays beside it
+    (best,) = (run_dir / "checkpoints").glob("epoch_*.ckpt")
+    assert str(best) == metrics["best_checkpoint"]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
