@@ -87,3 +87,30 @@ def test_openmp_threads_sleep_while_waiting_unless_the_user_says_otherwise(given
         check=True,
     )
     assert result.stdout.strip() == expected
+
+
+@pytest.mark.slow
+def test_a_run_off_a_terminal_prints_a_plain_log(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_module(
+        "mtcsnn.train",
+        "data=synthetic",
+        "data.num_train=32",
+        "data.num_val=20",
+        "data.num_test=20",
+        "data.batch_size=16",
+        "trainer.max_epochs=2",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "Tip:" not in output and "litlogger" not in output and "litmodels" not in output
+    assert output.count("GPU available") == 1 and output.count("TPU available") == 1
+    assert "\x1b[" not in output and "\r" not in output  # no progress-bar escape codes
+    assert "Warning" not in output and "deprecated" not in output.lower()
+    log = (run_dir / "train.log").read_text()
+    epochs = re.findall(r"epoch (\d)/1: train/loss \d+\.\d{4} .*val/auroc \d\.\d{4}", log)
+    assert epochs == ["0", "1"]
+    assert re.search(r"val  loss \d\.\d{4} acc \d\.\d{4}", log)
+    assert re.search(r"test loss \d\.\d{4} acc \d\.\d{4}", log)
+    assert "Test metric" not in output  # no full-precision Lightning tables

@@ -185,6 +185,9 @@ def test_cli_missing_dataset_offline(tmp_path):
     assert "retinamnist.npz" in proc.stderr and "MTCSNN_DATA_DIR" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not (tmp_path / "run" / "metrics.json").exists()
+    # the folder it leaves says that it failed, and why
+    failed = json.loads((tmp_path / "run" / "failed.json").read_text())
+    assert "retinamnist.npz" in failed["error"] and failed["type"] == "DataError"
 
 
 def test_hard_pairing_uses_the_scores_seen_in_training(tiny_cfg, tmp_path):
