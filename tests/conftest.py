@@ -58,6 +58,18 @@ def tiny_cfg(tmp_path: Path):
     GlobalHydra.instance().clear()
 
 
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """The best checkpoint of a one-epoch run on a few synthetic images."""
+    from mtcsnn.train import train
+
+    out = tmp_path_factory.mktemp("run")
+    train(compose_train(["data=synthetic", *TINY_SYNTHETIC, *TINY, "trainer.max_epochs=1"], out))
+    GlobalHydra.instance().clear()
+    (best,) = (out / "checkpoints").glob("epoch_*.ckpt")
+    return best
+
+
 @pytest.fixture(scope="session")
 def real_data_dir() -> Path:
     if not REAL_NPZ.exists():

@@ -15,23 +15,11 @@ import numpy as np
 import pytest
 import torch
 from cli import run_module
-from conftest import TINY, TINY_SYNTHETIC, compose_train
-from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
 from mtcsnn.checkpoint import SAFE_TARGETS, CheckpointError, load_checkpoint
-from mtcsnn.train import train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("run")
-    train(compose_train(["data=synthetic", *TINY_SYNTHETIC, *TINY, "trainer.max_epochs=1"], out))
-    GlobalHydra.instance().clear()
-    (best,) = (out / "checkpoints").glob("epoch_*.ckpt")
-    return best
 
 
 def payloads(marker: Path, module_file: Path) -> dict[str, tuple[str, object]]:
@@ -84,10 +72,12 @@ def bait(tmp_path):
 
 
 @pytest.mark.parametrize("case", list(payloads(Path("m"), Path("f"))))
-def test_a_crafted_checkpoint_is_refused_before_anything_is_built(trained, tmp_path, bait, case):
+def test_a_crafted_checkpoint_is_refused_before_anything_is_built(
+    tiny_checkpoint, tmp_path, bait, case
+):
     marker, module_file = bait
     place, value = payloads(marker, module_file)[case]
-    crafted = craft(trained, place, value, tmp_path / "crafted.ckpt")
+    crafted = craft(tiny_checkpoint, place, value, tmp_path / "crafted.ckpt")
     with pytest.raises(CheckpointError, match="refused to rebuild the model") as err:
         load_checkpoint(crafted)
     assert place.split(".")[0] in str(err.value)
@@ -95,8 +85,8 @@ def test_a_crafted_checkpoint_is_refused_before_anything_is_built(trained, tmp_p
     assert "evil_module" not in sys.modules
 
 
-def test_the_real_checkpoint_still_loads(trained):
-    assert load_checkpoint(trained).module is not None
+def test_the_real_checkpoint_still_loads(tiny_checkpoint):
+    assert load_checkpoint(tiny_checkpoint).module is not None
 
 
 def test_every_target_the_configs_offer_for_model_loss_and_data_is_allowed():
@@ -117,10 +107,12 @@ def test_every_target_the_configs_offer_for_model_loss_and_data_is_allowed():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command", ["predict", "eval", "explain"])
-def test_the_commands_refuse_a_crafted_checkpoint_in_one_line(trained, tmp_path, bait, command):
+def test_the_commands_refuse_a_crafted_checkpoint_in_one_line(
+    tiny_checkpoint, tmp_path, bait, command
+):
     marker, module_file = bait
     crafted = craft(
-        trained,
+        tiny_checkpoint,
         "loss",
         {"_target_": "runpy.run_path", "_args_": [str(module_file)]},
         tmp_path / "crafted.ckpt",

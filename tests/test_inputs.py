@@ -164,22 +164,8 @@ def test_random_arrays_in_an_npz_are_read_or_fail_alone(tmp_path, spec):
     assert sources or failures
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    from conftest import TINY, TINY_SYNTHETIC, compose_train
-    from hydra.core.global_hydra import GlobalHydra
-
-    from mtcsnn.train import train
-
-    out = tmp_path_factory.mktemp("run")
-    train(compose_train(["data=synthetic", *TINY_SYNTHETIC, *TINY, "trainer.max_epochs=1"], out))
-    GlobalHydra.instance().clear()
-    (best,) = (out / "checkpoints").glob("epoch_*.ckpt")
-    return best
-
-
 @pytest.mark.slow
-def test_predict_writes_both_files_whatever_the_inputs(checkpoint, tmp_path):
+def test_predict_writes_both_files_whatever_the_inputs(tiny_checkpoint, tmp_path):
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     good = inputs / "good.png"
@@ -193,7 +179,7 @@ def test_predict_writes_both_files_whatever_the_inputs(checkpoint, tmp_path):
     out = tmp_path / "out"
     result = run_module(
         "mtcsnn.predict",
-        f"ckpt_path={checkpoint}",
+        f"ckpt_path={tiny_checkpoint}",
         f"inputs=[{inputs},{tmp_path / 'objects.npz'},{tmp_path / 'bomb.npz'}]",
         f"hydra.run.dir={out}",
         "progress=false",
@@ -213,7 +199,7 @@ def test_predict_writes_both_files_whatever_the_inputs(checkpoint, tmp_path):
 
 
 @pytest.mark.slow
-def test_explain_names_never_collide_and_says_what_the_cap_skipped(checkpoint, tmp_path):
+def test_explain_names_never_collide_and_says_what_the_cap_skipped(tiny_checkpoint, tmp_path):
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     for name in ("eye.png", "eye.jpg", "a b.png", "a_b.png", "a,b.png"):
@@ -221,7 +207,7 @@ def test_explain_names_never_collide_and_says_what_the_cap_skipped(checkpoint, t
     out = tmp_path / "out"
     result = run_module(
         "mtcsnn.explain",
-        f"ckpt_path={checkpoint}",
+        f"ckpt_path={tiny_checkpoint}",
         f"inputs=[{inputs}]",
         f"hydra.run.dir={out}",
         "progress=false",
