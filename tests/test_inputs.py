@@ -219,3 +219,54 @@ def test_explain_names_never_collide_and_says_what_the_cap_skipped(tiny_checkpoi
     written = sorted(p.name for p in out.glob("*_gradcam.png"))
     assert len(written) == 4 and len(set(written)) == 4
     assert "wrote 4 Grad-CAM overlays" in output
+
+
+def test_a_decompression_bomb_image_fails_alone(tmp_path, monkeypatch):
+    # Pillow refuses images of more than 2 x MAX_IMAGE_PIXELS; a small limit stands in for one
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    bomb = tmp_path / "bomb.png"
+    Image.fromarray(np.zeros((40, 40, 3), dtype=np.uint8)).save(bomb)
+    ((_, image, reason),) = list(read_all([ImageSource(bomb)], 28, progress=False))
+    assert image is None and reason.startswith("DecompressionBombError")
+
+
+@pytest.fixture(scope="module")
+def good_image(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("good") / "good.png"
+    Image.fromarray(np.full((30, 30, 3), 90, dtype=np.uint8)).save(path)
+    return path
+
+
+@SETTINGS
+@given(
+    content=st.binary(max_size=200),
+    suffix=st.sampled_from([".png", ".jpg", ".tif", ".npz"]),
+    array=ARRAYS,
+)
+def test_predict_always_writes_both_csvs_and_keeps_the_good_inputs(
+    tiny_checkpoint, good_image, tmp_path_factory, content, suffix, array
+):
+    from omegaconf import OmegaConf
+
+    from mtcsnn.predict import predict, write_results
+
+    folder = tmp_path_factory.mktemp("inputs")
+    (folder / f"random{suffix}").write_bytes(content)
+    dtype, shape, value = array
+    with np.errstate(all="ignore"):
+        np.savez(folder / "arrays.npz", test_images=np.full(shape, value).astype(dtype))
+    inputs = [str(good_image), str(folder / f"random{suffix}"), str(folder / "arrays.npz")]
+    cfg = OmegaConf.create(
+        {"ckpt_path": str(tiny_checkpoint), "inputs": inputs, "device": "cpu"}
+        | {"batch_size": 4, "progress": False}
+    )
+    rows, failures = predict(cfg)
+    output = folder / "out" / "predictions.csv"
+    write_results(rows, failures, output)
+    with open(output, newline="") as f:
+        predicted = [row["path"] for row in csv.DictReader(f)]
+    with open(output.with_name("failures.csv"), newline="") as f:
+        failed = [row["input"] for row in csv.DictReader(f)]
+    assert str(good_image) in predicted
+    for name in inputs:  # every input is either predicted or listed with its reason
+        assert any(line.startswith(name) for line in predicted + failed), name

@@ -98,6 +98,14 @@ def csv_text(header: list[str], rows: list) -> str:
 PREDICTION_HEADER = ["path", "pred", *[f"prob_{c}" for c in range(5)], "score"]
 
 
+def write_results(rows: list, failures: list[tuple[str, str]], output: Path) -> Path:
+    """Both CSVs, always (a header alone where nothing was predicted or nothing failed)."""
+    failures_path = output.with_name("failures.csv")
+    write_text_atomic(failures_path, csv_text(["input", "reason"], failures))
+    write_text_atomic(output, csv_text(PREDICTION_HEADER, rows))
+    return failures_path
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="predict")
 def main(cfg: DictConfig) -> None:
     missing = missing_arguments_message(cfg, EXAMPLE)
@@ -107,16 +115,12 @@ def main(cfg: DictConfig) -> None:
         rows, failures = predict(cfg)
     except MTCSNNError as err:
         raise SystemExit(f"error: {err}") from None
-    output = Path(cfg.output)
-    failures_path = output.with_name("failures.csv")
+    failures_path = write_results(rows, failures, Path(cfg.output))
     for name, reason in failures:
         log.warning("could not read %s: %s", name, reason)
-    if failures:
-        write_text_atomic(failures_path, csv_text(["input", "reason"], failures))
     if not rows:
         raise SystemExit(f"error: no image could be read from inputs={as_list(cfg.inputs)}")
-    write_text_atomic(output, csv_text(PREDICTION_HEADER, rows))
-    log.info("predicted %d images: %s", len(rows), output)
+    log.info("predicted %d images: %s", len(rows), cfg.output)
     if failures:
         raise SystemExit(
             f"error: {len(failures)} input(s) could not be read; listed in {failures_path}"
