@@ -24,8 +24,9 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 def payloads(marker: Path, module_file: Path) -> dict[str, tuple[str, object]]:
     """Where a target can hide: (dotted place in the saved config, the value put there)."""
-    write = {"_target_": "builtins.exec", "_args_": [f"open({str(marker)!r}, 'w').write('x')"]}
-    shell = {"_target_": "os.system", "_args_": [f"touch {marker}"]}
+    # shutil.copyfile and os.makedirs are outside Hydra's own blocklist: they ran on the old code
+    write = {"_target_": "shutil.copyfile", "_args_": [str(module_file), str(marker)]}
+    shell = {"_target_": "os.makedirs", "_args_": [str(marker)]}
     imported = {"_target_": "runpy.run_path", "_args_": [str(module_file)]}
     return {
         "loss": ("loss", write),
@@ -114,7 +115,7 @@ def test_the_commands_refuse_a_crafted_checkpoint_in_one_line(
     crafted = craft(
         tiny_checkpoint,
         "loss",
-        {"_target_": "runpy.run_path", "_args_": [str(module_file)]},
+        {"_target_": "shutil.copyfile", "_args_": [str(module_file), str(marker)]},
         tmp_path / "crafted.ckpt",
     )
     image = tmp_path / "eye.png"
@@ -126,5 +127,5 @@ def test_the_commands_refuse_a_crafted_checkpoint_in_one_line(
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("error: ") and "loss._target_='runpy.run_path'" in line
+    assert line.startswith("error: ") and "loss._target_='shutil.copyfile'" in line
     assert not marker.exists()
