@@ -87,14 +87,6 @@ SEARCH_FOLDER = "a search: its trials are the runs"
 UNTESTED_TRIAL = "search trial not tested (only the chosen trial sees the test split)"
 
 
-def is_untested_trial(metrics_path: Path) -> bool:
-    try:
-        metrics = json.loads(metrics_path.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(metrics, dict) and "test" in metrics and metrics["test"] is None
-
-
 def _numbers(node: object, names: tuple[str, ...]) -> bool:
     return isinstance(node, dict) and all(
         isinstance(node.get(n), (int, float)) and not isinstance(node.get(n), bool) for n in names
@@ -137,13 +129,15 @@ def load_run(folder: Path) -> Run | str:
         return SEARCH_FOLDER
     if not metrics_path.exists():
         return "unfinished: no metrics.json"
-    predictions_path = folder / "test_predictions.csv"
-    if not predictions_path.exists() and is_untested_trial(metrics_path):
-        return UNTESTED_TRIAL
-    if not predictions_path.exists():
-        return "missing test_predictions.csv"
     try:
         metrics = json.loads(metrics_path.read_text())
+    except (OSError, ValueError) as err:
+        return f"unreadable ({type(err).__name__}: {err})"
+    predictions_path = folder / "test_predictions.csv"
+    if not predictions_path.exists():
+        untested = isinstance(metrics, dict) and "test" in metrics and metrics["test"] is None
+        return UNTESTED_TRIAL if untested else "missing test_predictions.csv"
+    try:
         grades, probs = read_predictions(predictions_path)
     except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
         return f"unreadable ({type(err).__name__}: {err})"
