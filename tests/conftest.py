@@ -10,7 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 import mtcsnn  # noqa: F401  (registers the config resolvers)
-from mtcsnn.train import CONFIG_PATH
+from mtcsnn.run.config import CONFIG_PATH
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("MTCSNN_DATA_DIR", ROOT.parent / "shared" / "data")).resolve()
@@ -61,7 +61,7 @@ def tiny_cfg(tmp_path: Path):
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """The best checkpoint of a one-epoch run on a few synthetic images."""
-    from mtcsnn.train import train
+    from mtcsnn.run.training import train
 
     out = tmp_path_factory.mktemp("run")
     train(compose_train(["data=synthetic", *TINY_SYNTHETIC, *TINY, "trainer.max_epochs=1"], out))

@@ -17,7 +17,7 @@ import torch
 from cli import run_module
 from PIL import Image
 
-from mtcsnn.checkpoint import SAFE_TARGETS, CheckpointError, load_checkpoint
+from mtcsnn.run.checkpoint import SAFE_TARGETS, CheckpointError, load_checkpoint
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -5,10 +5,10 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
-from mtcsnn.config import check_config
 from mtcsnn.errors import ConfigError
 from mtcsnn.models import MTCSNNModule
-from mtcsnn.train import CONFIG_PATH
+from mtcsnn.run.checks import check_config
+from mtcsnn.run.config import CONFIG_PATH
 
 LOSSES = sorted(p.stem for p in (Path(CONFIG_PATH) / "loss").glob("*.yaml"))
 
@@ -57,7 +57,7 @@ def test_lr_milestones_follow_max_epochs(tiny_cfg):
 def test_defaults_follow_the_medmnist_recipe(tiny_cfg, tmp_path):
     from hydra import compose, initialize_config_dir
 
-    from mtcsnn.train import CONFIG_PATH
+    from mtcsnn.run.config import CONFIG_PATH
 
     with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
         cfg = compose("train")
@@ -114,7 +114,7 @@ def test_launcher_configs_compose(launcher, target):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from mtcsnn.train import CONFIG_PATH
+    from mtcsnn.run.config import CONFIG_PATH
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):

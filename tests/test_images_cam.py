@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mtcsnn.cam import cam_layer, grad_cam
-from mtcsnn.images import expand_inputs, to_square_rgb
+from mtcsnn.inference.gradcam import cam_layer, grad_cam
+from mtcsnn.inference.images import expand_inputs, to_square_rgb
 from mtcsnn.models import SiameseResNet
 
 

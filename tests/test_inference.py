@@ -14,8 +14,8 @@ from conftest import TINY, compose_train
 from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
-from mtcsnn.checkpoint import CheckpointError, load_checkpoint
-from mtcsnn.train import train
+from mtcsnn.run.checkpoint import CheckpointError, load_checkpoint
+from mtcsnn.run.training import train
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from mtcsnn.images import (
+from mtcsnn.inference.images import (
     MAX_NPZ_ARRAY_BYTES,
     ImageReader,
     ImageSource,

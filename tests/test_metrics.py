@@ -11,7 +11,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from mtcsnn.metrics import grade_metrics, scalar_metrics
+from mtcsnn.grading.metrics import grade_metrics, scalar_metrics
 
 
 @pytest.fixture

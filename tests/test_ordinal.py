@@ -9,13 +9,13 @@ import torch
 from coral_pytorch.layers import CoralLayer
 
 from mtcsnn.losses import CoralLoss, CornLoss, GradeRegressionLoss, MultiTaskLoss
-from mtcsnn.models import BranchOutput, MTCSNNModule, SiameseResNet
-from mtcsnn.ordinal import (
+from mtcsnn.losses.probabilities import (
     coral_probabilities,
     corn_probabilities,
     cumulative_to_class,
     score_probabilities,
 )
+from mtcsnn.models import BranchOutput, MTCSNNModule, SiameseResNet
 
 
 def out(logits, score=None) -> BranchOutput:

@@ -104,7 +104,7 @@ def test_hard_pairs_have_different_grades_and_the_closest_scores():
 
 
 def test_sampler_checks_its_strategy():
-    with pytest.raises(ValueError, match="unknown pairing"):
+    with pytest.raises(ValueError, match="pairing=.closest. is not allowed; choose one of"):
         PairSampler(10, 2, strategy="closest", grades=torch.zeros(10, dtype=torch.long))
     with pytest.raises(ValueError, match="needs the grades"):
         PairSampler(10, 2, strategy="balanced")

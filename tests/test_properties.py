@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 from PIL import Image
 
-from mtcsnn.config import check_config
 from mtcsnn.errors import ConfigError
-from mtcsnn.images import to_square_rgb, to_tensor
+from mtcsnn.inference.images import to_square_rgb, to_tensor
+from mtcsnn.run.checks import check_config
 
 ANY_VALUE = st.one_of(
     st.none(),
@@ -43,7 +43,7 @@ def base_cfg():
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from mtcsnn.train import CONFIG_PATH
+    from mtcsnn.run.config import CONFIG_PATH
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from mtcsnn.outputs import predictions_csv
 from mtcsnn.report import collect_runs, group_runs, main, ovr_auroc, paired_difference
+from mtcsnn.run.files import predictions_csv
 
 TEST_AUROC = {
     ("ce", 1): 0.70,

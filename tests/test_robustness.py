@@ -13,7 +13,7 @@ import torch
 from mtcsnn.data import RetinaMNISTDataModule
 from mtcsnn.errors import DataError, DivergenceError
 from mtcsnn.losses import MultiTaskLoss
-from mtcsnn.train import train
+from mtcsnn.run.training import train
 
 
 class NanAfterFourSteps(MultiTaskLoss):
@@ -188,7 +188,7 @@ def test_misspelt_keys_are_refused_before_training_with_the_allowed_keys(tmp_pat
 def test_a_write_that_fails_halfway_leaves_the_old_file_whole(tmp_path, monkeypatch):
     import os
 
-    from mtcsnn.outputs import write_json
+    from mtcsnn.run.files import write_json
 
     path = tmp_path / "metrics.json"
     write_json(path, {"test": {"auroc": 0.7}})
@@ -206,8 +206,8 @@ def test_a_write_that_fails_halfway_leaves_the_old_file_whole(tmp_path, monkeypa
 
 @pytest.mark.parametrize("seed", [-1, 2**32, 1.5, True])
 def test_a_seed_outside_numpys_range_is_refused(tiny_cfg, seed):
-    from mtcsnn.config import check_config
     from mtcsnn.errors import ConfigError
+    from mtcsnn.run.checks import check_config
 
     cfg = tiny_cfg()
     cfg.seed = seed
@@ -217,9 +217,9 @@ def test_a_seed_outside_numpys_range_is_refused(tiny_cfg, seed):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_a_gpu_asked_for_where_there_is_none_is_one_config_error(tiny_cfg):
-    from mtcsnn.config import check_config
     from mtcsnn.errors import ConfigError
-    from mtcsnn.predict import pick_device
+    from mtcsnn.inference.batch import pick_device
+    from mtcsnn.run.checks import check_config
 
     with pytest.raises(ConfigError, match="no CUDA GPU is available"):
         check_config(tiny_cfg("trainer.accelerator=gpu"))
@@ -230,7 +230,7 @@ def test_a_gpu_asked_for_where_there_is_none_is_one_config_error(tiny_cfg):
 
 
 def test_the_divergence_message_names_the_term_its_setting_and_the_checkpoint_truthfully():
-    from mtcsnn.models.module import divergence_message
+    from mtcsnn.models.lit_module import divergence_message
 
     inf, nan = torch.tensor(float("inf")), torch.tensor(float("nan"))
     one = torch.tensor(1.0)

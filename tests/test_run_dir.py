@@ -6,7 +6,7 @@ import pytest
 import yaml
 from cli import ONE_SMALL_EPOCH, run_train
 
-from mtcsnn.run_dir import config_differences, hold, release
+from mtcsnn.run.run_dir import config_differences, hold, release
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,12 @@ import itertools
 import pytest
 import torch
 
-from mtcsnn.score_decoding import apply_thresholds, fit_thresholds, label_metrics, pairwise_grades
+from mtcsnn.grading.score_decoding import (
+    apply_thresholds,
+    fit_thresholds,
+    label_metrics,
+    pairwise_grades,
+)
 
 
 def brute_force_best_accuracy(scores: torch.Tensor, grades: torch.Tensor, k: int = 3) -> float:

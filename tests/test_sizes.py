@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mtcsnn.data import RetinaMNISTDataModule
-from mtcsnn.train import train
+from mtcsnn.run.training import train
 
 SPLITS = {"train": 20, "val": 10, "test": 10}
 
@@ -60,14 +60,14 @@ def test_train_at_medmnist_plus_size(tiny_cfg, tmp_path, size):
 
 
 def test_cifar_stem_at_224_warns_before_training(tiny_cfg, caplog, monkeypatch):
-    import mtcsnn.train as train_module
+    import mtcsnn.run.training as train_module
 
     # no 224px training here
     monkeypatch.setattr(train_module, "fit_and_test", lambda cfg, test=True: {})
-    with caplog.at_level(logging.WARNING, logger="mtcsnn.train"):
+    with caplog.at_level(logging.WARNING, logger="mtcsnn.run.training"):
         train(tiny_cfg("model.net.stem=cifar", "data.size=224"))
     assert "model.net.stem=cifar at data.size=224" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="mtcsnn.train"):
+    with caplog.at_level(logging.WARNING, logger="mtcsnn.run.training"):
         train(tiny_cfg("data.size=224"))  # the imagenet stem: no warning
     assert "stem=cifar" not in caplog.text

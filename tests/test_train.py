@@ -8,8 +8,8 @@ import torch
 from cli import ONE_SMALL_EPOCH, run_train
 from sklearn.metrics import accuracy_score, cohen_kappa_score, roc_auc_score
 
-from mtcsnn.checkpoint import load_checkpoint
-from mtcsnn.train import train
+from mtcsnn.run.checkpoint import load_checkpoint
+from mtcsnn.run.training import train
 
 
 def read_predictions(path: Path):

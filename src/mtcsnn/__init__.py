@@ -7,7 +7,7 @@ import os
 # "Threads"). A value the user set wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from mtcsnn.config import register_resolvers  # noqa: E402
+from mtcsnn.run.config import register_resolvers  # noqa: E402
 
 __version__ = "0.1.0"
 

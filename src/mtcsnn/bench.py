@@ -28,12 +28,14 @@ from omegaconf import DictConfig, open_dict
 from pytorch_lightning.profilers import PassThroughProfiler
 from torch.utils.flop_counter import FlopCounterMode
 
-from mtcsnn.checkpoint import build_module
-from mtcsnn.config import check_config
+from mtcsnn.data import PairingFeedback
 from mtcsnn.data.augment import augment
 from mtcsnn.data.pairing import PairSampler
 from mtcsnn.errors import MTCSNNError
-from mtcsnn.train import CONFIG_PATH, set_threads
+from mtcsnn.run.checkpoint import build_module
+from mtcsnn.run.checks import check_config
+from mtcsnn.run.config import CONFIG_PATH
+from mtcsnn.run.training import set_threads
 
 FETCH = "[_TrainingEpochLoop].train_dataloader_next"
 
@@ -165,7 +167,7 @@ def lightning_loop(cfg: DictConfig, datamodule, steps: int, warmup: int) -> Timi
     clock, profiler = StepClock(), FetchProfiler()
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
-        callbacks=[clock],
+        callbacks=[PairingFeedback(), clock],  # as in a run
         logger=False,
         profiler=profiler,
         enable_checkpointing=False,

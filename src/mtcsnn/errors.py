@@ -27,3 +27,9 @@ class DataError(MTCSNNError):
 
 class WriteError(MTCSNNError, OSError):
     """A file could not be written (a full disk, a folder without write permission)."""
+
+
+def check_choice(key: str, value: object, allowed: tuple) -> None:
+    """One of ``allowed``, else a ConfigError naming them (``True`` is never ``1`` here)."""
+    if isinstance(value, bool) or value not in allowed:
+        raise ConfigError(key, value, "choose one of: " + ", ".join(map(str, allowed)))

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import rankdata
 
-from mtcsnn.config import flatten
-from mtcsnn.outputs import write_text_atomic
+from mtcsnn.run.config import flatten
+from mtcsnn.run.files import write_text_atomic
 
 METRICS = ("auroc", "acc", "kappa", "mae")
 OPTIONAL_METRICS = {"acc_within1": "off-by-one accuracy"}

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from mtcsnn.errors import check_choice
+
 AUGMENTATIONS = ("none", "flip", "dihedral")
+
+
+def check_augment(kind: object) -> None:
+    check_choice("augment", kind, AUGMENTATIONS)
 
 
 def random_dihedral(images: torch.Tensor, flips_only: bool = False) -> torch.Tensor:
@@ -26,10 +32,9 @@ def random_dihedral(images: torch.Tensor, flips_only: bool = False) -> torch.Ten
 
 
 def augment(images: torch.Tensor, kind: str) -> torch.Tensor:
-    if kind == "none":
-        return images
+    check_augment(kind)
     if kind == "flip":
         return random_dihedral(images, flips_only=True)
     if kind == "dihedral":
         return random_dihedral(images)
-    raise ValueError(f"unknown augmentation {kind!r}; choose one of {AUGMENTATIONS}")
+    return images

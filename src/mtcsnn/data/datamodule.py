@@ -8,11 +8,26 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from mtcsnn.data.augment import AUGMENTATIONS, augment
+from mtcsnn.data.augment import augment, check_augment
 from mtcsnn.data.datasets import ImageDataset, PairDataset
-from mtcsnn.data.pairing import PAIRINGS, PairSampler
+from mtcsnn.data.pairing import PairSampler, check_pairing
+from mtcsnn.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
+
+
+def check_batch_size(batch_size: object) -> None:
+    if not (
+        isinstance(batch_size, int)
+        and not isinstance(batch_size, bool)
+        and batch_size >= 2
+        and batch_size % 2 == 0
+    ):
+        raise ConfigError(
+            "batch_size",
+            batch_size,
+            "it counts images and must be an even number >= 2 (each batch is batch_size/2 pairs)",
+        )
 
 
 class PairDataModule(pl.LightningDataModule):
@@ -33,17 +48,12 @@ class PairDataModule(pl.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        if batch_size < 2 or batch_size % 2:
-            raise ValueError(
-                f"batch_size counts images and must be even and >= 2, got {batch_size}"
-            )
-        if augment not in AUGMENTATIONS:
-            raise ValueError(f"unknown augment {augment!r}; choose one of {AUGMENTATIONS}")
+        check_batch_size(batch_size)
+        check_augment(augment)
+        check_pairing(pairing)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.augment = augment
-        if pairing not in PAIRINGS:
-            raise ValueError(f"unknown pairing {pairing!r}; choose one of {PAIRINGS}")
         self.pairing = pairing
         self.seed = seed
         self.num_workers = num_workers

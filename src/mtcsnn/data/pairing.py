@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from mtcsnn.errors import check_choice
+
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """A generator that depends on (seed, epoch) only, so any epoch can be redrawn exactly."""
@@ -31,6 +33,10 @@ def random_matching(num_images: int, generator: torch.Generator) -> torch.Tensor
 
 
 PAIRINGS = ("random", "balanced", "hard")
+
+
+def check_pairing(pairing: object) -> None:
+    check_choice("pairing", pairing, PAIRINGS)
 
 
 def _anchors(num_images: int, generator: torch.Generator) -> torch.Tensor:
@@ -115,13 +121,12 @@ class PairSampler(Sampler[torch.Tensor]):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
         self.rank, self.world_size = rank, world_size
-        if strategy not in PAIRINGS:
-            raise ValueError(f"unknown pairing {strategy!r}; choose one of {PAIRINGS}")
+        check_pairing(strategy)
         if strategy != "random" and grades is None:
             raise ValueError(f"pairing={strategy} needs the grades")
         self.strategy, self.grades = strategy, grades
-        # severity score of every training image, kept up to date by the module (hard pairing);
-        # until the first epoch has given scores, hard pairing draws random matchings
+        # severity score of every training image, kept up to date by PairingFeedback (hard
+        # pairing); until the first epoch has given scores, hard pairing draws random matchings
         self.scores: torch.Tensor | None = None
         self.last_pairs: torch.Tensor | None = None
 

@@ -11,10 +11,14 @@ import numpy as np
 import torch
 
 from mtcsnn.data.datamodule import SPLITS, PairDataModule
-from mtcsnn.errors import DataError
+from mtcsnn.errors import DataError, check_choice
 
 IMAGE_SIZES = (28, 64, 128, 224)
 DATA_DIR_ENV = "MTCSNN_DATA_DIR"
+
+
+def check_size(size: object) -> None:
+    check_choice("size", size, IMAGE_SIZES)
 
 
 def npz_name(size: int) -> str:
@@ -38,8 +42,7 @@ class RetinaMNISTDataModule(PairDataModule):
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)
-        if size not in IMAGE_SIZES:
-            raise ValueError(f"size must be one of {IMAGE_SIZES}, got {size}")
+        check_size(size)
         self.root = Path(root).expanduser()
         self.size = size
         self.download = download
@@ -51,8 +54,13 @@ class RetinaMNISTDataModule(PairDataModule):
         return self.root / npz_name(self.size)
 
     def prepare_data(self) -> None:
-        if self.path.exists():
+        try:
+            self.path.stat()
             return
+        except FileNotFoundError:
+            pass
+        except OSError as err:  # a folder that cannot be searched, an I/O error
+            raise DataError(self._unreadable(err)) from None
         if not self.download:
             raise DataError(self._missing_message("download is off (data.download=false)"))
         try:
@@ -61,6 +69,9 @@ class RetinaMNISTDataModule(PairDataModule):
         except (OSError, RuntimeError) as err:
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise DataError(self._missing_message(f"the download failed ({reason})")) from None
+
+    def _unreadable(self, err: OSError) -> str:
+        return f"cannot read {self.path}: {err.strerror or err}"
 
     def _missing_message(self, why: str) -> str:
         return (
@@ -76,7 +87,10 @@ class RetinaMNISTDataModule(PairDataModule):
         if self.verify_md5:
             key = "MD5" if self.size == 28 else f"MD5_{self.size}"
             expected = medmnist.INFO["retinamnist"][key]
-            digest = hashlib.md5(self.path.read_bytes()).hexdigest()
+            try:
+                digest = hashlib.md5(self.path.read_bytes()).hexdigest()
+            except OSError as err:  # no read permission, a folder of that name, ...
+                raise DataError(self._unreadable(err)) from None
             if digest != expected:
                 raise DataError(
                     f"{self.path}: MD5 {digest} is not the official {expected} (a truncated or "
@@ -87,6 +101,8 @@ class RetinaMNISTDataModule(PairDataModule):
             with np.load(self.path) as npz:
                 contents = {k: (npz[k].shape, npz[k].dtype) for k in npz.files}
                 labels = {s: npz[f"{s}_labels"] for s in SPLITS if f"{s}_labels" in npz.files}
+        except (PermissionError, IsADirectoryError) as err:
+            raise DataError(self._unreadable(err)) from None
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
             raise DataError(f"{self.path} cannot be read as a .npz file ({err})") from None
         missing = [

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from mtcsnn.models.siamese_resnet import BranchOutput
-
-DIFFERENCES = ("absolute", "signed")
+from mtcsnn.losses.base import BranchOutput, PairLoss, check_difference, check_lam
 
 
 def pair_cross_entropy(
@@ -28,16 +25,15 @@ def score_difference_mse(
     difference: str = "absolute",
 ) -> torch.Tensor:
     """MSE between the score difference and the grade difference of each pair."""
+    check_difference(difference)
     score_diff = score_a - score_b
     grade_diff = (grade_a - grade_b).to(score_diff.dtype)
     if difference == "absolute":
         score_diff, grade_diff = score_diff.abs(), grade_diff.abs()
-    elif difference != "signed":
-        raise ValueError(f"unknown difference {difference!r}; choose one of {DIFFERENCES}")
     return F.mse_loss(score_diff, grade_diff)
 
 
-class PairCrossEntropyLoss(nn.Module):
+class PairCrossEntropyLoss(PairLoss):
     """The plain ResNet baseline: CE(a) + CE(b), classification only."""
 
     def forward(
@@ -46,7 +42,7 @@ class PairCrossEntropyLoss(nn.Module):
         return pair_cross_entropy(out_a, out_b, grade_a, grade_b)
 
 
-class MultiTaskLoss(nn.Module):
+class MultiTaskLoss(PairLoss):
     """MTCSNN: CE(a) + CE(b) + lam * MSE(|s_a - s_b|, |y_a - y_b|).
 
     ``difference="signed"`` compares ``s_a - s_b`` with ``y_a - y_b`` instead, which also fixes
@@ -55,15 +51,13 @@ class MultiTaskLoss(nn.Module):
 
     def __init__(self, lam: float = 0.5, difference: str = "absolute") -> None:
         super().__init__()
-        if lam < 0:
-            raise ValueError(f"lam must be >= 0, got {lam}")
-        if difference not in DIFFERENCES:
-            raise ValueError(f"unknown difference {difference!r}; choose one of {DIFFERENCES}")
+        check_lam(lam)
+        check_difference(difference)
         self.lam = lam
         self.difference = difference
 
     @property
-    def trains_score(self) -> bool:
+    def trains_score(self) -> bool:  # type: ignore[override]
         """Whether the severity-score head learns anything (it does not at lambda 0)."""
         return self.lam > 0
 

@@ -14,11 +14,15 @@ from coral_pytorch.layers import CoralLayer
 from coral_pytorch.losses import coral_loss, corn_loss
 from torch import nn
 
-from mtcsnn.models.siamese_resnet import BranchOutput
-from mtcsnn.ordinal import coral_probabilities, corn_probabilities, score_probabilities
+from mtcsnn.losses.base import BranchOutput, ProbabilityHeadLoss
+from mtcsnn.losses.probabilities import (
+    coral_probabilities,
+    corn_probabilities,
+    score_probabilities,
+)
 
 
-class CoralLoss(nn.Module):
+class CoralLoss(ProbabilityHeadLoss):
     """CORAL (Cao, Mirjalili & Raschka 2020): K-1 binary tasks ``grade > k`` that share one weight
     vector and differ by their biases, which keeps the cumulative probabilities ordered."""
 
@@ -41,7 +45,7 @@ class CoralLoss(nn.Module):
         return {"loss": coral_a + coral_b, "coral_a": coral_a, "coral_b": coral_b}
 
 
-class CornLoss(nn.Module):
+class CornLoss(ProbabilityHeadLoss):
     """CORN (Shi, Cao & Raschka 2023): K-1 conditional binary tasks ``grade > k | grade > k-1``,
     each trained on the images that reach it; chained, they give ordered probabilities."""
 
@@ -61,9 +65,9 @@ class CornLoss(nn.Module):
         return {"loss": corn_a + corn_b, "corn_a": corn_a, "corn_b": corn_b}
 
 
-class GradeRegressionLoss(nn.Module):
+class GradeRegressionLoss(ProbabilityHeadLoss):
     """Plain regression of the grade by the severity-score head (MSE); predicted grade = the
-    rounded score. Probabilities: :func:`mtcsnn.ordinal.score_probabilities`."""
+    rounded score. Probabilities: :func:`mtcsnn.losses.probabilities.score_probabilities`."""
 
     trains_score = True
     difference = "signed"  # the score is the grade itself, so its differences keep their sign

@@ -1,4 +1,7 @@
-from mtcsnn.models.module import MTCSNNModule
-from mtcsnn.models.siamese_resnet import BACKBONES, STEMS, BranchOutput, SiameseResNet
+"""The network (a shared-weight ResNet with two heads) and the LightningModule that trains it."""
+
+from mtcsnn.losses.base import BranchOutput
+from mtcsnn.models.lit_module import MTCSNNModule
+from mtcsnn.models.siamese_resnet import BACKBONES, STEMS, SiameseResNet
 
 __all__ = ["BACKBONES", "STEMS", "BranchOutput", "MTCSNNModule", "SiameseResNet"]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import torchvision
 from torch import nn
+
+from mtcsnn.errors import check_choice
+from mtcsnn.losses.base import BranchOutput
 
 BACKBONES = {
     "resnet18": torchvision.models.resnet18,
@@ -16,9 +17,12 @@ BACKBONES = {
 STEMS = ("imagenet", "cifar")
 
 
-class BranchOutput(NamedTuple):
-    logits: torch.Tensor  # (N, num_classes)
-    score: torch.Tensor  # (N,) severity score
+def check_backbone(backbone: object) -> None:
+    check_choice("backbone", backbone, tuple(BACKBONES))
+
+
+def check_stem(stem: object) -> None:
+    check_choice("stem", stem, STEMS)
 
 
 class SiameseResNet(nn.Module):
@@ -40,10 +44,8 @@ class SiameseResNet(nn.Module):
         channels_last: bool = False,
     ) -> None:
         super().__init__()
-        if backbone not in BACKBONES:
-            raise ValueError(f"unknown backbone {backbone!r}; choose one of {tuple(BACKBONES)}")
-        if stem not in STEMS:
-            raise ValueError(f"unknown stem {stem!r}; choose one of {STEMS}")
+        check_backbone(backbone)
+        check_stem(stem)
         net = BACKBONES[backbone](weights=None)
         if stem == "cifar":
             net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from mtcsnn.config import flatten
 from mtcsnn.errors import MTCSNNError
+from mtcsnn.run.config import flatten
 
 LOCK = ".lock"
 ORIGINAL = Path(".hydra") / "original"

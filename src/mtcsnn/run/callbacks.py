@@ -12,7 +12,7 @@ import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from mtcsnn.outputs import write_atomic
+from mtcsnn.run.files import write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,10 @@ from collections.abc import Callable
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from mtcsnn.data.pairing import PairSampler
 from mtcsnn.errors import DivergenceError
-from mtcsnn.metrics import grade_metrics, scalar_metrics
+from mtcsnn.grading.metrics import grade_metrics, scalar_metrics
+from mtcsnn.losses.base import BranchOutput, PairLoss
 from mtcsnn.models.siamese_resnet import SiameseResNet
 
 
@@ -40,14 +39,15 @@ class MTCSNNModule(pl.LightningModule):
     """Trains ``net`` on image pairs with ``loss``; evaluates every val/test image on its own.
 
     Logs each loss term (``train/ce_a``, ``train/ce_b``, ``train/reg``, ``train/loss``) and the
-    val/test grade metrics. After a test epoch, ``test_predictions`` and ``test_confusion``
-    hold what the run writes to disk.
+    val/test grade metrics. A training step returns its loss and both branches' severity scores
+    (``score_a``, ``score_b``), which callbacks such as hard pairing's feedback read. After a
+    test epoch, ``test_predictions`` and ``test_confusion`` hold what the run writes to disk.
     """
 
     def __init__(
         self,
         net: SiameseResNet,
-        loss: nn.Module,
+        loss: PairLoss,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         num_classes: int = 5,
@@ -58,10 +58,10 @@ class MTCSNNModule(pl.LightningModule):
         self.save_hyperparameters(logger=False, ignore=["net", "loss", "optimizer", "scheduler"])
         self.net = net
         self.loss = loss
-        # a loss may need its own classifier (e.g. CORAL: K-1 ordered logits) and says how its
-        # outputs become class probabilities; the default is a K-way softmax
-        if hasattr(loss, "make_classifier"):
-            self.net.classifier = loss.make_classifier(self.net.num_features)
+        # a loss may need its own classifier (e.g. CORAL: K-1 ordered logits)
+        classifier = loss.make_classifier(self.net.num_features)
+        if classifier is not None:
+            self.net.classifier = classifier
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         # The resolved run config (plain dict), saved in every checkpoint so that a checkpoint
@@ -73,9 +73,6 @@ class MTCSNNModule(pl.LightningModule):
         self.test_predictions: dict[str, torch.Tensor] = {}
         self.test_confusion: list[list[int]] = []
         self.compile_net = compile
-        # severity scores of the training images as last seen in training (hard pairing)
-        self._epoch_scores: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._collect_scores = False
 
     def configure_model(self) -> None:
         # In place (nn.Module.compile): parameter names, hence checkpoints, stay as they are.
@@ -85,57 +82,18 @@ class MTCSNNModule(pl.LightningModule):
     def forward(self, images: torch.Tensor):
         return self.net(images)
 
-    def probabilities(self, out) -> torch.Tensor:
+    def probabilities(self, out: BranchOutput) -> torch.Tensor:
         """The 5 class probabilities of a network output, as the loss defines them."""
-        if hasattr(self.loss, "probabilities"):
-            return self.loss.probabilities(out)
-        return out.logits.float().softmax(-1)
+        return self.loss.probabilities(out)
 
     def class_scores(self, images: torch.Tensor) -> torch.Tensor:
-        """Per-class scores to explain (Grad-CAM): logits for softmax, else log-probabilities."""
-        out = self.net(images)
-        if hasattr(self.loss, "probabilities"):
-            return self.loss.probabilities(out).clamp_min(1e-12).log()
-        return out.logits
+        """Per-class scores of images to explain (Grad-CAM), as the loss defines them."""
+        return self.loss.class_scores(self.net(images))
 
-    def _pair_sampler(self) -> PairSampler | None:
-        sampler = getattr(self.trainer.train_dataloader, "sampler", None)
-        return sampler if isinstance(sampler, PairSampler) else None
-
-    def on_train_epoch_start(self) -> None:
-        self._epoch_scores = []
-        sampler = self._pair_sampler()
-        self._collect_scores = sampler is not None and sampler.strategy == "hard"
-
-    def on_train_epoch_end(self) -> None:
-        sampler = self._pair_sampler()
-        if sampler is None:
-            return
-        if sampler.last_pairs is not None and sampler.grades is not None:
-            # the grade differences this epoch's pairs had, as shares (train/pair_diff_0 ...)
-            grades = sampler.grades
-            diffs = (grades[sampler.last_pairs[:, 0]] - grades[sampler.last_pairs[:, 1]]).abs()
-            shares = torch.bincount(diffs, minlength=self.hparams.num_classes).float()
-            shares /= shares.sum()
-            self.log_dict({f"train/pair_diff_{d}": float(v) for d, v in enumerate(shares)})
-        if sampler.strategy == "hard" and self._epoch_scores:
-            seen = [(i.cpu(), s.float().cpu()) for i, s in self._epoch_scores]
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                shares_of: list = [None] * torch.distributed.get_world_size()
-                torch.distributed.all_gather_object(shares_of, seen)
-                seen = [item for part in shares_of for item in part]
-            scores = sampler.scores
-            if scores is None:
-                scores = torch.zeros(sampler.num_images)
-            for index, score in seen:
-                scores[index] = score
-            sampler.scores = scores
-
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(
+        self, batch: dict[str, torch.Tensor], batch_idx: int
+    ) -> dict[str, torch.Tensor]:
         out_a, out_b = self.net.forward_pair(batch["image_a"], batch["image_b"])
-        if self._collect_scores:
-            self._epoch_scores.append((batch["index_a"], out_a.score.detach()))
-            self._epoch_scores.append((batch["index_b"], out_b.score.detach()))
         terms = self.loss(out_a, out_b, batch["grade_a"], batch["grade_b"])
         if not torch.isfinite(terms["loss"]):
             # stop here: the best checkpoint so far stays on disk, nothing else is written
@@ -154,7 +112,11 @@ class MTCSNNModule(pl.LightningModule):
                 sync_dist=True,  # reduced once per epoch; a no-op in one process
                 prog_bar=name == "loss",  # the bar shows the last epoch's loss: no step syncs
             )
-        return terms["loss"]
+        return {
+            "loss": terms["loss"],
+            "score_a": out_a.score.detach(),
+            "score_b": out_b.score.detach(),
+        }
 
     def _evaluate(self, batch: dict[str, torch.Tensor], stage: str):
         out = self.net(batch["image"])

@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 import torch
 from omegaconf import DictConfig
 
-from mtcsnn.outputs import write_text_atomic
+from mtcsnn.run.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 NUM_EXAMPLES = 16  # test images shown in the W&B table

@@ -8,6 +8,7 @@ images taken out of the dataset give exactly the dataset's pixels.
 
 from __future__ import annotations
 
+import os
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -109,6 +110,29 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
+def input_list(inputs: object) -> list[str]:
+    """``inputs=photo.jpg`` and ``inputs=[a.jpg,b/]`` alike: one path, or any sequence of them."""
+    if isinstance(inputs, (str, Path)):
+        return [str(inputs)]
+    return [str(i) for i in inputs]  # type: ignore[union-attr]
+
+
+def image_files(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Image files under ``folder`` (sorted), and each folder that could not be listed, why."""
+    unreadable: list[tuple[Path, str]] = []
+
+    def note(err: OSError) -> None:
+        unreadable.append((Path(err.filename or folder), err.strerror or str(err)))
+
+    found: list[Path] = []
+    seen: set[str] = set()  # real paths of folders walked: a symlink loop is walked once
+    for root, folders, names in os.walk(folder, onerror=note, followlinks=True):
+        seen.add(os.path.realpath(root))
+        folders[:] = [f for f in folders if os.path.realpath(os.path.join(root, f)) not in seen]
+        found += [Path(root) / n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(found), unreadable
+
+
 def expand_inputs(inputs: list[str]) -> tuple[list[ImageSource], list[tuple[str, str]]]:
     """Files, folders (image files found under them, sorted) and ``.npz`` files to sources.
 
@@ -119,12 +143,11 @@ def expand_inputs(inputs: list[str]) -> tuple[list[ImageSource], list[tuple[str,
     for item in inputs:
         path = Path(str(item)).expanduser()
         if path.is_dir():
-            try:
-                found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-            except OSError as err:  # e.g. a folder inside that cannot be read
-                failures.append((shown(path), f"cannot list the folder ({err})"))
-                continue
-            if not found:
+            found, unreadable = image_files(path)
+            failures.extend(
+                (shown(p), f"cannot list the folder ({reason})") for p, reason in unreadable
+            )
+            if not found and not unreadable:
                 failures.append((shown(path), f"folder holds no image files {IMAGE_SUFFIXES}"))
             sources.extend(ImageSource(p) for p in found)
         elif not path.exists():

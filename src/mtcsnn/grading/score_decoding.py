@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torchmetrics.functional.classification import multiclass_cohen_kappa
 
+from mtcsnn.losses.base import PairLoss
+
 
 def fit_thresholds(
     scores: torch.Tensor, grades: torch.Tensor, num_classes: int = 5
@@ -129,8 +131,8 @@ def decode_scores(net: torch.nn.Module, splits: dict, difference: str = "absolut
     return out
 
 
-def decode_if_trained(module, splits: dict | None) -> dict | None:
-    """:func:`decode_scores` for a module whose loss trains the score; None otherwise."""
-    if not getattr(module.loss, "trains_score", False) or splits is None:
+def decode_if_trained(net: torch.nn.Module, loss: PairLoss, splits: dict | None) -> dict | None:
+    """:func:`decode_scores` for a network whose loss trains the score; None otherwise."""
+    if not loss.trains_score or splits is None:
         return None
-    return decode_scores(module.net, splits, getattr(module.loss, "difference", "absolute"))
+    return decode_scores(net, splits, loss.difference)

@@ -1,6 +1,6 @@
 """Failure-isolated sweeps: a failing job is recorded in its own dir and the sweep goes on.
 
-``train.main`` writes ``failed.json`` (the reason) into the dir of a multirun job that fails;
+:func:`recorded` writes ``failed.json`` (the reason) into the dir of a job that fails;
 :class:`FailureSummary`, a Hydra callback, lists the failed jobs when the sweep ends and makes
 it exit non-zero.
 """
@@ -11,17 +11,46 @@ import json
 import logging
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from mtcsnn.errors import MTCSNNError
-from mtcsnn.outputs import write_json
+from mtcsnn.errors import MTCSNNError, StoppedError
+from mtcsnn.run.files import write_json
+from mtcsnn.run.run_dir import RunDirError
 
 log = logging.getLogger(__name__)
 FAILED = "failed.json"
+
+
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def recorded(run: Callable[[DictConfig], dict], cfg: DictConfig) -> dict | None:
+    """``run(cfg)``; when it fails, its dir says why (``failed.json``, listed by the report).
+
+    In a sweep the failure is recorded and the other jobs still run (None is returned); a single
+    run records an error of ours and lets it end the command. A stop (SIGTERM, Ctrl-C) and a dir
+    held by another run are not failures of this run: nothing is recorded.
+    """
+    try:
+        return run(cfg)
+    except (StoppedError, RunDirError):
+        raise
+    except Exception as err:
+        out_dir = Path(cfg.paths.output_dir)
+        if not in_multirun():
+            if isinstance(err, MTCSNNError):
+                record_failure(out_dir, err, announce=False)  # the command prints it
+            raise
+        record_failure(out_dir, err)
+        return None
 
 
 def record_failure(out_dir: Path, error: BaseException, announce: bool = True) -> None:

@@ -1,50 +1,18 @@
-"""Config helpers: OmegaConf resolvers and the checks run before any training starts."""
+"""The checks run before anything is built: each setting's rule, applied by its config key."""
 
 from __future__ import annotations
 
-import math
-from pathlib import Path
+from collections.abc import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from mtcsnn.data.augment import check_augment
+from mtcsnn.data.datamodule import check_batch_size
+from mtcsnn.data.pairing import check_pairing
+from mtcsnn.data.retinamnist import check_size
 from mtcsnn.errors import ConfigError
-
-
-def epoch_fractions(max_epochs: int, fractions: list[float]) -> list[int]:
-    """Epoch numbers at the given fractions of the run, e.g. (100, [0.5, 0.75]) -> [50, 75].
-
-    Lets the learning-rate milestones follow ``trainer.max_epochs`` instead of being fixed numbers.
-    """
-    return [max(1, round(float(f) * int(max_epochs))) for f in fractions]
-
-
-def run_group(task_name: str) -> str:
-    """``<task_name>-<folder>``: the multirun folder in a sweep, so a sweep is one group."""
-    from hydra.core.hydra_config import HydraConfig
-
-    hydra_cfg = HydraConfig.get()
-    multirun = str(hydra_cfg.mode) == "RunMode.MULTIRUN"
-    folder = hydra_cfg.sweep.dir if multirun else hydra_cfg.runtime.output_dir
-    return f"{task_name}-{Path(folder).name}"
-
-
-def register_resolvers() -> None:
-    for name, fn in (("epoch_fractions", epoch_fractions), ("run_group", run_group)):
-        if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, fn)
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    """``{"model": {"lr": 1}}`` -> ``{"model.lr": 1}``; lists become tuples (hashable)."""
-    out = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = tuple(value) if isinstance(value, list) else value
-    return out
-
+from mtcsnn.losses.base import check_difference, check_lam
+from mtcsnn.models.siamese_resnet import check_backbone, check_stem
 
 _ABSENT = object()
 MAX_SEED = 2**32 - 1  # numpy's seed range
@@ -65,12 +33,6 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _choice(cfg: DictConfig, key: str, allowed: tuple) -> None:
-    value = _value(cfg, key)
-    if value is not _ABSENT and (isinstance(value, bool) or value not in allowed):
-        raise ConfigError(key, value, "choose one of: " + ", ".join(map(str, allowed)))
-
-
 def cost_warnings(cfg: DictConfig) -> list[str]:
     """Settings that work but cost far more than users may expect."""
     stem = OmegaConf.select(cfg, "model.net.stem")
@@ -85,37 +47,30 @@ def cost_warnings(cfg: DictConfig) -> list[str]:
     return []
 
 
+# The domain's own rule for each setting it owns (also applied when the object is built),
+# by the config key users write; run-wide settings are checked in check_config itself.
+DOMAIN_CHECKS: dict[str, Callable[[object], None]] = {
+    "model.net.backbone": check_backbone,
+    "model.net.stem": check_stem,
+    "loss.lam": check_lam,
+    "loss.difference": check_difference,
+    "data.size": check_size,
+    "data.pairing": check_pairing,
+    "data.augment": check_augment,
+    "data.batch_size": check_batch_size,
+}
+
+
 def check_config(cfg: DictConfig) -> None:
     """Reject values that would fail later, naming the key and what is allowed."""
-    from mtcsnn.data import IMAGE_SIZES
-    from mtcsnn.data.pairing import PAIRINGS
-    from mtcsnn.losses import DIFFERENCES
-    from mtcsnn.models import BACKBONES, STEMS
-
-    _choice(cfg, "model.net.backbone", tuple(BACKBONES))
-    _choice(cfg, "model.net.stem", STEMS)
-    _choice(cfg, "loss.difference", DIFFERENCES)
-    _choice(cfg, "data.size", IMAGE_SIZES)
-    _choice(cfg, "data.pairing", PAIRINGS)
-
-    lam = _value(cfg, "loss.lam")
-    if lam is not _ABSENT and not (
-        isinstance(lam, (int, float))
-        and not isinstance(lam, bool)
-        and math.isfinite(lam)
-        and lam >= 0
-    ):
-        raise ConfigError("loss.lam", lam, "it must be a finite number >= 0")
-
-    batch_size = _value(cfg, "data.batch_size")
-    if batch_size is not _ABSENT and not (
-        _is_int(batch_size) and batch_size >= 2 and batch_size % 2 == 0
-    ):
-        raise ConfigError(
-            "data.batch_size",
-            batch_size,
-            "it counts images and must be an even number >= 2 (each batch is batch_size/2 pairs)",
-        )
+    for key, check in DOMAIN_CHECKS.items():
+        value = _value(cfg, key)
+        if value is _ABSENT:
+            continue
+        try:
+            check(value)
+        except ConfigError as err:  # the domain names its argument; users see the config key
+            raise ConfigError(key, value, err.allowed) from None
 
     metric = _value(cfg, "optimized_metric")
     if metric is not _ABSENT and metric is not None and not str(metric).startswith("val/"):

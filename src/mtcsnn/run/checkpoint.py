@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mtcsnn.errors import MTCSNNError
-from mtcsnn.models.module import MTCSNNModule
+from mtcsnn.models.lit_module import MTCSNNModule
 
 
 class CheckpointError(MTCSNNError):
@@ -116,6 +116,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as err:  # no permission, an I/O error: the file is fine, reading is not
+        raise CheckpointError(f"cannot read {path}: {err.strerror or err}") from None
     except Exception as err:  # torch.load raises many kinds on a file that is not its own
         raise CheckpointError(
             f"{path} is not a checkpoint that loads safely (torch.load with weights_only=True "

@@ -9,17 +9,21 @@ steers the search).
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import optuna
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mtcsnn.config import check_config
 from mtcsnn.errors import ConfigError, MTCSNNError
-from mtcsnn.outputs import write_json
+from mtcsnn.run.checkpoint import load_checkpoint
+from mtcsnn.run.checks import check_config
+from mtcsnn.run.files import write_json
+from mtcsnn.run.training import evaluation_results, log_results, train, write_outputs
 
 log = logging.getLogger(__name__)
 PARAM_TYPES = ("float", "int", "categorical")
@@ -54,8 +58,6 @@ def trial_config(overrides: list[str], output_dir: Path) -> DictConfig:
 
 
 def search(cfg: DictConfig) -> float:
-    from mtcsnn.train import train
-
     spec = OmegaConf.to_container(cfg.hparams_search, resolve=True)
     metric = cfg.optimized_metric
     check_config(cfg)  # among others: the metric is a val metric
@@ -100,23 +102,15 @@ def search(cfg: DictConfig) -> float:
 
 def test_chosen_run(run_dir: Path, trainer_cfg: DictConfig) -> dict[str, float]:
     """Test the best checkpoint of a finished, untested run; its files get the test results."""
-    import json
-
-    from hydra.utils import instantiate
-
-    from mtcsnn.checkpoint import load_checkpoint
-    from mtcsnn.train import log_results, validate_and_test, write_outputs
-
     metrics = json.loads((run_dir / "metrics.json").read_text())
     if metrics.get("test") is not None:  # a resumed study whose best was tested before
         return metrics["test"]
     ckpt = load_checkpoint(metrics["best_checkpoint"])
-    datamodule = instantiate(ckpt.config.data)
-    _, test = validate_and_test(ckpt.module, datamodule, trainer_cfg)
-    metrics.update(test=test, test_confusion=ckpt.module.test_confusion)
+    tested = evaluation_results(ckpt.module, instantiate(ckpt.config.data), trainer_cfg)
+    metrics.update({key: value for key, value in tested.items() if key != "val"})
     write_outputs(run_dir, ckpt.module, metrics)
     log_results(metrics, run_dir)
-    return test
+    return metrics["test"]
 
 
 def study_summary(study: optuna.Study, metric: str, test: dict | None = None) -> dict:

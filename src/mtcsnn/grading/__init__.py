@@ -1,0 +1,1 @@
+"""How grades are scored: the metrics of every run, and grades decoded from the severity score."""

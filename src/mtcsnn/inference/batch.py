@@ -1,0 +1,85 @@
+"""Grading new images with a trained model: batches of uint8 images to probabilities and scores.
+
+Inputs that cannot be read are returned with the reason; the others are still predicted.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable
+
+import torch
+
+from mtcsnn.errors import ConfigError
+from mtcsnn.inference.images import ImageSource, expand_inputs, read_all
+from mtcsnn.models import MTCSNNModule
+
+PREDICTION_HEADER = ["path", "pred", *[f"prob_{c}" for c in range(5)], "score"]
+FAILURE_HEADER = ["input", "reason"]
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` (a CUDA GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in DEVICES and not str(name).startswith("cuda:"):
+        raise ConfigError("device", name, "choose one of: " + ", ".join(DEVICES))
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device", name, "no CUDA GPU is available here; use device=cpu or auto")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def predict_batch(module: MTCSNNModule, images: list[torch.Tensor], device: torch.device):
+    """Class probabilities (N x 5) and severity scores (N) of uint8 images."""
+    batch = torch.stack(images).to(device).float().div_(255)
+    out = module.net(batch)
+    return module.probabilities(out).float().cpu(), out.score.float().cpu()
+
+
+def predict_inputs(
+    module: MTCSNNModule,
+    inputs: Iterable[str],
+    image_size: int,
+    device: torch.device,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> tuple[list[list], list[tuple[str, str]]]:
+    """Predict every readable image of ``inputs`` (files, folders, ``.npz`` files).
+
+    Returns the CSV rows (:data:`PREDICTION_HEADER`) and ``(input, reason)`` failures.
+    """
+    module = module.to(device).eval()
+    sources, failures = expand_inputs([str(i) for i in inputs])
+    rows: list[list] = []
+    pending: list[tuple[ImageSource, torch.Tensor]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        probs, scores = predict_batch(module, [image for _, image in pending], device)
+        for (source, _), p, s in zip(pending, probs, scores, strict=True):
+            rows.append(
+                [source.name, int(p.argmax()), *[f"{v:.7g}" for v in p.tolist()], f"{s:.6f}"]
+            )
+        pending.clear()
+
+    for source, image, reason in read_all(sources, image_size, progress=progress):
+        if image is None:
+            failures.append((source.name, reason or "unreadable"))
+            continue
+        pending.append((source, image))
+        if len(pending) >= batch_size:
+            flush()
+    flush()
+    return rows, failures
+
+
+def csv_text(header: list[str], rows: Iterable) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()

@@ -1,0 +1,123 @@
+"""The layout is the architecture: commands on top, what they share below, the domain at the
+bottom. Checked by import-linter (contracts in pyproject.toml) and a few direct looks."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import grimp
+import pytest
+from hydra.utils import get_method
+
+import mtcsnn
+from mtcsnn.losses import PairLoss
+from mtcsnn.run.checkpoint import SAFE_TARGETS
+from mtcsnn.run.config import CONFIG_PATH
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = Path(mtcsnn.__file__).parent
+COMMANDS = ("train", "eval", "predict", "explain", "report", "bench")
+
+
+def lint_imports(src: Path) -> subprocess.CompletedProcess:
+    """``lint-imports`` with the project's contracts on the package found under ``src``."""
+    return subprocess.run(
+        [sys.executable, "-c", "from importlinter.cli import lint_imports_command as c; c()"]
+        + ["--config", str(ROOT / "pyproject.toml"), "--no-cache"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(src)},
+        cwd=src,
+        timeout=300,
+    )
+
+
+def test_the_import_contracts_hold():
+    result = lint_imports(PACKAGE.parent)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("module", "line", "broken"),
+    [
+        ("explain.py", "from mtcsnn.predict import main", "Commands on top"),
+        ("models/lit_module.py", "from mtcsnn.data.pairing import PairSampler", "know nothing"),
+        ("losses/base.py", "from mtcsnn.run import files", "free of Hydra"),
+        ("grading/metrics.py", "import omegaconf", "free of Hydra"),
+    ],
+)
+def test_the_contracts_catch_a_wrong_import(tmp_path, module, line, broken):
+    """The check can fail: one wrong import in a copy of the package breaks its contract."""
+    shutil.copytree(PACKAGE, tmp_path / "mtcsnn", ignore=shutil.ignore_patterns("__pycache__"))
+    path = tmp_path / "mtcsnn" / module
+    text = path.read_text()
+    head, sep, rest = text.partition("from __future__ import annotations\n")
+    path.write_text(head + sep + line + "  # noqa\n" + rest)
+    result = lint_imports(tmp_path)
+    assert result.returncode != 0
+    assert re.search(rf"{broken}.*BROKEN", result.stdout), result.stdout
+
+
+def test_no_import_cycles_inside_the_package():
+    graph = grimp.build_graph("mtcsnn")
+    modules = sorted(graph.modules)
+    for module in modules:
+        for imported in graph.find_modules_directly_imported_by(module):
+            if imported.startswith("mtcsnn") and imported != module:
+                chain = graph.find_shortest_chain(importer=imported, imported=module)
+                # a package importing its own submodule (``__init__`` re-exports) is no cycle
+                if (
+                    chain
+                    and not imported.startswith(module + ".")
+                    and not (module.startswith(imported + "."))
+                ):
+                    pytest.fail(f"import cycle: {module} -> {' -> '.join(chain)}")
+
+
+def test_at_most_ten_modules_at_the_top_and_every_command_runs_as_a_module():
+    top = sorted(p.stem for p in PACKAGE.glob("*.py"))
+    assert len(top) <= 10, top
+    for command in COMMANDS:
+        assert command in top
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    for name, target in scripts.items():
+        module, _, function = target.partition(":")
+        assert callable(get_method(f"{module}.{function}")), name
+
+
+def test_no_loss_is_probed_for_what_it_can_do():
+    """The loss interface is declared (PairLoss), so nothing asks a loss what it has."""
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text()
+        assert "hasattr(" not in text, path
+        assert not re.search(r"getattr\([^)]*loss", text), path
+
+
+def test_every_configured_loss_is_a_pair_loss():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+        for yaml in sorted((Path(CONFIG_PATH) / "loss").glob("*.yaml")):
+            cfg = compose("train", overrides=[f"loss={yaml.stem}", "data=synthetic"])
+            assert isinstance(instantiate(cfg.loss), PairLoss), yaml.name
+    GlobalHydra.instance().clear()
+
+
+def test_targets_saved_in_checkpoints_still_resolve():
+    """Checkpoints name the package-level classes (``mtcsnn.models.MTCSNNModule`` ...)."""
+    for target in sorted(SAFE_TARGETS):
+        assert callable(get_method(target)), target
