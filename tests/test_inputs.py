@@ -244,11 +244,15 @@ def good_image(tmp_path_factory) -> Path:
     array=ARRAYS,
 )
 def test_predict_always_writes_both_csvs_and_keeps_the_good_inputs(
-    tiny_checkpoint, good_image, tmp_path_factory, content, suffix, array
+    tiny_checkpoint, good_image, tmp_path_factory, capsys, content, suffix, array
 ):
-    from omegaconf import OmegaConf
+    """The real command (``python -m mtcsnn.predict``, run in this process for speed)."""
+    import sys
+    from unittest import mock
 
-    from mtcsnn.predict import predict, write_results
+    from hydra.core.global_hydra import GlobalHydra
+
+    from mtcsnn.predict import main
 
     folder = tmp_path_factory.mktemp("inputs")
     (folder / f"random{suffix}").write_bytes(content)
@@ -256,13 +260,24 @@ def test_predict_always_writes_both_csvs_and_keeps_the_good_inputs(
     with np.errstate(all="ignore"):
         np.savez(folder / "arrays.npz", test_images=np.full(shape, value).astype(dtype))
     inputs = [str(good_image), str(folder / f"random{suffix}"), str(folder / "arrays.npz")]
-    cfg = OmegaConf.create(
-        {"ckpt_path": str(tiny_checkpoint), "inputs": inputs, "device": "cpu"}
-        | {"batch_size": 4, "progress": False}
-    )
-    rows, failures = predict(cfg)
     output = folder / "out" / "predictions.csv"
-    write_results(rows, failures, output)
+    argv = [
+        "mtcsnn.predict",
+        f"ckpt_path={tiny_checkpoint}",
+        f"inputs=[{','.join(inputs)}]",
+        f"output={output}",
+        f"hydra.run.dir={folder / 'run'}",
+        "batch_size=4",
+        "progress=false",
+    ]
+    GlobalHydra.instance().clear()
+    with mock.patch.object(sys, "argv", argv):
+        try:
+            main()
+        except SystemExit as stop:  # what the command line shows: one error line
+            assert str(stop.code).startswith("error: ") and "\n" not in str(stop.code)
+    GlobalHydra.instance().clear()
+    assert "Traceback" not in capsys.readouterr().err
     with open(output, newline="") as f:
         predicted = [row["path"] for row in csv.DictReader(f)]
     with open(output.with_name("failures.csv"), newline="") as f:

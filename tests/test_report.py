@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from mtcsnn.report import collect_runs, group_runs, main, ovr_auroc, paired_difference
+from mtcsnn.grading.comparison import ovr_auroc
+from mtcsnn.report import collect_runs, group_runs, main, paired_difference
 from mtcsnn.run.files import predictions_csv
 
 TEST_AUROC = {

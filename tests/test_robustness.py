@@ -185,6 +185,25 @@ def test_misspelt_keys_are_refused_before_training_with_the_allowed_keys(tmp_pat
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "0").exists()
 
 
+@pytest.mark.parametrize(
+    ("command", "args", "expected"),
+    [
+        ("train", ["seeds=3"], "seeds is not a key of the top level; did you mean seed?"),
+        ("eval", ["ckpt_path=x.ckpt", "data_rot=d"], "did you mean data_root?"),
+        ("predict", ["ckpt_path=x.ckpt", "inputs=[a.png]", "out=p.csv"], "did you mean output?"),
+        ("explain", ["ckpt_path=x.ckpt", "inputs=[a.png]", "max_image=3"], "mean max_images?"),
+    ],
+)
+def test_misspelt_top_level_keys_are_refused_by_every_command(tmp_path, command, args, expected):
+    from cli import run_module
+
+    proc = run_module(f"mtcsnn.{command}", *args, f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 1
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: config error: ") and expected in line
+    assert not (tmp_path / "run").exists()  # refused before Hydra made the run's folder
+
+
 def test_a_write_that_fails_halfway_leaves_the_old_file_whole(tmp_path, monkeypatch):
     import os
 

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import rankdata
 
+from mtcsnn.grading.comparison import PAIRED_METRICS
+from mtcsnn.grading.comparison import paired_difference as compare
 from mtcsnn.run.config import flatten
 from mtcsnn.run.files import write_text_atomic
 
@@ -220,61 +221,19 @@ def group_runs(runs: list[Run]) -> dict[tuple, list[Run]]:
     return dict(groups)
 
 
-def ovr_auroc(grades: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """Macro one-vs-rest AUROC (MedMNIST's definition) of each row of a batch of resamples.
-
-    ``grades``: (B, n) ints, ``probs``: (B, n, C). Uses the rank-sum form of the AUROC, with
-    ties counted as half, so B resamples cost one sort each.
-    """
-    grades, probs = np.atleast_2d(grades), probs.reshape(-1, *probs.shape[-2:])
-    total = np.zeros(grades.shape[0])
-    num_classes = probs.shape[-1]
-    for c in range(num_classes):
-        positive = grades == c
-        n_pos = positive.sum(1)
-        n_neg = positive.shape[1] - n_pos
-        ranks = rankdata(probs[..., c], axis=1)
-        rank_sum = (ranks * positive).sum(1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            total += (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-    return total / num_classes
-
-
-def accuracy(grades: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    return (probs.argmax(-1) == grades).mean(-1)
-
-
-PAIRED_METRICS = {"auroc": ovr_auroc, "acc": accuracy}
-
-
 def paired_difference(
     pairs: list[tuple[Run, Run]], metric: str, num_resamples: int = 1000, seed: int = 0
 ) -> tuple[float, float, float]:
-    """Mean over seed pairs of metric(a) - metric(b), with a bootstrap 95% CI over test images.
-
-    The same resampled images are used for both runs of every pair (a paired bootstrap).
-    """
-    fn = PAIRED_METRICS[metric]
-    n = len(pairs[0][0].grades)
+    """:func:`mtcsnn.grading.comparison.paired_difference` of pairs of runs."""
     for a, b in pairs:
-        if len(a.grades) != n or not np.array_equal(a.grades, b.grades):
+        if len(a.grades) != len(b.grades) or not np.array_equal(a.grades, b.grades):
             raise ValueError(f"{a.path} and {b.path} were not tested on the same images")
-    point = float(
-        np.mean(
-            [
-                fn(a.grades[None], a.probs[None])[0] - fn(b.grades[None], b.probs[None])[0]
-                for a, b in pairs
-            ]
-        )
+    return compare(
+        [((a.grades, a.probs), (b.grades, b.probs)) for a, b in pairs],
+        metric,
+        num_resamples,
+        seed,
     )
-    idx = np.random.default_rng(seed).integers(0, n, size=(num_resamples, n))
-    deltas = np.zeros(num_resamples)
-    for a, b in pairs:
-        grades = a.grades[idx]
-        deltas += fn(grades, a.probs[idx]) - fn(grades, b.probs[idx])
-    deltas /= len(pairs)
-    low, high = np.nanpercentile(deltas, [2.5, 97.5])
-    return point, float(low), float(high)
 
 
 def summarise(runs: list[Run]) -> dict[str, tuple[float, float]]:
