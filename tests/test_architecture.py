@@ -26,7 +26,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = Path(mtcsnn.__file__).parent
-COMMANDS = ("train", "eval", "predict", "explain", "report", "bench")
+COMMANDS = ("train", "eval", "predict", "explain", "export", "report", "bench")
 
 
 def lint_imports(src: Path) -> subprocess.CompletedProcess:

@@ -13,7 +13,7 @@ from cli import run_module
 from conftest import ROOT
 
 CONF = ROOT / "conf"
-HYDRA_COMMANDS = ("train", "eval", "predict", "explain")
+HYDRA_COMMANDS = ("train", "eval", "predict", "explain", "export")
 
 
 def groups_used(command: str) -> set[str]:
@@ -50,6 +50,7 @@ def test_help_says_what_the_command_does_and_lists_only_its_groups(command):
         ("predict", [], "ckpt_path and inputs are required"),
         ("predict", ["ckpt_path=x.ckpt"], "inputs is required"),
         ("explain", ["inputs=[a.png]"], "ckpt_path is required"),
+        ("export", [], "ckpt_path is required"),
     ],
 )
 def test_a_missing_argument_is_one_line_with_an_example(tmp_path, command, args, missing):

@@ -196,6 +196,7 @@ def test_predict_writes_both_files_whatever_the_inputs(tiny_checkpoint, tmp_path
     assert any(k.endswith("text.jpg") for k in failed)
     assert any("objects.npz" in k and "complex64" in v for k, v in failed.items())
     assert any(k.endswith("bomb.npz") and "GiB" in v for k, v in failed.items())
+    assert "not a medical device" in (out / "INTENDED_USE.txt").read_text()
 
 
 @pytest.mark.slow

@@ -1,5 +1,9 @@
 """Errors that the command-line tools report as one line instead of a traceback."""
 
+from __future__ import annotations
+
+import importlib
+
 
 class MTCSNNError(Exception):
     """Base class: a problem the user can fix (bad config, missing data)."""
@@ -33,3 +37,22 @@ def check_choice(key: str, value: object, allowed: tuple) -> None:
     """One of ``allowed``, else a ConfigError naming them (``True`` is never ``1`` here)."""
     if isinstance(value, bool) or value not in allowed:
         raise ConfigError(key, value, "choose one of: " + ", ".join(map(str, allowed)))
+
+
+class MissingExtraError(MTCSNNError):
+    """A feature needs a package of an optional extra that is not installed."""
+
+
+def require(modules: str | tuple[str, ...], extra: str, feature: str) -> None:
+    """Import one of ``modules`` or say which extra to install for ``feature``."""
+    names = (modules,) if isinstance(modules, str) else modules
+    for name in names:
+        try:
+            importlib.import_module(name)
+            return
+        except ImportError:
+            continue
+    raise MissingExtraError(
+        f"{feature} needs {' or '.join(names)}, which is not installed: "
+        f"pip install 'mtcsnn[{extra}]'"
+    )

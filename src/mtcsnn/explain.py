@@ -7,6 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from mtcsnn.errors import require
 from mtcsnn.inference.batch import pick_device
 from mtcsnn.inference.gradcam import explain_inputs
 from mtcsnn.inference.images import input_list
@@ -24,6 +25,7 @@ EXAMPLE = (
 
 @command("explain", EXAMPLE)
 def main(cfg: DictConfig) -> None:
+    require("captum", "explain", "mtcsnn.explain")
     ckpt = load_checkpoint(cfg.ckpt_path)
     result = explain_inputs(
         ckpt.module,

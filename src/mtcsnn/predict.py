@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from mtcsnn.inference.batch import (
     FAILURE_HEADER,
+    INTENDED_USE,
     PREDICTION_HEADER,
     csv_text,
     pick_device,
@@ -47,8 +48,10 @@ def predict(cfg: DictConfig) -> tuple[list[list], list[tuple[str, str]]]:
 
 
 def write_results(rows: list, failures: list[tuple[str, str]], output: Path) -> Path:
-    """Both CSVs, always (a header alone where nothing was predicted or nothing failed)."""
+    """Both CSVs, always (a header alone where nothing was predicted or nothing failed), and
+    ``INTENDED_USE.txt`` beside them: what these grades may and may not be used for."""
     failures_path = output.with_name("failures.csv")
+    write_text_atomic(output.with_name("INTENDED_USE.txt"), INTENDED_USE + "\n")
     write_text_atomic(failures_path, csv_text(FAILURE_HEADER, failures))
     write_text_atomic(output, csv_text(PREDICTION_HEADER, rows))
     return failures_path
@@ -63,6 +66,7 @@ def main(cfg: DictConfig) -> None:
     if not rows:
         raise SystemExit(f"error: no image could be read from inputs={input_list(cfg.inputs)}")
     log.info("predicted %d images: %s", len(rows), cfg.output)
+    log.info("%s", INTENDED_USE)
     if failures:
         raise SystemExit(
             f"error: {len(failures)} input(s) could not be read; listed in {failures_path}"

@@ -86,6 +86,7 @@ def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 SEARCH_FOLDER = "a search: its trials are the runs"
 UNTESTED_TRIAL = "search trial not tested (only the chosen trial sees the test split)"
+DEBUG_RUN = "a debug run (debug=...): never mixed into results"
 
 
 def _numbers(node: object, names: tuple[str, ...]) -> bool:
@@ -145,6 +146,8 @@ def load_run(folder: Path) -> Run | str:
     problem = shape_problem(metrics)
     if problem:
         return f"metrics.json of another shape: {problem}"
+    if metrics.get("config", {}).get("task_name") == "debug":
+        return DEBUG_RUN
     if "acc_within1" not in metrics["test"]:
         # runs from before the metric existed: the same number, from their own predictions
         within = float(np.mean(np.abs(probs.argmax(1) - grades) <= 1))
@@ -358,7 +361,11 @@ def results_markdown(
     lines += score_decoding_lines(groups)
     failed = [(path, why) for path, why in skipped if why.startswith("failed:")]
     trials = [(path, why) for path, why in skipped if why == UNTESTED_TRIAL]
-    other = [(path, why) for path, why in skipped if (path, why) not in failed + trials]
+    debug = [(path, why) for path, why in skipped if why == DEBUG_RUN]
+    other = [(path, why) for path, why in skipped if (path, why) not in failed + trials + debug]
+    if debug:
+        lines += ["", "## Debug runs (not counted)", ""]
+        lines += [f"- `{path}`" for path, _ in debug]
     if trials:
         lines += ["", "## Search trials not tested", ""]
         lines += [f"- `{path}`" for path, _ in trials]

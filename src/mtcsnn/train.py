@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from mtcsnn.run.checks import check_config
 from mtcsnn.run.cli import command
 from mtcsnn.run.failures import recorded
 from mtcsnn.run.training import train
@@ -15,6 +16,7 @@ from mtcsnn.run.training import train
 
 @command("train")
 def main(cfg: DictConfig) -> float | None:
+    check_config(cfg)  # before anything is imported or built for it
     if cfg.get("hparams_search"):
         from mtcsnn.run.search import search  # optuna is imported only for a search
 

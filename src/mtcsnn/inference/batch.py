@@ -18,6 +18,13 @@ from mtcsnn.models import MTCSNNModule
 PREDICTION_HEADER = ["path", "pred", *[f"prob_{c}" for c in range(5)], "score"]
 FAILURE_HEADER = ["input", "reason"]
 DEVICES = ("auto", "cpu", "cuda")
+# what every output of a trained model carries (predictions, exported models); MODEL_CARD.md
+INTENDED_USE = (
+    "Research use only: not a medical device; not for diagnosing, screening or treating anyone. "
+    "Trained on RetinaMNIST (fundus photographs from DeepDRiD, downsampled to 28x28 unless the "
+    "model says otherwise); grades of photographs from other cameras, sizes or populations are "
+    "untested. See MODEL_CARD.md."
+)
 
 
 def pick_device(name: str) -> torch.device:

@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from captum.attr import LayerAttribution, LayerGradCam
 from torch import nn
 
-from mtcsnn.errors import check_choice
+from mtcsnn.errors import check_choice, require
 from mtcsnn.inference.images import expand_inputs, read_all
 from mtcsnn.models import MTCSNNModule, SiameseResNet
 
@@ -60,6 +59,9 @@ def grad_cam(
 
     ``class_scores`` maps images to (N, classes) scores, e.g. ``MTCSNNModule.class_scores``.
     """
+    require("captum", "explain", "Grad-CAM")
+    from captum.attr import LayerAttribution, LayerGradCam
+
     method = LayerGradCam(class_scores, layer)
     attributions = method.attribute(images, target=target, relu_attributions=True)
     maps = LayerAttribution.interpolate(attributions, images.shape[-2:], "bilinear")

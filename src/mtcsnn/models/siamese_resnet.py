@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torchvision
 from torch import nn
 
-from mtcsnn.errors import check_choice
+from mtcsnn.errors import MTCSNNError, check_choice
 from mtcsnn.losses.base import BranchOutput
 
 BACKBONES = {
@@ -25,8 +27,65 @@ def check_stem(stem: object) -> None:
     check_choice("stem", stem, STEMS)
 
 
+class WeightsError(MTCSNNError):
+    """Initial weights that cannot be had or do not fit the network."""
+
+
+def pretrained(backbone: str, weights: str | None) -> nn.Module:
+    """torchvision's ``backbone``: random (``None``/``none``) or ImageNet weights (``imagenet``,
+    downloaded once into torch's cache by torchvision's weights API)."""
+    if weights in (None, "none"):
+        return BACKBONES[backbone](weights=None)
+    try:
+        return BACKBONES[backbone](weights="DEFAULT")
+    except (OSError, RuntimeError, ValueError) as err:  # no network, a broken download
+        raise WeightsError(
+            f"cannot get the ImageNet weights of {backbone} ({type(err).__name__}: {err}); "
+            "they are downloaded once (network needed), or give a file: model.net.weights=<path>"
+        ) from None
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
+    """A torchvision-format state_dict (``resnet18().state_dict()``; ``fc.*`` ignored) from a
+    file, loaded as tensors only (``weights_only=True``): it cannot run code."""
+    path = Path(path).expanduser()
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # missing, unreadable or not a tensor file
+        raise WeightsError(
+            f"cannot load weights from {path} ({type(err).__name__}: {err})"
+        ) from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path} holds no state_dict (a dict of tensors)")
+    state = {k: v for k, v in state.items() if not str(k).startswith("fc.")}
+    own = backbone.state_dict()
+    for key, value in state.items():
+        if key in own and getattr(value, "shape", None) != own[key].shape:
+            raise WeightsError(
+                f"{path}: {key} has shape {tuple(value.shape)}, this network's has "
+                f"{tuple(own[key].shape)} (another backbone or stem?)"
+            )
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise WeightsError(
+            f"{path} does not fit the {type(backbone).__name__}: "
+            + "; ".join(
+                f"{what} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                for what, keys in (("missing", missing), ("unexpected", unexpected))
+                if keys
+            )
+        )
+    backbone.load_state_dict(state)
+
+
 class SiameseResNet(nn.Module):
-    """One torchvision ResNet (``weights=None``) that serves both Siamese branches.
+    """One torchvision ResNet that serves both Siamese branches.
+
+    ``weights``: ``None``/``none`` (random), ``imagenet`` (torchvision's ImageNet weights) or
+    the path of a torchvision-format state_dict of the backbone.
 
     ``stem="imagenet"`` keeps torchvision's 7x7/2 conv and max-pool (as the MTCSNN paper did);
     ``stem="cifar"`` uses a 3x3/1 conv and no max-pool, the MedMNIST benchmark's ResNet for
@@ -42,16 +101,20 @@ class SiameseResNet(nn.Module):
         mean: tuple[float, ...] = (0.5, 0.5, 0.5),
         std: tuple[float, ...] = (0.5, 0.5, 0.5),
         channels_last: bool = False,
+        weights: str | None = None,
     ) -> None:
         super().__init__()
         check_backbone(backbone)
         check_stem(stem)
-        net = BACKBONES[backbone](weights=None)
-        if stem == "cifar":
+        from_file = weights not in (None, "none", "imagenet")
+        net = pretrained(backbone, None if from_file else weights)
+        if stem == "cifar":  # a new 3x3 conv: random even with ImageNet weights
             net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
             net.maxpool = nn.Identity()
         num_features = net.fc.in_features
         net.fc = nn.Identity()
+        if from_file:
+            load_backbone_weights(net, str(weights))
         self.backbone = net
         self.num_features = num_features
         self.classifier = nn.Linear(num_features, num_classes)

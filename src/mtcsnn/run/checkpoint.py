@@ -109,6 +109,24 @@ def check_buildable(config: dict, path: Path) -> None:
             )
 
 
+def initialise_from(module: MTCSNNModule, path: str | Path) -> None:
+    """Start a new run from another run's weights (``init_from=<ckpt>``), checked as above.
+
+    Only the weights are taken: the new run has its own schedule, epochs and output dir.
+    """
+    source = load_checkpoint(path)
+    own, theirs = module.state_dict(), source.module.state_dict()
+    differing = [k for k in own if k not in theirs or theirs[k].shape != own[k].shape]
+    differing += [k for k in theirs if k not in own]
+    if differing:
+        names = ", ".join(differing[:3]) + (" ..." if len(differing) > 3 else "")
+        raise CheckpointError(
+            f"init_from={source.path}: its network differs from this run's ({names}); use a "
+            "checkpoint of the same backbone, stem and loss head"
+        )
+    module.load_state_dict(theirs)
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Load ``path`` safely (``weights_only=True``) and rebuild its model from its own config."""
     path = Path(path).expanduser()
@@ -133,6 +151,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path} is not an mtcsnn checkpoint: mtcsnn_config is no mapping")
     check_buildable(saved, path)
     config = OmegaConf.create(saved)
+    if OmegaConf.select(config, "model.net.weights") is not None:
+        # the weights are in the checkpoint: no initial weights are read or downloaded
+        OmegaConf.update(config, "model.net.weights", None)
     try:
         module = build_module(config)
     except Exception as err:  # only the project's own classes, with values they refuse

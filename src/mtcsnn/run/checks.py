@@ -10,7 +10,7 @@ from mtcsnn.data.augment import check_augment
 from mtcsnn.data.datamodule import check_batch_size
 from mtcsnn.data.pairing import check_pairing
 from mtcsnn.data.retinamnist import check_size
-from mtcsnn.errors import ConfigError
+from mtcsnn.errors import ConfigError, require
 from mtcsnn.losses.base import check_difference, check_lam
 from mtcsnn.models.siamese_resnet import check_backbone, check_stem
 
@@ -61,8 +61,27 @@ DOMAIN_CHECKS: dict[str, Callable[[object], None]] = {
 }
 
 
+# loggers (by the end of their _target_) and the extra each needs
+LOGGER_EXTRAS = {
+    "WandbLogger": (("wandb",), "wandb", "logger=wandb"),
+    "TensorBoardLogger": (("tensorboard", "tensorboardX"), "tensorboard", "logger=tensorboard"),
+}
+
+
+def check_extras(cfg: DictConfig) -> None:
+    """Optional packages the chosen loggers or a search need: one line saying what to install."""
+    for node in (cfg.get("logger") or {}).values():
+        target = str(node.get("_target_", "")) if node else ""
+        for suffix, (modules, extra, feature) in LOGGER_EXTRAS.items():
+            if target.endswith(suffix):
+                require(modules, extra, feature)
+    if cfg.get("hparams_search"):
+        require("optuna", "search", "hparams_search")
+
+
 def check_config(cfg: DictConfig) -> None:
     """Reject values that would fail later, naming the key and what is allowed."""
+    check_extras(cfg)
     for key, check in DOMAIN_CHECKS.items():
         value = _value(cfg, key)
         if value is _ABSENT:

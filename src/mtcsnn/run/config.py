@@ -9,8 +9,15 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-# the project's config folder (conf/ at the top of the repository)
-CONFIG_PATH = str(Path(__file__).resolve().parents[3] / "conf")
+
+def config_dir() -> Path:
+    """``conf/``: inside the installed package (a wheel), else at the top of the checkout."""
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "conf"
+    return installed if installed.is_dir() else package.parents[1] / "conf"
+
+
+CONFIG_PATH = str(config_dir())
 
 
 def epoch_fractions(max_epochs: int, fractions: list[float]) -> list[int]:

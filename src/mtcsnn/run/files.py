@@ -31,6 +31,16 @@ PACKAGES = (
 )
 
 
+def _file_mode() -> int:
+    """The mode a new file gets here (0o666 less the umask); mkstemp would make it 0o600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()
+
+
 def write_atomic(path: str | Path, write: Callable[[IO], object], binary: bool = False) -> None:
     """``write(file)`` into a temporary file beside ``path``, then rename it to ``path``.
 
@@ -43,6 +53,7 @@ def write_atomic(path: str | Path, write: Callable[[IO], object], binary: bool =
     except OSError as err:
         raise WriteError(f"cannot write {path}: {err.strerror or err}") from None
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb" if binary else "w", newline=None if binary else "") as f:
             write(f)
             f.flush()

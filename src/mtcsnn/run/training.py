@@ -25,7 +25,7 @@ from mtcsnn.errors import StoppedError
 from mtcsnn.grading.score_decoding import decode_if_trained
 from mtcsnn.models import MTCSNNModule
 from mtcsnn.run.callbacks import AtomicCheckpointIO, RunState
-from mtcsnn.run.checkpoint import build_module
+from mtcsnn.run.checkpoint import build_module, initialise_from
 from mtcsnn.run.checks import check_config, cost_warnings
 from mtcsnn.run.config import flatten
 from mtcsnn.run.console import metrics_line, progress_bar_wanted, quiet_libraries
@@ -157,6 +157,9 @@ def fit_and_test(cfg: DictConfig, test: bool = True) -> dict:
         return json.loads((out_dir / "metrics.json").read_text())
     datamodule = instantiate(cfg.data)
     model = build_module(cfg)
+    if cfg.get("init_from"):
+        initialise_from(model, cfg.init_from)
+        log.info("initialised from %s", cfg.init_from)
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
     loggers = instantiate_loggers(cfg, out_dir)
     wandb_loggers = [lg for lg in loggers if isinstance(lg, WandbLogger)]

@@ -1,0 +1,46 @@
+"""``python -m mtcsnn.export ckpt_path=... format=onnx|torchscript``: a model to take elsewhere.
+
+Writes ``model.onnx`` or ``model.pt`` (uint8 images in, class probabilities and severity score
+out, normalisation inside) and ``model.json`` (its input, preprocessing, outputs and intended
+use) into the output dir.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from mtcsnn.inference.export import SUFFIXES, check_format, export_model, model_description
+from mtcsnn.run.checkpoint import load_checkpoint
+from mtcsnn.run.cli import command
+from mtcsnn.run.console import quiet_libraries
+from mtcsnn.run.files import write_text_atomic
+
+log = logging.getLogger(__name__)
+
+EXAMPLE = (
+    "python -m mtcsnn.export ckpt_path=logs/train/runs/<date>_<time>/checkpoints/"
+    "epoch_012.ckpt format=onnx"
+)
+
+
+@command("export", EXAMPLE)
+def main(cfg: DictConfig) -> None:
+    quiet_libraries()
+    check_format(cfg.format)
+    ckpt = load_checkpoint(cfg.ckpt_path)
+    out_dir = Path(cfg.output_dir)
+    path = export_model(
+        ckpt.module, ckpt.image_size, cfg.format, out_dir / f"model{SUFFIXES[cfg.format]}"
+    )
+    about = model_description(cfg.format, ckpt.image_size, str(ckpt.path), path.name)
+    write_text_atomic(out_dir / "model.json", json.dumps(about, indent=2) + "\n")
+    log.info("wrote %s and %s", path, out_dir / "model.json")
+    log.info("%s", about["intended_use"])
+
+
+if __name__ == "__main__":
+    main()

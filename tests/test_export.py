@@ -1,0 +1,86 @@
+"""``python -m mtcsnn.export``: the exported model gives predict's numbers without mtcsnn."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from cli import run_module
+from conftest import TINY, TINY_SYNTHETIC, compose_train
+from hydra.core.global_hydra import GlobalHydra
+
+from mtcsnn.inference.batch import predict_batch
+from mtcsnn.run.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def coral_checkpoint(tmp_path_factory):
+    """A CORAL head: its probabilities come from K-1 ordered logits, not a softmax."""
+    from mtcsnn.run.training import train
+
+    out = tmp_path_factory.mktemp("coral")
+    overrides = ["data=synthetic", "loss=coral", *TINY_SYNTHETIC, *TINY, "trainer.max_epochs=1"]
+    train(compose_train(overrides, out))
+    GlobalHydra.instance().clear()
+    (best,) = (out / "checkpoints").glob("epoch_*.ckpt")
+    return best
+
+
+def images(n: int, size: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(n)
+    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=generator)
+
+
+def export(tiny_checkpoint, tmp_path, fmt: str):
+    out = tmp_path / fmt
+    result = run_module(
+        "mtcsnn.export", f"ckpt_path={tiny_checkpoint}", f"format={fmt}", f"hydra.run.dir={out}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    about = json.loads((out / "model.json").read_text())
+    assert about["format"] == fmt and about["input"]["dtype"] == "uint8"
+    assert "not a medical device" in about["intended_use"]
+    return out / about["model"], about
+
+
+@pytest.mark.parametrize("head", ["softmax", "coral"])
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_the_exported_model_reproduces_predict(request, tmp_path, fmt, head):
+    checkpoint = request.getfixturevalue(
+        "tiny_checkpoint" if head == "softmax" else "coral_checkpoint"
+    )
+    path, about = export(checkpoint, tmp_path, fmt)
+    ckpt = load_checkpoint(checkpoint)
+    size = about["input"]["shape"][-1]
+    assert size == ckpt.image_size
+    batch = images(7, size)  # a batch size the export never saw
+    probs, scores = predict_batch(ckpt.module, list(batch), torch.device("cpu"))
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got_probs, got_scores = session.run(["probabilities", "score"], {"images": batch.numpy()})
+    else:
+        model = torch.jit.load(str(path))
+        with torch.no_grad():
+            got_probs, got_scores = (t.numpy() for t in model(batch))
+    assert got_probs.shape == (7, 5)
+    np.testing.assert_allclose(got_probs, probs.numpy(), atol=1e-4)
+    np.testing.assert_allclose(got_scores, scores.numpy(), atol=1e-4)
+
+
+def test_an_unknown_format_is_one_line(tiny_checkpoint, tmp_path):
+    result = run_module(
+        "mtcsnn.export",
+        f"ckpt_path={tiny_checkpoint}",
+        "format=tflite",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: config error: format='tflite' is not allowed; choose one of: onnx, torchscript"
+    )
