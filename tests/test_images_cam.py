@@ -8,25 +8,27 @@ import torch
 from PIL import Image
 
 from mtcsnn.inference.gradcam import cam_layer, grad_cam
-from mtcsnn.inference.images import expand_inputs, to_square_rgb
+from mtcsnn.inference.images import expand_inputs, prepare_image
 from mtcsnn.models import SiameseResNet
 
 
-def test_wide_photo_is_centre_cropped_then_resized():
-    # a 300x200 picture: the centre 200x200 square is red, the side bands blue
+def test_a_wide_photo_is_padded_to_a_square_never_cut():
+    # a 300x200 picture, bright to its edges: red centre, blue side bands; nothing is cut away
     array = np.zeros((200, 300, 3), dtype=np.uint8)
     array[:, :, 2] = 255
     array[:, 50:250] = (255, 0, 0)
-    out = np.asarray(to_square_rgb(Image.fromarray(array), 28))
-    assert out.shape == (28, 28, 3)
-    assert (out[..., 0] > 250).all() and (out[..., 2] < 5).all()
+    out = np.asarray(prepare_image(Image.fromarray(array), 30))
+    assert out.shape == (30, 30, 3)
+    assert out[15, 0, 2] > 200 and out[15, -1, 2] > 200  # both blue bands kept
+    assert out[15, 15, 0] > 200  # the red centre
+    assert out[:3].max() < 10 and out[-3:].max() < 10  # black above and below
 
 
 def test_grey_image_becomes_rgb_and_right_size_images_are_untouched():
     grey = Image.fromarray(np.full((64, 64), 7, dtype=np.uint8))
-    assert np.asarray(to_square_rgb(grey, 28)).shape == (28, 28, 3)
+    assert np.asarray(prepare_image(grey, 28)).shape == (28, 28, 3)
     rgb = np.random.default_rng(0).integers(0, 256, (28, 28, 3), dtype=np.uint8)
-    assert (np.asarray(to_square_rgb(Image.fromarray(rgb), 28)) == rgb).all()
+    assert (np.asarray(prepare_image(Image.fromarray(rgb), 28)) == rgb).all()
 
 
 def test_inputs_expand_folders_and_report_what_gives_nothing(tmp_path):

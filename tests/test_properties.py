@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from mtcsnn.errors import ConfigError
-from mtcsnn.inference.images import to_square_rgb, to_tensor
+from mtcsnn.inference.images import prepare_image, to_tensor
 from mtcsnn.run.checks import check_config
 
 ANY_VALUE = st.one_of(
@@ -47,7 +47,7 @@ def base_cfg():
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        cfg = compose("train", overrides=["data=synthetic"])
+        cfg = compose("train", overrides=["data=retinamnist"])  # sizes: MedMNIST+'s only
     GlobalHydra.instance().clear()
     return cfg
 
@@ -86,6 +86,6 @@ def test_any_readable_image_becomes_a_square_rgb_tensor(width, height, mode, fmt
         return  # this format cannot hold this mode: nothing to read
     buffer.seek(0)
     with Image.open(buffer) as reread:
-        tensor = to_tensor(to_square_rgb(reread, size))
+        tensor = to_tensor(prepare_image(reread, size))
     assert tuple(tensor.shape) == (3, size, size)
     assert str(tensor.dtype) == "torch.uint8"

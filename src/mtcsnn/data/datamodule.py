@@ -59,6 +59,12 @@ class PairDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
+    @classmethod
+    def check_size(cls, size: object) -> None:
+        """The image sizes this data can give: any side of at least 8 pixels unless it says."""
+        if not (isinstance(size, int) and not isinstance(size, bool) and size >= 8):
+            raise ConfigError("size", size, "it must be a whole number of pixels >= 8")
+
     def load_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(images uint8 N x 3 x H x W, grades int64 N)`` for one split."""
         raise NotImplementedError

@@ -17,10 +17,6 @@ IMAGE_SIZES = (28, 64, 128, 224)
 DATA_DIR_ENV = "MTCSNN_DATA_DIR"
 
 
-def check_size(size: object) -> None:
-    check_choice("size", size, IMAGE_SIZES)
-
-
 def npz_name(size: int) -> str:
     """File name medmnist uses: ``retinamnist.npz`` at 28, ``retinamnist_64.npz`` and so on."""
     return "retinamnist.npz" if size == 28 else f"retinamnist_{size}.npz"
@@ -42,12 +38,16 @@ class RetinaMNISTDataModule(PairDataModule):
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)
-        check_size(size)
+        self.check_size(size)
         self.root = Path(root).expanduser()
         self.size = size
         self.download = download
         self.verify_md5 = verify_md5
         self._checked = False
+
+    @classmethod
+    def check_size(cls, size: object) -> None:
+        check_choice("size", size, IMAGE_SIZES)  # the sizes MedMNIST+ publishes
 
     @property
     def path(self) -> Path:

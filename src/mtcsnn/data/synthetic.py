@@ -45,6 +45,7 @@ class SyntheticDataModule(PairDataModule):
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)
+        self.check_size(size)
         self.num_images = {"train": num_train, "val": num_val, "test": num_test}
         self.size = size
         self.data_seed = data_seed

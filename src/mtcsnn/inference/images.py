@@ -1,13 +1,14 @@
 """Reading images for prediction: files, folders and MedMNIST ``.npz`` files.
 
-Preprocessing follows how RetinaMNIST was made from the source fundus photographs (MedMNIST
-v2: centre-cropped to a square, then resized): RGB, centre crop to the short side, bicubic
-resize to the model's input size. An image that already has that size is left untouched, so
-images taken out of the dataset give exactly the dataset's pixels.
+Each image is prepared by :func:`mtcsnn.data.fundus.prepare_image` (the disc found and cropped
+to, padded square, resized to the model's input size), as the folder data module prepares its
+training photographs. An image that already has the model's size is left untouched, so images
+taken out of the dataset give exactly the dataset's pixels.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import zipfile
 from collections.abc import Iterator
@@ -16,8 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
+from mtcsnn.data.fundus import array_to_image, open_photo, prepare_image, to_uint8
+
+__all__ = ["ImageReader", "ImageSource", "expand_inputs", "prepare_image", "read_all", "to_uint8"]
+
+log = logging.getLogger(__name__)
+SMALL_MODEL = 32  # input side up to which grading a camera photograph gets a warning
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 # an .npz array is decompressed whole; one larger than this is refused, not read
 MAX_NPZ_ARRAY_BYTES = 2 * 1024**3
@@ -40,69 +47,6 @@ class ImageSource:
 def shown(path: Path | str) -> str:
     """A path as text for logs and CSVs; bytes that are not UTF-8 become ``\\xNN`` escapes."""
     return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def to_uint8(array: np.ndarray) -> np.ndarray:
-    """Pixel values of any depth scaled to 0-255 (never clipped), as uint8.
-
-    Integers are scaled by their type's range where values exceed 255 (16-bit by 65535,
-    larger by their maximum), booleans to 0/255, floats in 0-1 by 255, other floats from
-    their minimum to maximum.
-    """
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype == np.bool_:
-        return array.astype(np.uint8) * 255
-    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        raise ValueError(f"pixels of type {array.dtype} are not an image")
-    values = array.astype(np.float64)
-    if not np.isfinite(values).all():
-        raise ValueError("pixels hold NaN or infinite values")
-    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
-    if np.issubdtype(array.dtype, np.integer):
-        if low >= 0 and high <= 255:
-            return values.astype(np.uint8)
-        if low >= 0 and high <= 65535:
-            return np.round(values / 65535 * 255).astype(np.uint8)
-    elif low >= 0 and high <= 1:
-        return np.round(values * 255).astype(np.uint8)
-    elif low >= 0 and high <= 255:
-        return np.round(values).astype(np.uint8)
-    span = high - low or 1.0
-    return np.round((values - low) / span * 255).astype(np.uint8)
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB at 8 bits, whatever the mode: 16/32-bit and float images are scaled, not clipped."""
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        return Image.fromarray(to_uint8(np.asarray(image)), mode="L").convert("RGB")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        image = image.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", image.size, "black"), image).convert("RGB")
-    return image.convert("RGB")
-
-
-def array_to_image(array: np.ndarray) -> Image.Image:
-    """An .npz entry (H x W or H x W x 1/3/4, any numeric type) as an 8-bit RGB image."""
-    if array.ndim == 3 and array.shape[-1] in (1, 3, 4):
-        array = array[..., :3] if array.shape[-1] != 1 else array[..., 0]
-    if array.ndim not in (2, 3):
-        raise ValueError(f"an image of shape {array.shape} (expected H x W or H x W x 3)")
-    pixels = to_uint8(np.ascontiguousarray(array))
-    return Image.fromarray(pixels, mode="L" if pixels.ndim == 2 else "RGB").convert("RGB")
-
-
-def to_square_rgb(image: Image.Image, size: int) -> Image.Image:
-    """RGB, centre crop to a square on the short side, bicubic resize to ``size``."""
-    image = to_rgb(image)
-    width, height = image.size
-    side = min(width, height)
-    if width != height:
-        left, top = (width - side) // 2, (height - side) // 2
-        image = image.crop((left, top, left + side, top + side))
-    if side != size:
-        image = image.resize((size, size), Image.Resampling.BICUBIC)
-    return image
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
@@ -218,20 +162,20 @@ class ImageReader:
     def __init__(self, size: int) -> None:
         self.size = size
         self._arrays: dict[tuple[Path, str], np.ndarray | Exception] = {}
+        self.largest_side = 0  # of the image files read, before preparation
 
     def read(self, source: ImageSource) -> torch.Tensor:
         if source.key is None:
             try:
-                with Image.open(source.path) as image:
-                    image.load()
-                    upright = ImageOps.exif_transpose(image)  # as a camera's viewer shows it
-                    return to_tensor(to_square_rgb(upright, self.size))
+                photo = open_photo(source.path)
             except UnidentifiedImageError:
                 raise ValueError("not an image file PIL can read") from None
+            self.largest_side = max(self.largest_side, *photo.size)
+            return to_tensor(prepare_image(photo, self.size))
         array = self._array(source.path, source.key)
         if isinstance(array, Exception):
             raise ValueError(str(array))
-        return to_tensor(to_square_rgb(array_to_image(array[source.index]), self.size))
+        return to_tensor(prepare_image(array_to_image(array[source.index]), self.size))
 
     def _array(self, path: Path, key: str) -> np.ndarray | Exception:
         """Each array decompressed once; one that cannot be read fails each of its images."""
@@ -251,10 +195,23 @@ def read_all(
     from tqdm.auto import tqdm
 
     reader = ImageReader(size)
+    warned = False
     for source in tqdm(sources, desc="reading", unit="img", disable=not progress or None):
         try:
-            yield source, reader.read(source), None
+            image = reader.read(source)
         except Exception as err:  # any failure of one input: recorded, the others go on
             message = str(err).strip().splitlines()[0] if str(err).strip() else ""
             kind = type(err).__name__
             yield source, None, f"{kind}: {message}" if message else kind
+            continue
+        if not warned and size <= SMALL_MODEL and reader.largest_side >= 8 * size:
+            warned = True
+            log.warning(
+                "this model takes %dx%d images: photographs such as %s (%d px) are reduced to "
+                "that size, where most lesion detail is lost (see MODEL_CARD.md)",
+                size,
+                size,
+                source.name,
+                reader.largest_side,
+            )
+        yield source, image, None

@@ -49,6 +49,7 @@ SAFE_TARGETS = frozenset(
         "mtcsnn.losses.GradeRegressionLoss",
         "mtcsnn.data.RetinaMNISTDataModule",
         "mtcsnn.data.SyntheticDataModule",
+        "mtcsnn.data.FundusFolderDataModule",
         "torch.optim.Adam",
         "torch.optim.AdamW",
         "torch.optim.SGD",

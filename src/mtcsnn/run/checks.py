@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from mtcsnn.data.augment import check_augment
-from mtcsnn.data.datamodule import check_batch_size
+from mtcsnn.data.datamodule import PairDataModule, check_batch_size
 from mtcsnn.data.pairing import check_pairing
-from mtcsnn.data.retinamnist import check_size
 from mtcsnn.errors import ConfigError, require
 from mtcsnn.losses.base import check_difference, check_lam
 from mtcsnn.models.siamese_resnet import check_backbone, check_stem
@@ -54,7 +54,6 @@ DOMAIN_CHECKS: dict[str, Callable[[object], None]] = {
     "model.net.stem": check_stem,
     "loss.lam": check_lam,
     "loss.difference": check_difference,
-    "data.size": check_size,
     "data.pairing": check_pairing,
     "data.augment": check_augment,
     "data.batch_size": check_batch_size,
@@ -79,10 +78,24 @@ def check_extras(cfg: DictConfig) -> None:
         require("optuna", "search", "hparams_search")
 
 
+def target_class(target: object) -> object:
+    """The class a config's ``_target_`` names, or None when it names nothing importable."""
+    if not isinstance(target, str):
+        return None
+    try:
+        return get_class(target)
+    except Exception:  # a misspelt target: instantiate reports it where it is built
+        return None
+
+
 def check_config(cfg: DictConfig) -> None:
     """Reject values that would fail later, naming the key and what is allowed."""
     check_extras(cfg)
-    for key, check in DOMAIN_CHECKS.items():
+    checks = dict(DOMAIN_CHECKS)
+    data_class = target_class(_value(cfg, "data._target_"))
+    if isinstance(data_class, type) and issubclass(data_class, PairDataModule):
+        checks["data.size"] = data_class.check_size  # each dataset says which sizes it has
+    for key, check in checks.items():
         value = _value(cfg, key)
         if value is _ABSENT:
             continue
