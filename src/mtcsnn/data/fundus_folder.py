@@ -15,6 +15,7 @@ import hashlib
 import io
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,22 @@ NUM_GRADES = 5
 PREPARATION_VERSION = 1
 
 
-def read_labels(csv_path: Path) -> list[dict[str, str]]:
+@dataclass(frozen=True)
+class Columns:
+    """Where a labels CSV keeps each photograph's file and grade (and, optionally, split).
+
+    A file is ``prefix + <path column> + suffix``, relative to the CSV: APTOS 2019's
+    ``train.csv`` is ``Columns("id_code", "diagnosis", prefix="train_images/", suffix=".png")``.
+    """
+
+    path: str = "path"
+    grade: str = "grade"
+    split: str = "split"
+    prefix: str = ""
+    suffix: str = ""
+
+
+def read_labels(csv_path: Path, columns: Columns = Columns()) -> list[dict[str, str]]:
     """The rows of the labels CSV, checked: one DataError naming the first bad row."""
     try:
         text = csv_path.read_text(encoding="utf-8-sig")
@@ -38,25 +54,27 @@ def read_labels(csv_path: Path) -> list[dict[str, str]]:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else err
         raise DataError(f"cannot read the labels file {csv_path}: {reason}") from None
     reader = csv.DictReader(io.StringIO(text))
-    columns = [c.strip() for c in reader.fieldnames or []]
-    if not {"path", "grade"} <= set(columns):
+    header = [c.strip() for c in reader.fieldnames or []]
+    if not {columns.path, columns.grade} <= set(header):
         raise DataError(
-            f"{csv_path}: the header must name the columns path,grade[,split]; it has {columns}"
+            f"{csv_path}: the header must name the columns {columns.path},{columns.grade}"
+            f"[,{columns.split}] (data.path_column, data.grade_column); it has {header}"
         )
     rows = []
     for number, raw in enumerate(reader, start=2):  # line 1 is the header
         row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
-        grade = row.get("grade", "")
+        grade = row.get(columns.grade, "")
         if not (grade.isdigit() and 0 <= int(grade) < NUM_GRADES):
             raise DataError(f"{csv_path} line {number}: grade {grade!r} is not a grade 0-4")
-        if not row.get("path"):
-            raise DataError(f"{csv_path} line {number}: no path")
-        split = row.get("split", "")
-        if "split" in columns and split not in SPLITS:
+        if not row.get(columns.path):
+            raise DataError(f"{csv_path} line {number}: no {columns.path}")
+        split = row.get(columns.split, "")
+        if columns.split in header and split not in SPLITS:
             raise DataError(
                 f"{csv_path} line {number}: split {split!r} is not one of {', '.join(SPLITS)}"
             )
-        rows.append({"path": row["path"], "grade": grade, "split": split, "line": str(number)})
+        path = columns.prefix + row[columns.path] + columns.suffix
+        rows.append({"path": path, "grade": grade, "split": split, "line": str(number)})
     if not rows:
         raise DataError(f"{csv_path} lists no images")
     return rows
@@ -65,20 +83,33 @@ def read_labels(csv_path: Path) -> list[dict[str, str]]:
 def stratified_split(
     grades: np.ndarray, val_fraction: float, test_fraction: float, seed: int
 ) -> np.ndarray:
-    """train/val/test per image: the fractions of each grade, drawn from ``seed``."""
+    """train/val/test per image, drawn from ``seed``: ``round(fraction x N)`` images for test
+    and for val, each grade's share of them close to its share of the data (about one image).
+
+    Each grade's images are shuffled and spread evenly over [0, 1); test takes the lowest
+    positions of all grades together, val the next ones.
+    """
     rng = np.random.default_rng(seed)
-    splits = np.full(len(grades), "train", dtype=object)
+    position = np.empty(len(grades))
     for grade in np.unique(grades):
         members = rng.permutation(np.flatnonzero(grades == grade))
-        n_test = int(round(test_fraction * len(members)))
-        n_val = int(round(val_fraction * len(members)))
-        splits[members[:n_test]] = "test"
-        splits[members[n_test : n_test + n_val]] = "val"
+        position[members] = (np.arange(len(members)) + rng.random()) / len(members)
+    order = np.argsort(position, kind="stable")
+    n_test = int(round(test_fraction * len(grades)))
+    n_val = int(round(val_fraction * len(grades)))
+    splits = np.full(len(grades), "train", dtype=object)
+    splits[order[:n_test]] = "test"
+    splits[order[n_test : n_test + n_val]] = "val"
     return splits
 
 
 class FundusFolderDataModule(PairDataModule):
-    """Fundus photographs listed in ``labels`` (a CSV), prepared at ``size`` pixels."""
+    """Fundus photographs listed in ``labels`` (a CSV), prepared at ``size`` pixels.
+
+    The CSV's column names and how its path column becomes a file name are set by
+    ``path_column``, ``grade_column``, ``split_column``, ``path_prefix`` and ``path_suffix``
+    (see :class:`Columns`), so public data sets' own label files are read as they come.
+    """
 
     def __init__(
         self,
@@ -88,6 +119,11 @@ class FundusFolderDataModule(PairDataModule):
         test_fraction: float = 0.2,
         split_seed: int = 0,
         cache_dir: str | None = None,
+        path_column: str = "path",
+        grade_column: str = "grade",
+        split_column: str = "split",
+        path_prefix: str = "",
+        path_suffix: str = "",
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)
@@ -107,6 +143,7 @@ class FundusFolderDataModule(PairDataModule):
         self.cache_dir = (
             Path(cache_dir).expanduser() if cache_dir else self.labels.parent / ".mtcsnn_cache"
         )
+        self.columns = Columns(path_column, grade_column, split_column, path_prefix, path_suffix)
         self._arrays: dict[str, np.ndarray] | None = None
 
     def cache_key(self, rows: list[dict[str, str]]) -> str:
@@ -157,7 +194,7 @@ class FundusFolderDataModule(PairDataModule):
         """The prepared data set: from the cache when the CSV and files are unchanged."""
         if self._arrays is not None:
             return self._arrays
-        rows = read_labels(self.labels)
+        rows = read_labels(self.labels, self.columns)
         cache = self.cache_dir / f"{self.labels.stem}_{self.size}px_{self.cache_key(rows)}.npz"
         if cache.exists():
             with np.load(cache, allow_pickle=False) as npz:
