@@ -38,6 +38,8 @@ SMALL = (
     "trainer.max_epochs=1"
 )
 ONE_SEED = SMALL + " seed=1"
+# the photograph folders of the README's examples, made by the scratch fixture: a smaller size
+PHOTOS = "data.size=64 data.batch_size=16 trainer.max_epochs=1"
 
 # Commands that cannot run in CI, with the reason.
 SKIPPED = {
@@ -64,6 +66,12 @@ SKIPPED = {
     "wandb login": "needs a W&B account and the network; runs log offline without it",
     'pip install -e ".[notebooks]"': "an install into the test venv (JupyterLab, about 100 MB)",
     "jupyter lab notebooks/": "starts a server that waits for a browser; pytest runs the notebooks",
+    "pip install .": "an install: .ci/wheel_smoke installs the wheel alone into a fresh venv",
+    'pip install ".[wandb,explain]"': "an install into the test venv; [test] brings every extra",
+    "python -m mtcsnn.train model.net.weights=imagenet "
+    '"model.net.mean=[0.485,0.456,0.406]" "model.net.std=[0.229,0.224,0.225]"': (
+        "downloads ImageNet weights; tests/test_pretrained.py checks the weights API with a file"
+    ),
 }
 
 
@@ -158,6 +166,25 @@ def kept(written: set[Path], output: str) -> None:
     assert not folders_with(written, "metrics.json")
 
 
+def exported(name: str) -> Callable[[set[Path], str], None]:
+    def check(written: set[Path], output: str) -> None:
+        (model,) = (p for p in written if p.name == name)
+        about = json.loads((model.parent / "model.json").read_text())
+        assert about["model"] == name and "not a medical device" in about["intended_use"]
+
+    return check
+
+
+def debugged(written: set[Path], output: str) -> None:
+    (run_dir,) = folders_with(written, "metrics.json")
+    assert run_dir.parent.parent.name == "debug", run_dir
+
+
+def with_tensorboard(written: set[Path], output: str) -> None:
+    runs(1)(written, output)
+    assert any(p.name.startswith("events.out.tfevents") for p in written), output
+
+
 def nothing(written: set[Path], output: str) -> None:
     """An assignment: the harness keeps the variable for the next commands."""
 
@@ -221,6 +248,20 @@ RUN = {
         "", kept
     ),
     "export MTCSNN_DATA_DIR=/path/to/folder": Run("", nothing),
+    "python -m mtcsnn.train data=fundus_folder data.labels=my_photos/labels.csv data.size=224": Run(
+        PHOTOS, runs(1)
+    ),
+    "python -m mtcsnn.train data=fundus_folder data.labels=aptos/train.csv "
+    "data.path_column=id_code data.grade_column=diagnosis data.path_prefix=train_images/ "
+    "data.path_suffix=.png data.size=224": Run(PHOTOS, runs(1)),
+    "python -m mtcsnn.train trainer.max_epochs=20 "
+    "init_from=logs/train/runs/<date>_<time>/checkpoints/epoch_012.ckpt": Run(SMALL, runs(1)),
+    "python -m mtcsnn.train debug=default": Run("", debugged),
+    "python -m mtcsnn.train callbacks=early_stopping logger=csv_tensorboard": Run(
+        SMALL, with_tensorboard
+    ),
+    "python -m mtcsnn.export ckpt_path=$CKPT format=onnx": Run("", exported("model.onnx")),
+    "python -m mtcsnn.export ckpt_path=$CKPT format=torchscript": Run("", exported("model.pt")),
     "jupyter nbconvert --clear-output --inplace notebooks/*.ipynb": Run("", cleared),
 }
 
@@ -284,6 +325,7 @@ def scratch(tmp_path_factory) -> Path:
         image = rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)
         Image.fromarray(image).save(project / name)
     shutil.copy(DATA_DIR / "retinamnist.npz", project / "retinamnist.npz")
+    photo_folders(project, rng)
     shutil.copytree(ROOT / "notebooks", project / "notebooks")
     for notebook in (project / "notebooks").glob("*.ipynb"):  # outputs for nbconvert to clear
         content = json.loads(notebook.read_text())
@@ -291,6 +333,29 @@ def scratch(tmp_path_factory) -> Path:
         code["outputs"] = [{"output_type": "stream", "name": "stdout", "text": ["printed\n"]}]
         notebook.write_text(json.dumps(content))
     return project
+
+
+def fundus_photo(rng: np.random.Generator, grade: int) -> Image.Image:
+    """A camera-like photograph: a bright disc, cut at top and bottom, on a black frame."""
+    yy, xx = np.mgrid[0:200, 0:300]
+    disc = (xx - 150) ** 2 + (yy - 100) ** 2 < 120**2
+    image = np.zeros((200, 300, 3), dtype=np.uint8)
+    image[disc] = rng.integers(40 + 30 * grade, 60 + 30 * grade, (int(disc.sum()), 3))
+    return Image.fromarray(image)
+
+
+def photo_folders(project: Path, rng: np.random.Generator) -> None:
+    """``my_photos/`` (labels.csv: path,grade) and APTOS 2019's layout, as the README names them."""
+    (project / "my_photos" / "eyes").mkdir(parents=True)
+    (project / "aptos" / "train_images").mkdir(parents=True)
+    mine, aptos = ["path,grade"], ["id_code,diagnosis"]
+    for i in range(30):
+        fundus_photo(rng, i % 5).save(project / "my_photos" / "eyes" / f"{i:03d}.jpg")
+        mine.append(f"eyes/{i:03d}.jpg,{i % 5}")
+        fundus_photo(rng, i % 5).save(project / "aptos" / "train_images" / f"0a{i:03d}.png")
+        aptos.append(f"0a{i:03d},{i % 5}")
+    (project / "my_photos" / "labels.csv").write_text("\n".join(mine) + "\n")
+    (project / "aptos" / "train.csv").write_text("\n".join(aptos) + "\n")
 
 
 def newest(folder: Path) -> Path:
@@ -320,9 +385,9 @@ def fill_placeholders(text: str, cwd: Path) -> str:
         text = text.replace("<sweep dir>", str(sweep_dir.relative_to(cwd)))
     for match in re.finditer(r"([^\s=]*?)/<date>_<time>", text):
         text = text.replace(match.group(0), str(newest(cwd / match.group(1)).relative_to(cwd)))
-    if "epoch_012.ckpt" in text:  # the best epoch of the run: whichever one it is
-        folder = Path(text.split("=", 1)[1]).parent
-        (best,) = (cwd / folder).glob("epoch_*.ckpt")
+    placeholder = re.search(r"([^\s=]+)/epoch_012\.ckpt", text)
+    if placeholder:  # the best epoch of the run: whichever one it is
+        (best,) = (cwd / placeholder.group(1)).glob("epoch_*.ckpt")
         text = text.replace("epoch_012.ckpt", best.name)
     return text.replace("/path/to/folder", "../shared/data")
 
