@@ -14,13 +14,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 from mtcsnn.run.checkpoint import load_checkpoint
-from mtcsnn.run.cli import command
+from mtcsnn.run.cli import EXAMPLE_CKPT, command
 from mtcsnn.run.console import quiet_libraries
 from mtcsnn.run.files import versions
 from mtcsnn.run.training import evaluation_results, log_results, write_outputs
 
 # the command line printed when a mandatory argument is missing
-EXAMPLE = "python -m mtcsnn.eval ckpt_path=logs/train/runs/<date>_<time>/checkpoints/epoch_012.ckpt"
+EXAMPLE = f"python -m mtcsnn.eval ckpt_path={EXAMPLE_CKPT}"
 
 
 def evaluate(cfg: DictConfig) -> dict:

@@ -12,15 +12,12 @@ from mtcsnn.inference.batch import pick_device
 from mtcsnn.inference.gradcam import explain_inputs
 from mtcsnn.inference.images import input_list
 from mtcsnn.run.checkpoint import load_checkpoint
-from mtcsnn.run.cli import command
+from mtcsnn.run.cli import EXAMPLE_CKPT, command
 
 log = logging.getLogger(__name__)
 
 # the command line printed when a mandatory argument is missing
-EXAMPLE = (
-    "python -m mtcsnn.explain ckpt_path=logs/train/runs/<date>_<time>/checkpoints/"
-    "epoch_012.ckpt inputs=[photo.jpg]"
-)
+EXAMPLE = f"python -m mtcsnn.explain ckpt_path={EXAMPLE_CKPT} inputs=[photo.jpg]"
 
 
 @command("explain", EXAMPLE)

@@ -15,16 +15,14 @@ from omegaconf import DictConfig
 
 from mtcsnn.inference.export import SUFFIXES, check_format, export_model, model_description
 from mtcsnn.run.checkpoint import load_checkpoint
-from mtcsnn.run.cli import command
+from mtcsnn.run.cli import EXAMPLE_CKPT, command
 from mtcsnn.run.console import quiet_libraries
 from mtcsnn.run.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
-EXAMPLE = (
-    "python -m mtcsnn.export ckpt_path=logs/train/runs/<date>_<time>/checkpoints/"
-    "epoch_012.ckpt format=onnx"
-)
+# the command line printed when a mandatory argument is missing
+EXAMPLE = f"python -m mtcsnn.export ckpt_path={EXAMPLE_CKPT} format=onnx"
 
 
 @command("export", EXAMPLE)

@@ -22,16 +22,13 @@ from mtcsnn.inference.batch import (
 )
 from mtcsnn.inference.images import input_list
 from mtcsnn.run.checkpoint import load_checkpoint
-from mtcsnn.run.cli import command
+from mtcsnn.run.cli import EXAMPLE_CKPT, command
 from mtcsnn.run.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
 # the command line printed when a mandatory argument is missing
-EXAMPLE = (
-    "python -m mtcsnn.predict ckpt_path=logs/train/runs/<date>_<time>/checkpoints/"
-    "epoch_012.ckpt inputs=[photo.jpg,more_photos/]"
-)
+EXAMPLE = f"python -m mtcsnn.predict ckpt_path={EXAMPLE_CKPT} inputs=[photo.jpg,more_photos/]"
 
 
 def predict(cfg: DictConfig) -> tuple[list[list], list[tuple[str, str]]]:

@@ -24,6 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 from mtcsnn.errors import MTCSNNError
 from mtcsnn.run.config import CONFIG_PATH
 
+# the checkpoint named in the example command lines the checkpoint tools print
+EXAMPLE_CKPT = "logs/train/runs/<date>_<time>/checkpoints/epoch_012.ckpt"
 # flags after which Hydra prints something and starts no run
 INFO_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion"}
 
