@@ -62,17 +62,17 @@ def test_palette_cmyk_and_rgba_images_read_as_their_colours(tmp_path):
 
 
 def test_exif_orientation_is_applied(tmp_path):
-    # stored sideways, left half dark: the camera's tag says to turn it upright
+    # stored sideways, left half dimmer: the camera's tag says to turn it upright
     stored = np.full((20, 40, 3), 255, dtype=np.uint8)
-    stored[:, :20] = 0
+    stored[:, :20] = 80
     image = Image.fromarray(stored)
     exif = image.getexif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to view
     path = tmp_path / "sideways.jpg"
     image.save(path, exif=exif, quality=100)
-    upright = read(path, size=20)  # 20 x 40 upright, centre-cropped to 20 x 20
-    top, bottom = upright[:8].mean(), upright[-8:].mean()
-    assert top < 60 and bottom > 190  # the dark half is now on top
+    upright = read(path, size=20)  # 20 wide x 40 tall upright, padded to 40 x 40, resized
+    top, bottom = upright[:8, 8:12].mean(), upright[-8:, 8:12].mean()
+    assert 60 < top < 100 and bottom > 230  # the dimmer half is now on top
 
 
 def test_uint8_conversion_of_arrays():
