@@ -9,8 +9,6 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.slow
-
 # None in sys.modules: `import x` raises ModuleNotFoundError and importlib.util.find_spec("x")
 # returns None, as for a package that is not installed
 WITHOUT = """
@@ -33,28 +31,52 @@ def run_without(packages: str, module: str, *args: str) -> subprocess.CompletedP
 
 
 @pytest.mark.parametrize(
-    ("packages", "module", "args", "expected"),
+    ("packages", "overrides", "expected"),
     [
-        ("wandb", "mtcsnn.train", ["logger=wandb"], "logger=wandb needs wandb"),
-        ("wandb", "mtcsnn.train", ["logger=csv_wandb"], "pip install 'mtcsnn[wandb]'"),
+        (["wandb"], ["logger=wandb"], "logger=wandb needs wandb"),
+        (["wandb"], ["logger=csv_wandb"], "pip install 'mtcsnn[wandb]'"),
         (
-            "tensorboard,tensorboardX",
-            "mtcsnn.train",
+            ["tensorboard", "tensorboardX"],
             ["logger=tensorboard"],
             "logger=tensorboard needs tensorboard or tensorboardX, which is not installed: "
             "pip install 'mtcsnn[tensorboard]'",
         ),
-        ("optuna", "mtcsnn.train", ["hparams_search=resnet18_optuna"], "mtcsnn[search]"),
+        (["optuna"], ["hparams_search=resnet18_optuna"], "mtcsnn[search]"),
+    ],
+)
+def test_the_config_check_names_the_missing_extra(
+    monkeypatch, tmp_path, packages, overrides, expected
+):
+    """Checked before anything is built, by the check every run starts with."""
+    from conftest import compose_train
+    from hydra.core.global_hydra import GlobalHydra
+
+    from mtcsnn.errors import MissingExtraError
+    from mtcsnn.run.checks import check_config
+
+    cfg = compose_train(["data=synthetic", *overrides], tmp_path)
+    GlobalHydra.instance().clear()
+    for name in packages:
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(MissingExtraError) as err:
+        check_config(cfg)
+    assert expected in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("packages", "module", "args", "expected"),
+    [
+        ("wandb", "mtcsnn.train", ["data=synthetic", "logger=wandb"], "mtcsnn[wandb]"),
         ("captum", "mtcsnn.explain", ["ckpt_path=x.ckpt", "inputs=[a.png]"], "mtcsnn[explain]"),
         ("onnx", "mtcsnn.export", ["CKPT"], "format=onnx needs onnx or onnxscript"),
     ],
 )
+@pytest.mark.slow
 def test_a_missing_extra_is_one_line_with_the_install_command(
     tiny_checkpoint, tmp_path, packages, module, args, expected
 ):
     args = [f"ckpt_path={tiny_checkpoint}" if a == "CKPT" else a for a in args]
-    data = ["data=synthetic"] if module == "mtcsnn.train" else []  # the others take no data
-    result = run_without(packages, module, *data, *args, f"hydra.run.dir={tmp_path}")
+    result = run_without(packages, module, *args, f"hydra.run.dir={tmp_path}")
     assert result.returncode == 1, result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
@@ -62,6 +84,7 @@ def test_a_missing_extra_is_one_line_with_the_install_command(
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_the_core_trains_without_any_extra(tmp_path):
     result = run_without(
         "wandb,optuna,captum,onnx,onnxscript,onnxruntime,tensorboard,tensorboardX,submitit",
