@@ -94,3 +94,46 @@ def test_real_retinamnist_splits(real_data_dir):
     assert dm.splits["train"][0].shape[1:] == (3, 28, 28)
     counts = torch.bincount(dm.splits["train"][1], minlength=5).tolist()
     assert counts == [486, 128, 206, 194, 66]
+
+
+def test_strong_augmentation_gives_each_image_its_own_transform():
+    from mtcsnn.data.augment import colour_jitter, random_affine
+
+    torch.manual_seed(0)
+    one = torch.rand(1, 3, 28, 28)
+    batch = one.repeat(16, 1, 1, 1)
+    moved = random_affine(batch)
+    assert moved.shape == batch.shape
+    assert len({round(float(m.sum()), 3) for m in moved}) == 16  # 16 different transforms
+    # no rotation, scale 1, no shift: the image itself
+    same = random_affine(batch, degrees=0.0, scale=(1.0, 1.0), shift=0.0)
+    assert torch.allclose(same, batch, atol=1e-5)
+    jittered = colour_jitter(batch)
+    assert 0 <= float(jittered.min()) and float(jittered.max()) <= 1
+    assert len({round(float(j.mean()), 4) for j in jittered}) > 1
+    torch.manual_seed(1)
+    first = augment(batch, "strong")
+    torch.manual_seed(1)
+    assert torch.equal(first, augment(batch, "strong"))  # the seed decides everything
+
+
+def test_dropout_and_label_smoothing_are_config_values():
+    import torch.nn.functional as F
+
+    from mtcsnn.losses import MultiTaskLoss, PairCrossEntropyLoss
+    from mtcsnn.models import BranchOutput, SiameseResNet
+
+    plain, dropped = SiameseResNet(), SiameseResNet(dropout=0.5)
+    assert plain.state_dict().keys() == dropped.state_dict().keys()  # checkpoints unchanged
+    x = torch.rand(4, 3, 28, 28)
+    dropped.train()
+    assert not torch.equal(dropped(x).logits, dropped(x).logits)
+    dropped.eval()
+    assert torch.equal(dropped(x).logits, dropped(x).logits)
+    logits, grades = torch.randn(6, 5), torch.tensor([0, 1, 2, 3, 4, 0])
+    out = BranchOutput(logits, torch.zeros(6))
+    smoothed = PairCrossEntropyLoss(label_smoothing=0.1)(out, out, grades, grades)
+    expected = 2 * F.cross_entropy(logits, grades, label_smoothing=0.1)
+    assert torch.allclose(smoothed["loss"], expected)
+    multitask = MultiTaskLoss(lam=0.0, label_smoothing=0.1)(out, out, grades, grades)
+    assert torch.allclose(multitask["loss"], expected)

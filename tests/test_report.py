@@ -248,3 +248,32 @@ def test_a_search_folder_is_not_an_unfinished_run_and_untested_trials_are_apart(
     ]
     table = results_table(tmp_path)
     assert "## Search trials not tested" in table and "Unfinished" not in table
+
+
+def test_seed_ensembles_average_the_seeds_probabilities(sweep):
+    from sklearn.metrics import cohen_kappa_score
+
+    from mtcsnn.report import ensemble_rows, read_predictions
+
+    runs, _ = collect_runs(sweep)
+    groups = group_runs(runs)
+    rows = {dict(row["config"])["choices.loss"]: row for row in ensemble_rows(groups, 200)}
+    assert set(rows) == {"ce", "mtcsnn"} and rows["mtcsnn"]["seeds"] == 3
+    mtcsnn_dirs = [r.path for r in runs if r.settings["choices.loss"] == "mtcsnn"]
+    read = [read_predictions(d / "test_predictions.csv") for d in mtcsnn_dirs]
+    grades, probs = [g for g, _ in read], [p for _, p in read]
+    mean = np.mean(probs, axis=0)
+    scores = rows["mtcsnn"]["scores"]
+    assert scores["auroc"] == pytest.approx(roc_auc_score(grades[0], mean, multi_class="ovr"))
+    assert scores["acc"] == pytest.approx(float((mean.argmax(1) == grades[0]).mean()))
+    kappa = cohen_kappa_score(grades[0], mean.argmax(1), weights="quadratic")
+    assert scores["kappa"] == pytest.approx(kappa)
+    # the better-trained MTCSNN runs' ensemble beats the CE ensemble, with a CI above zero
+    point, low, high = rows["mtcsnn"]["auroc"]
+    assert point == pytest.approx(scores["auroc"] - rows["ce"]["scores"]["auroc"])
+    assert 0 < low <= point <= high
+    assert "baseline" not in rows["ce"]
+    assert main([str(sweep), "--bootstrap", "100"]) == 0
+    results = (sweep / "results.md").read_text()
+    assert "## Seed ensembles" in results
+    assert f"| 3 | {scores['auroc']:.4f} | {scores['acc']:.4f} |" in results

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mtcsnn.grading.comparison import PAIRED_METRICS
+from mtcsnn.grading.comparison import PAIRED_METRICS, grade_scores
 from mtcsnn.grading.comparison import paired_difference as compare
 from mtcsnn.run.config import flatten
 from mtcsnn.run.files import write_text_atomic
@@ -298,6 +298,43 @@ def comparisons(groups: dict[tuple, list[Run]], num_resamples: int) -> list[dict
     return rows
 
 
+def ensemble(runs: list[Run]) -> tuple[list[Run], np.ndarray, np.ndarray] | None:
+    """The seeds of one configuration averaged: their class probabilities, mean over runs.
+
+    Only runs tested on the same images take part (the largest such set, one run per seed);
+    each is its own best-val checkpoint, so nothing is chosen on test. None below two seeds.
+    """
+    by_data: dict[str | None, dict[int | None, Run]] = defaultdict(dict)
+    for run in runs:
+        by_data[run.test_data].setdefault(run.seed, run)
+    members = max(by_data.values(), key=len, default={})
+    members_list = [r for r in members.values() if np.array_equal(r.grades, runs[0].grades)]
+    if len(members_list) < 2:
+        return None
+    probs = np.mean([r.probs for r in members_list], axis=0)
+    return members_list, members_list[0].grades, probs
+
+
+def ensemble_rows(groups: dict[tuple, list[Run]], num_resamples: int) -> list[dict]:
+    """Each configuration's seed ensemble, and its difference to the CE ensemble."""
+    ensembles = {config: ensemble(runs) for config, runs in groups.items()}
+    rows = []
+    for config, made in ensembles.items():
+        if made is None:
+            continue
+        members, grades, probs = made
+        row = {"config": config, "seeds": len(members), "scores": grade_scores(grades, probs)}
+        base = baseline_of(config, groups)
+        base_made = ensembles.get(base) if base is not None else None
+        if base_made is not None and np.array_equal(base_made[1], grades):
+            pair = [((grades, probs), (base_made[1], base_made[2]))]
+            row["baseline"] = base
+            for metric in PAIRED_METRICS:
+                row[metric] = compare(pair, metric, num_resamples)
+        rows.append(row)
+    return rows
+
+
 def seeds_cell(runs: list[Run]) -> str:
     """The number of seeds; runs that repeat a seed are said to be repeats, not more seeds."""
     seeds = len({r.seed for r in runs})
@@ -315,6 +352,7 @@ def results_markdown(
     compared: list[dict],
     skipped: list[tuple[Path, str]],
     root: Path,
+    ensembles: list[dict] | None = None,
 ) -> str:
     # columns every run has: off-by-one accuracy is missing from runs of older versions
     extra = [
@@ -357,6 +395,30 @@ def results_markdown(
                 f"| {label(row['config'])} | {label(row['baseline'])} | {row['seeds']} | "
                 + " | ".join(cells)
                 + " |"
+            )
+    if ensembles:
+        lines += [
+            "",
+            "## Seed ensembles",
+            "",
+            "Each configuration's seeds together: the class probabilities of their best-val "
+            "checkpoints averaged (no choice made on test). Against the CE ensemble of the same "
+            "settings: the difference with a bootstrap 95% CI over test images.",
+            "",
+            "| configuration | seeds | test AUROC | test accuracy | test quadratic kappa "
+            "| test MAE | vs | AUROC difference [95% CI] | accuracy difference [95% CI] |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in ensembles:
+            scores = [f"{row['scores'][m]:.4f}" for m in ("auroc", "acc", "kappa", "mae")]
+            if "baseline" in row:
+                diffs = [label(row["baseline"])] + [
+                    f"{p:+.4f} [{lo:+.4f}, {hi:+.4f}]" for p, lo, hi in (row["auroc"], row["acc"])
+                ]
+            else:
+                diffs = ["-", "-", "-"]
+            lines.append(
+                f"| {label(row['config'])} | {row['seeds']} | " + " | ".join(scores + diffs) + " |"
             )
     lines += score_decoding_lines(groups)
     failed = [(path, why) for path, why in skipped if why.startswith("failed:")]
@@ -574,7 +636,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     groups = group_runs(runs)
     compared = comparisons(groups, args.bootstrap)
-    write_text_atomic(out / "results.md", results_markdown(groups, compared, skipped, root))
+    ensembles = ensemble_rows(groups, args.bootstrap)
+    markdown = results_markdown(groups, compared, skipped, root, ensembles)
+    write_text_atomic(out / "results.md", markdown)
     figures = write_figures(groups, out)
     print(f"{len(runs)} run(s) in {len(groups)} configuration(s), {len(skipped)} skipped")
     print(f"wrote {out / 'results.md'}")

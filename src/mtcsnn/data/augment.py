@@ -1,12 +1,15 @@
-"""Batch augmentations that run on the training device."""
+"""Batch augmentations that run on the training device, each image with its own parameters."""
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 
 from mtcsnn.errors import check_choice
 
-AUGMENTATIONS = ("none", "flip", "dihedral")
+AUGMENTATIONS = ("none", "flip", "dihedral", "strong")
 
 
 def check_augment(kind: object) -> None:
@@ -31,10 +34,51 @@ def random_dihedral(images: torch.Tensor, flips_only: bool = False) -> torch.Ten
     return images
 
 
+def random_affine(
+    images: torch.Tensor,
+    degrees: float = 15.0,
+    scale: tuple[float, float] = (0.9, 1.1),
+    shift: float = 0.07,
+) -> torch.Tensor:
+    """Per-image rotation (+-``degrees``), scale and shift (+-``shift`` of the side, 2 px at 28),
+    bilinear, black outside: one ``grid_sample`` for the whole batch.
+
+    Written on PyTorch's own ``affine_grid``/``grid_sample``: kornia's ``RandomAffine`` does
+    the same at 2.5x the time on a CPU (README, Speed).
+    """
+    n, device = images.shape[0], images.device
+    angle = (torch.rand(n, device=device) * 2 - 1) * math.radians(degrees)
+    zoom = torch.empty(n, device=device).uniform_(*scale)
+    offset = (torch.rand(n, 2, device=device) * 2 - 1) * (2 * shift)  # grid units span 2
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.stack(
+        [torch.stack([cos, -sin, offset[:, 0]], 1), torch.stack([sin, cos, offset[:, 1]], 1)], 1
+    )
+    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+_JITTER: dict[float, torch.nn.Module] = {}
+
+
+def colour_jitter(images: torch.Tensor, strength: float = 0.2) -> torch.Tensor:
+    """Per-image brightness, contrast and saturation, each x U(1 - strength, 1 + strength)
+    (kornia's ``ColorJitter``), clipped to [0, 1]."""
+    if strength not in _JITTER:
+        from kornia.augmentation import ColorJitter
+
+        _JITTER[strength] = ColorJitter(strength, strength, strength, 0.0, p=1.0)
+    return _JITTER[strength](images).clamp(0, 1)
+
+
 def augment(images: torch.Tensor, kind: str) -> torch.Tensor:
+    """``none``, ``flip``, ``dihedral`` (flips and 90-degree turns) or ``strong`` (dihedral,
+    then a small rotation, scale and shift, then colour jitter), on a float batch in [0, 1]."""
     check_augment(kind)
     if kind == "flip":
         return random_dihedral(images, flips_only=True)
     if kind == "dihedral":
         return random_dihedral(images)
+    if kind == "strong":
+        return colour_jitter(random_affine(random_dihedral(images)))
     return images

@@ -66,3 +66,25 @@ def paired_difference(
     deltas /= len(pairs)
     low, high = np.nanpercentile(deltas, [2.5, 97.5])
     return point, float(low), float(high)
+
+
+def quadratic_kappa(grades: np.ndarray, pred: np.ndarray, num_classes: int = 5) -> float:
+    """Cohen's kappa with quadratic weights (as torchmetrics' ``weights="quadratic"``)."""
+    observed = np.zeros((num_classes, num_classes))
+    np.add.at(observed, (grades, pred), 1)
+    expected = np.outer(observed.sum(1), observed.sum(0)) / max(observed.sum(), 1)
+    i, j = np.indices((num_classes, num_classes))
+    weights = (i - j) ** 2 / (num_classes - 1) ** 2
+    denominator = (weights * expected).sum()
+    return float(1 - (weights * observed).sum() / denominator) if denominator else 0.0
+
+
+def grade_scores(grades: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """AUROC, accuracy, quadratic kappa and MAE of class probabilities (N x C)."""
+    pred = probs.argmax(-1)
+    return {
+        "auroc": float(ovr_auroc(grades[None], probs[None])[0]),
+        "acc": float((pred == grades).mean()),
+        "kappa": quadratic_kappa(grades, pred, probs.shape[-1]),
+        "mae": float(np.abs(pred - grades).mean()),
+    }

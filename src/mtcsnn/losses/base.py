@@ -72,3 +72,12 @@ def check_lam(lam: object) -> None:
 
 def check_difference(difference: object) -> None:
     check_choice("difference", difference, DIFFERENCES)
+
+
+def check_label_smoothing(value: object) -> None:
+    """null (none) or a share in [0, 1)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if value is not None and not (number and 0 <= value < 1):
+        raise ConfigError(
+            "label_smoothing", value, "it must be null (none) or a number from 0 to 1 (1 excluded)"
+        )

@@ -5,15 +5,25 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mtcsnn.losses.base import BranchOutput, PairLoss, check_difference, check_lam
+from mtcsnn.losses.base import (
+    BranchOutput,
+    PairLoss,
+    check_difference,
+    check_label_smoothing,
+    check_lam,
+)
 
 
 def pair_cross_entropy(
-    out_a: BranchOutput, out_b: BranchOutput, grade_a: torch.Tensor, grade_b: torch.Tensor
+    out_a: BranchOutput,
+    out_b: BranchOutput,
+    grade_a: torch.Tensor,
+    grade_b: torch.Tensor,
+    label_smoothing: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """CE on each branch's grades; the classification part of every pair loss."""
-    ce_a = F.cross_entropy(out_a.logits, grade_a)
-    ce_b = F.cross_entropy(out_b.logits, grade_b)
+    ce_a = F.cross_entropy(out_a.logits, grade_a, label_smoothing=label_smoothing)
+    ce_b = F.cross_entropy(out_b.logits, grade_b, label_smoothing=label_smoothing)
     return {"loss": ce_a + ce_b, "ce_a": ce_a, "ce_b": ce_b}
 
 
@@ -34,12 +44,20 @@ def score_difference_mse(
 
 
 class PairCrossEntropyLoss(PairLoss):
-    """The plain ResNet baseline: CE(a) + CE(b), classification only."""
+    """The plain ResNet baseline: CE(a) + CE(b), classification only.
+
+    ``label_smoothing`` (null or 0: none) spreads that share of each target over all grades.
+    """
+
+    def __init__(self, label_smoothing: float | None = None) -> None:
+        super().__init__()
+        check_label_smoothing(label_smoothing)
+        self.label_smoothing = label_smoothing or 0.0
 
     def forward(
         self, out_a: BranchOutput, out_b: BranchOutput, grade_a: torch.Tensor, grade_b: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        return pair_cross_entropy(out_a, out_b, grade_a, grade_b)
+        return pair_cross_entropy(out_a, out_b, grade_a, grade_b, self.label_smoothing)
 
 
 class MultiTaskLoss(PairLoss):
@@ -49,10 +67,14 @@ class MultiTaskLoss(PairLoss):
     the direction of the severity score.
     """
 
-    def __init__(self, lam: float = 0.5, difference: str = "absolute") -> None:
+    def __init__(
+        self, lam: float = 0.5, difference: str = "absolute", label_smoothing: float | None = None
+    ) -> None:
         super().__init__()
         check_lam(lam)
         check_difference(difference)
+        check_label_smoothing(label_smoothing)
+        self.label_smoothing = label_smoothing or 0.0
         self.lam = lam
         self.difference = difference
 
@@ -64,7 +86,7 @@ class MultiTaskLoss(PairLoss):
     def forward(
         self, out_a: BranchOutput, out_b: BranchOutput, grade_a: torch.Tensor, grade_b: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        terms = pair_cross_entropy(out_a, out_b, grade_a, grade_b)
+        terms = pair_cross_entropy(out_a, out_b, grade_a, grade_b, self.label_smoothing)
         reg = score_difference_mse(out_a.score, out_b.score, grade_a, grade_b, self.difference)
         terms["reg"] = reg
         terms["loss"] = terms["loss"] + self.lam * reg

@@ -8,7 +8,7 @@ import torch
 import torchvision
 from torch import nn
 
-from mtcsnn.errors import MTCSNNError, check_choice
+from mtcsnn.errors import ConfigError, MTCSNNError, check_choice
 from mtcsnn.losses.base import BranchOutput
 
 BACKBONES = {
@@ -25,6 +25,15 @@ def check_backbone(backbone: object) -> None:
 
 def check_stem(stem: object) -> None:
     check_choice("stem", stem, STEMS)
+
+
+def check_dropout(dropout: object) -> None:
+    """null (none) or a probability in [0, 1)."""
+    number = isinstance(dropout, (int, float)) and not isinstance(dropout, bool)
+    if dropout is not None and not (number and 0 <= dropout < 1):
+        raise ConfigError(
+            "dropout", dropout, "it must be null (none) or a number from 0 to 1 (1 excluded)"
+        )
 
 
 class WeightsError(MTCSNNError):
@@ -102,10 +111,12 @@ class SiameseResNet(nn.Module):
         std: tuple[float, ...] = (0.5, 0.5, 0.5),
         channels_last: bool = False,
         weights: str | None = None,
+        dropout: float | None = None,
     ) -> None:
         super().__init__()
         check_backbone(backbone)
         check_stem(stem)
+        check_dropout(dropout)
         from_file = weights not in (None, "none", "imagenet")
         net = pretrained(backbone, None if from_file else weights)
         if stem == "cifar":  # a new 3x3 conv: random even with ImageNet weights
@@ -117,6 +128,8 @@ class SiameseResNet(nn.Module):
             load_backbone_weights(net, str(weights))
         self.backbone = net
         self.num_features = num_features
+        # on the features both heads read; no parameters, so checkpoints are unchanged
+        self.dropout = nn.Dropout(dropout or 0.0)
         self.classifier = nn.Linear(num_features, num_classes)
         self.regressor = nn.Linear(num_features, 1)
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
@@ -129,7 +142,7 @@ class SiameseResNet(nn.Module):
     def forward(self, images: torch.Tensor) -> BranchOutput:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        features = self.backbone((images - self.mean) / self.std)
+        features = self.dropout(self.backbone((images - self.mean) / self.std))
         return BranchOutput(self.classifier(features), self.regressor(features).squeeze(-1))
 
     def forward_pair(

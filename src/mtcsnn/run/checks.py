@@ -11,8 +11,8 @@ from mtcsnn.data.augment import check_augment
 from mtcsnn.data.datamodule import PairDataModule, check_batch_size
 from mtcsnn.data.pairing import check_pairing
 from mtcsnn.errors import ConfigError, require
-from mtcsnn.losses.base import check_difference, check_lam
-from mtcsnn.models.siamese_resnet import check_backbone, check_stem
+from mtcsnn.losses.base import check_difference, check_label_smoothing, check_lam
+from mtcsnn.models.siamese_resnet import check_backbone, check_dropout, check_stem
 
 _ABSENT = object()
 MAX_SEED = 2**32 - 1  # numpy's seed range
@@ -54,6 +54,8 @@ DOMAIN_CHECKS: dict[str, Callable[[object], None]] = {
     "model.net.stem": check_stem,
     "loss.lam": check_lam,
     "loss.difference": check_difference,
+    "loss.label_smoothing": check_label_smoothing,
+    "model.net.dropout": check_dropout,
     "data.pairing": check_pairing,
     "data.augment": check_augment,
     "data.batch_size": check_batch_size,
