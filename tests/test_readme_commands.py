@@ -257,6 +257,9 @@ RUN = {
     "python -m mtcsnn.train trainer.max_epochs=20 "
     "init_from=logs/train/runs/<date>_<time>/checkpoints/epoch_012.ckpt": Run(SMALL, runs(1)),
     "python -m mtcsnn.train debug=default": Run("", debugged),
+    "python -m mtcsnn.train --multirun experiment=strong_recipe loss=ce,mtcsnn seed=1,2,3,4,5": Run(
+        ONE_SEED, runs(2)
+    ),
     "python -m mtcsnn.train callbacks=early_stopping logger=csv_tensorboard": Run(
         SMALL, with_tensorboard
     ),

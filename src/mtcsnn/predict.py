@@ -21,7 +21,7 @@ from mtcsnn.inference.batch import (
     predict_inputs,
 )
 from mtcsnn.inference.images import input_list
-from mtcsnn.run.checkpoint import load_checkpoint
+from mtcsnn.run.checkpoint import load_checkpoints
 from mtcsnn.run.cli import EXAMPLE_CKPT, command
 from mtcsnn.run.files import write_text_atomic
 
@@ -33,11 +33,11 @@ EXAMPLE = f"python -m mtcsnn.predict ckpt_path={EXAMPLE_CKPT} inputs=[photo.jpg,
 
 def predict(cfg: DictConfig) -> tuple[list[list], list[tuple[str, str]]]:
     """Predict every readable input; returns the CSV rows and ``(input, reason)`` failures."""
-    ckpt = load_checkpoint(cfg.ckpt_path)
+    checkpoints = load_checkpoints(cfg.ckpt_path)  # several: an ensemble, averaged
     return predict_inputs(
-        ckpt.module,
+        [ckpt.module for ckpt in checkpoints],
         input_list(cfg.inputs),
-        ckpt.image_size,
+        checkpoints[0].image_size,
         pick_device(cfg.device),
         batch_size=cfg.batch_size,
         progress=cfg.progress,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -39,15 +39,25 @@ def pick_device(name: str) -> torch.device:
 
 
 @torch.no_grad()
-def predict_batch(module: MTCSNNModule, images: list[torch.Tensor], device: torch.device):
-    """Class probabilities (N x 5) and severity scores (N) of uint8 images."""
+def predict_batch(
+    modules: MTCSNNModule | Sequence[MTCSNNModule], images: list[torch.Tensor], device: torch.device
+):
+    """Class probabilities (N x 5) and severity scores (N) of uint8 images.
+
+    Several modules (an ensemble): their probabilities and scores averaged.
+    """
+    members = [modules] if isinstance(modules, MTCSNNModule) else list(modules)
     batch = torch.stack(images).to(device).float().div_(255)
-    out = module.net(batch)
-    return module.probabilities(out).float().cpu(), out.score.float().cpu()
+    probs, scores = [], []
+    for module in members:
+        out = module.net(batch)
+        probs.append(module.probabilities(out).float().cpu())
+        scores.append(out.score.float().cpu())
+    return torch.stack(probs).mean(0), torch.stack(scores).mean(0)
 
 
 def predict_inputs(
-    module: MTCSNNModule,
+    modules: MTCSNNModule | Sequence[MTCSNNModule],
     inputs: Iterable[str],
     image_size: int,
     device: torch.device,
@@ -56,9 +66,11 @@ def predict_inputs(
 ) -> tuple[list[list], list[tuple[str, str]]]:
     """Predict every readable image of ``inputs`` (files, folders, ``.npz`` files).
 
-    Returns the CSV rows (:data:`PREDICTION_HEADER`) and ``(input, reason)`` failures.
+    Returns the CSV rows (:data:`PREDICTION_HEADER`) and ``(input, reason)`` failures. Several
+    modules: an ensemble, whose probabilities and scores are averaged.
     """
-    module = module.to(device).eval()
+    members = [modules] if isinstance(modules, MTCSNNModule) else list(modules)
+    members = [module.to(device).eval() for module in members]
     sources, failures = expand_inputs([str(i) for i in inputs])
     rows: list[list] = []
     pending: list[tuple[ImageSource, torch.Tensor]] = []
@@ -66,7 +78,7 @@ def predict_inputs(
     def flush() -> None:
         if not pending:
             return
-        probs, scores = predict_batch(module, [image for _, image in pending], device)
+        probs, scores = predict_batch(members, [image for _, image in pending], device)
         for (source, _), p, s in zip(pending, probs, scores, strict=True):
             rows.append(
                 [source.name, int(p.argmax()), *[f"{v:.7g}" for v in p.tolist()], f"{s:.6f}"]

@@ -128,6 +128,21 @@ def initialise_from(module: MTCSNNModule, path: str | Path) -> None:
     module.load_state_dict(theirs)
 
 
+def load_checkpoints(paths: object) -> list[Checkpoint]:
+    """``ckpt_path=a.ckpt`` or ``ckpt_path=[a.ckpt,b.ckpt,...]`` (an ensemble), each loaded
+    as :func:`load_checkpoint`; an ensemble's members must take images of one size."""
+    names = [str(paths)] if isinstance(paths, (str, Path)) else [str(p) for p in paths]  # type: ignore[union-attr]
+    if not names:
+        raise CheckpointError("ckpt_path is an empty list: name at least one checkpoint")
+    checkpoints = [load_checkpoint(name) for name in names]
+    sizes = {c.image_size for c in checkpoints}
+    if len(sizes) > 1:
+        raise CheckpointError(
+            f"the checkpoints of an ensemble take images of one size; these take {sorted(sizes)}"
+        )
+    return checkpoints
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Load ``path`` safely (``weights_only=True``) and rebuild its model from its own config."""
     path = Path(path).expanduser()

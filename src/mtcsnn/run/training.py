@@ -22,6 +22,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mtcsnn.data import PairDataModule, PairingFeedback
 from mtcsnn.errors import StoppedError
+from mtcsnn.grading.comparison import grade_scores
 from mtcsnn.grading.score_decoding import decode_if_trained
 from mtcsnn.models import MTCSNNModule
 from mtcsnn.run.callbacks import AtomicCheckpointIO, RunState
@@ -257,6 +258,44 @@ def evaluation_results(
     return results
 
 
+def ensemble_results(
+    modules: list[MTCSNNModule], datamodule: PairDataModule, trainer_cfg: DictConfig
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Several checkpoints as one model: their test probabilities (and scores) averaged.
+
+    Each member is evaluated as :func:`evaluation_results` does; the ensemble's test metrics
+    come from the averaged probabilities. Returns the results and the averaged predictions.
+    """
+    members = [evaluation_results(module, datamodule, trainer_cfg) for module in modules]
+    predictions = [module.test_predictions for module in modules]
+    order = [p["index"].argsort() for p in predictions]
+    grades = predictions[0]["grade"][order[0]]
+    averaged = {
+        "index": predictions[0]["index"][order[0]],
+        "grade": grades,
+        "probs": torch.stack([p["probs"][o] for p, o in zip(predictions, order, strict=True)]).mean(
+            0
+        ),
+        "score": torch.stack([p["score"][o] for p, o in zip(predictions, order, strict=True)]).mean(
+            0
+        ),
+    }
+    probs = averaged["probs"].double().numpy()
+    pred = probs.argmax(1)
+    confusion = torch.zeros(probs.shape[1], probs.shape[1], dtype=torch.long)
+    confusion.index_put_((grades, torch.from_numpy(pred)), torch.tensor(1), accumulate=True)
+    test = grade_scores(grades.numpy(), probs)
+    log.info("test (ensemble of %d) %s", len(modules), metrics_line(test))
+    results = {
+        "val": None,  # each member's val metrics are under members
+        "test": test,
+        "test_confusion": confusion.tolist(),
+        "test_data": members[0]["test_data"],
+        "members": [{"val": m["val"], "test": m["test"]} for m in members],
+    }
+    return results, averaged
+
+
 def validate_and_test(
     model: pl.LightningModule,
     datamodule: pl.LightningDataModule,
@@ -285,10 +324,16 @@ def validate_and_test(
     return val_metrics, test_metrics
 
 
-def write_outputs(out_dir: Path, model: MTCSNNModule, results: dict) -> None:
-    """``test_predictions.csv`` then ``metrics.json`` (the file that marks a finished run)."""
+def write_outputs(
+    out_dir: Path, model: MTCSNNModule | None, results: dict, predictions: dict | None = None
+) -> None:
+    """``test_predictions.csv`` then ``metrics.json`` (the file that marks a finished run).
+
+    The predictions are ``model``'s last test pass, or ``predictions`` (an ensemble's).
+    """
     if results.get("test") is not None:
-        write_text_atomic(out_dir / "test_predictions.csv", predictions_csv(model.test_predictions))
+        tested = predictions if predictions is not None else model.test_predictions
+        write_text_atomic(out_dir / "test_predictions.csv", predictions_csv(tested))
     write_json(out_dir / "metrics.json", results)
 
 
