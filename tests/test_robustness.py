@@ -189,9 +189,8 @@ def test_misspelt_keys_are_refused_before_training_with_the_allowed_keys(tmp_pat
     ("command", "args", "expected"),
     [
         ("train", ["seeds=3"], "seeds is not a key of the top level; did you mean seed?"),
-        ("eval", ["ckpt_path=x.ckpt", "data_rot=d"], "did you mean data_root?"),
+        # one code path for every command (run/cli.py): a tool stands for the others
         ("predict", ["ckpt_path=x.ckpt", "inputs=[a.png]", "out=p.csv"], "did you mean output?"),
-        ("explain", ["ckpt_path=x.ckpt", "inputs=[a.png]", "max_image=3"], "mean max_images?"),
     ],
 )
 def test_misspelt_top_level_keys_are_refused_by_every_command(tmp_path, command, args, expected):
@@ -303,3 +302,20 @@ def test_a_full_disk_ends_the_run_in_one_line_and_keeps_the_last_good_checkpoint
         state = torch.load(tmp_path / "checkpoints" / name, weights_only=True)
         assert state["epoch"] == 0
     assert not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("config_name", "override", "expected"),
+    [
+        ("eval", "data_rot=d", "did you mean data_root?"),
+        ("explain", "max_image=3", "did you mean max_images?"),
+        ("export", "formats=onnx", "did you mean format?"),
+        ("train", "model.net.dropuot=0.3", "did you mean model.net.dropout?"),
+    ],
+)
+def test_every_commands_config_refuses_a_misspelt_key(config_name, override, expected):
+    from mtcsnn.run.cli import unknown_key_message
+
+    message = unknown_key_message([override, "ckpt_path=x.ckpt"], config_name)
+    assert message is not None and expected in message
+    assert unknown_key_message(["ckpt_path=x.ckpt"], config_name) is None
