@@ -39,6 +39,13 @@ def check_choice(key: str, value: object, allowed: tuple) -> None:
         raise ConfigError(key, value, "choose one of: " + ", ".join(map(str, allowed)))
 
 
+def check_optional_share(key: str, value: object) -> None:
+    """null (none) or a number from 0 to 1, 1 excluded (a dropout or smoothing share)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if value is not None and not (number and 0 <= value < 1):
+        raise ConfigError(key, value, "it must be null (none) or a number from 0 to 1 (1 excluded)")
+
+
 class MissingExtraError(MTCSNNError):
     """A feature needs a package of an optional extra that is not installed."""
 

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from mtcsnn.errors import ConfigError, check_choice
+from mtcsnn.errors import ConfigError, check_choice, check_optional_share
 
 DIFFERENCES = ("absolute", "signed")
 
@@ -75,9 +75,4 @@ def check_difference(difference: object) -> None:
 
 
 def check_label_smoothing(value: object) -> None:
-    """null (none) or a share in [0, 1)."""
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if value is not None and not (number and 0 <= value < 1):
-        raise ConfigError(
-            "label_smoothing", value, "it must be null (none) or a number from 0 to 1 (1 excluded)"
-        )
+    check_optional_share("label_smoothing", value)

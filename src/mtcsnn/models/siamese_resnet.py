@@ -8,7 +8,7 @@ import torch
 import torchvision
 from torch import nn
 
-from mtcsnn.errors import ConfigError, MTCSNNError, check_choice
+from mtcsnn.errors import MTCSNNError, check_choice, check_optional_share
 from mtcsnn.losses.base import BranchOutput
 
 BACKBONES = {
@@ -28,12 +28,7 @@ def check_stem(stem: object) -> None:
 
 
 def check_dropout(dropout: object) -> None:
-    """null (none) or a probability in [0, 1)."""
-    number = isinstance(dropout, (int, float)) and not isinstance(dropout, bool)
-    if dropout is not None and not (number and 0 <= dropout < 1):
-        raise ConfigError(
-            "dropout", dropout, "it must be null (none) or a number from 0 to 1 (1 excluded)"
-        )
+    check_optional_share("dropout", dropout)
 
 
 class WeightsError(MTCSNNError):
