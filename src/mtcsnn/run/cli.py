@@ -48,10 +48,16 @@ def _compose_choices(overrides: list[str], config_name: str) -> DictConfig | Non
     pairs = [p for p in map(_split, overrides) if p]
     choices = [f"{k}={v.split(',')[0]}" for k, v in pairs if k in groups]
     choices += [f"{k}={v}" for k, v in pairs if k == "paths.log_dir"]
+    return _compose(tuple(choices), config_name)
+
+
+@functools.lru_cache(maxsize=4)
+def _compose(choices: tuple[str, ...], config_name: str) -> DictConfig | None:
+    """Composed once per command line: the key check and the output-folder check share it."""
     try:
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-            return compose(config_name, overrides=choices)
+            return compose(config_name, overrides=list(choices))
     except Exception:  # anything odd: let Hydra itself report it
         return None
     finally:
