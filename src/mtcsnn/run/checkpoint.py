@@ -56,6 +56,7 @@ SAFE_TARGETS = frozenset(
         "torch.optim.lr_scheduler.MultiStepLR",
         "torch.optim.lr_scheduler.CosineAnnealingLR",
         "torch.optim.lr_scheduler.StepLR",
+        "torch.optim.lr_scheduler.ExponentialLR",
     }
 )
 # the parts of a saved config that are rebuilt; the rest is only read

@@ -45,6 +45,9 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    # callbacks=ema: our configure_model only compiles (no sharding), so the memory warning
+    # about sharded layers does not apply
+    warnings.filterwarnings("ignore", message=".*WeightAveraging doesn't support sharding.*")
     # the ONNX exporter's step-by-step INFO lines
     for name in ("onnx_ir", "onnxscript", "torch.onnx"):
         logging.getLogger(name).setLevel(logging.WARNING)
