@@ -80,3 +80,42 @@ def test_an_unknown_format_is_refused_naming_the_formats():
 
     with pytest.raises(ConfigError, match="format='tflite' is not allowed; choose one of: onnx, "):
         check_format("tflite")
+
+
+@pytest.fixture(scope="module")
+def second_checkpoint(tmp_path_factory):
+    """Another seed of the tiny model: an ensemble's second member."""
+    from mtcsnn.run.training import train
+
+    out = tmp_path_factory.mktemp("second")
+    overrides = ["data=synthetic", *TINY_SYNTHETIC, *TINY, "trainer.max_epochs=1", "seed=11"]
+    train(compose_train(overrides, out))
+    GlobalHydra.instance().clear()
+    (best,) = (out / "checkpoints").glob("epoch_*.ckpt")
+    return best
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_an_exported_ensemble_averages_its_members_as_predict_does(
+    tiny_checkpoint, second_checkpoint, coral_checkpoint, tmp_path, fmt
+):
+    members = [tiny_checkpoint, second_checkpoint, coral_checkpoint]
+    path, about = export(f"[{','.join(str(m) for m in members)}]", tmp_path, fmt)
+    assert about["source_checkpoints"] == [str(m) for m in members]
+    modules = [load_checkpoint(m).module for m in members]
+    batch = images(5, about["input"]["shape"][-1])
+    want_probs, want_scores = predict_batch(modules, list(batch), torch.device("cpu"))
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got_probs, got_scores = session.run(["probabilities", "score"], {"images": batch.numpy()})
+    else:
+        with torch.no_grad():
+            got_probs, got_scores = (t.numpy() for t in torch.jit.load(str(path))(batch))
+    np.testing.assert_allclose(got_probs, want_probs.numpy(), atol=1e-4)
+    np.testing.assert_allclose(got_scores, want_scores.numpy(), atol=1e-4)
+    # the average of the members, not any one of them
+    one = [predict_batch(m, list(batch), torch.device("cpu"))[0].numpy() for m in modules]
+    np.testing.assert_allclose(got_probs, np.mean(one, axis=0), atol=1e-4)
+    assert all(np.abs(got_probs - p).max() > 1e-3 for p in one)

@@ -1,5 +1,8 @@
 """``python -m mtcsnn.export ckpt_path=... format=onnx|torchscript``: a model to take elsewhere.
 
+``ckpt_path=[a.ckpt,b.ckpt,...]`` exports an ensemble as one model that averages its members'
+probabilities and scores.
+
 Writes ``model.onnx`` or ``model.pt`` (uint8 images in, class probabilities and severity score
 out, normalisation inside) and ``model.json`` (its input, preprocessing, outputs and intended
 use) into the output dir.
@@ -14,7 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from mtcsnn.inference.export import SUFFIXES, check_format, export_model, model_description
-from mtcsnn.run.checkpoint import load_checkpoint
+from mtcsnn.run.checkpoint import load_checkpoints
 from mtcsnn.run.cli import EXAMPLE_CKPT, command
 from mtcsnn.run.console import quiet_libraries
 from mtcsnn.run.files import write_text_atomic
@@ -29,12 +32,13 @@ EXAMPLE = f"python -m mtcsnn.export ckpt_path={EXAMPLE_CKPT} format=onnx"
 def main(cfg: DictConfig) -> None:
     quiet_libraries()
     check_format(cfg.format)
-    ckpt = load_checkpoint(cfg.ckpt_path)
+    checkpoints = load_checkpoints(cfg.ckpt_path)  # several: an ensemble, averaged
+    size = checkpoints[0].image_size  # one size for all members (load_checkpoints checks)
     out_dir = Path(cfg.output_dir)
     path = export_model(
-        ckpt.module, ckpt.image_size, cfg.format, out_dir / f"model{SUFFIXES[cfg.format]}"
+        [c.module for c in checkpoints], size, cfg.format, out_dir / f"model{SUFFIXES[cfg.format]}"
     )
-    about = model_description(cfg.format, ckpt.image_size, str(ckpt.path), path.name)
+    about = model_description(cfg.format, size, [str(c.path) for c in checkpoints], path.name)
     write_text_atomic(out_dir / "model.json", json.dumps(about, indent=2) + "\n")
     log.info("wrote %s and %s", path, out_dir / "model.json")
     log.info("%s", about["intended_use"])

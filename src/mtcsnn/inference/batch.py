@@ -10,6 +10,7 @@ import io
 from collections.abc import Iterable, Sequence
 
 import torch
+from torch import nn
 
 from mtcsnn.errors import ConfigError
 from mtcsnn.inference.images import ImageSource, expand_inputs, read_all
@@ -38,22 +39,41 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+class Grader(nn.Module):
+    """uint8 images N x 3 x S x S -> (class probabilities N x 5, severity score N).
+
+    Several modules (an ensemble): their probabilities and scores averaged. What ``predict``
+    runs, and what ``export`` writes out.
+    """
+
+    def __init__(self, modules: MTCSNNModule | Sequence[MTCSNNModule]) -> None:
+        super().__init__()
+        members = [modules] if isinstance(modules, MTCSNNModule) else list(modules)
+        self.nets = nn.ModuleList(module.net for module in members)
+        self.losses = nn.ModuleList(module.loss for module in members)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = images.float() / 255
+        probs, scores = [], []
+        for net, loss in zip(self.nets, self.losses, strict=True):
+            out = net(batch)
+            probs.append(loss.probabilities(out).float())
+            scores.append(out.score.float())
+        if len(probs) == 1:  # one model: its own outputs, no averaging in an exported graph
+            return probs[0], scores[0]
+        return torch.stack(probs).mean(0), torch.stack(scores).mean(0)
+
+
 @torch.no_grad()
 def predict_batch(
     modules: MTCSNNModule | Sequence[MTCSNNModule], images: list[torch.Tensor], device: torch.device
 ):
-    """Class probabilities (N x 5) and severity scores (N) of uint8 images.
+    """Class probabilities (N x 5) and severity scores (N) of uint8 images, on the CPU.
 
     Several modules (an ensemble): their probabilities and scores averaged.
     """
-    members = [modules] if isinstance(modules, MTCSNNModule) else list(modules)
-    batch = torch.stack(images).to(device).float().div_(255)
-    probs, scores = [], []
-    for module in members:
-        out = module.net(batch)
-        probs.append(module.probabilities(out).float().cpu())
-        scores.append(out.score.float().cpu())
-    return torch.stack(probs).mean(0), torch.stack(scores).mean(0)
+    probs, scores = Grader(modules)(torch.stack(images).to(device))
+    return probs.cpu(), scores.cpu()
 
 
 def predict_inputs(

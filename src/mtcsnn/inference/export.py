@@ -3,45 +3,36 @@
 The exported model takes what ``predict`` feeds the network, uint8 RGB images
 N x 3 x S x S (S: the model's input size, images prepared as ``preprocessing`` in the JSON
 beside it says), and returns the 5 class probabilities (N x 5, as the model's loss defines
-them) and the severity score (N).
+them) and the severity score (N). An ensemble's members are exported as one model that averages
+them, as ``predict`` does.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from mtcsnn.errors import check_choice, require
-from mtcsnn.inference.batch import INTENDED_USE
+from mtcsnn.inference.batch import INTENDED_USE, Grader
 from mtcsnn.models import MTCSNNModule
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
 
 
-class ExportedGrader(nn.Module):
-    """uint8 images N x 3 x S x S -> (class probabilities N x 5, severity score N)."""
-
-    def __init__(self, module: MTCSNNModule) -> None:
-        super().__init__()
-        self.net = module.net
-        self.loss = module.loss
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.net(images.float() / 255)
-        return self.loss.probabilities(out).float(), out.score.float()
-
-
 def check_format(fmt: object) -> None:
     check_choice("format", fmt, FORMATS)
 
 
-def export_model(module: MTCSNNModule, image_size: int, fmt: str, path: Path) -> Path:
-    """Write ``module`` as ``fmt`` to ``path`` (written whole or not at all); returns ``path``."""
+def export_model(
+    modules: MTCSNNModule | Sequence[MTCSNNModule], image_size: int, fmt: str, path: Path
+) -> Path:
+    """Write ``modules`` (one, or an ensemble averaged) as ``fmt`` to ``path``, written whole or
+    not at all; returns ``path``."""
     check_format(fmt)
-    grader = ExportedGrader(module.cpu()).eval()
+    grader = Grader(modules).cpu().eval()
     example = torch.zeros(2, 3, image_size, image_size, dtype=torch.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
@@ -68,12 +59,15 @@ def export_model(module: MTCSNNModule, image_size: int, fmt: str, path: Path) ->
     return path
 
 
-def model_description(fmt: str, image_size: int, checkpoint: str, file_name: str) -> dict:
+def model_description(
+    fmt: str, image_size: int, checkpoints: Sequence[str], file_name: str
+) -> dict:
     """The JSON written beside an exported model: what goes in, what comes out, for what."""
     return {
         "model": file_name,
         "format": fmt,
-        "source_checkpoint": checkpoint,
+        # more than one: an ensemble, whose outputs are the members' averaged
+        "source_checkpoints": list(checkpoints),
         "input": {
             "name": "images",
             "dtype": "uint8",
