@@ -320,3 +320,18 @@ def test_every_commands_config_refuses_a_misspelt_key(config_name, override, exp
     message = unknown_key_message([override, *given], config_name)
     assert message is not None and expected in message
     assert unknown_key_message(given, config_name) is None
+
+
+def test_the_divergence_watch_keeps_the_first_bad_step_until_it_is_read():
+    from mtcsnn.models.lit_module import DivergenceWatch
+
+    watch = DivergenceWatch()
+    one, nan, inf = torch.tensor(1.0), torch.tensor(float("nan")), torch.tensor(float("inf"))
+    watch.record({"loss": one, "ce_a": one}, step=0, batch_idx=0)
+    assert watch.diverged() is None
+    watch.record({"loss": inf, "ce_a": inf}, step=7, batch_idx=2)
+    watch.record({"loss": nan, "ce_a": nan}, step=8, batch_idx=3)  # later: not the culprit
+    watch.record({"loss": one, "ce_a": one}, step=9, batch_idx=4)
+    terms, step, batch_idx = watch.diverged()
+    assert (step, batch_idx) == (7, 2)
+    assert set(terms) == {"loss", "ce_a"} and torch.isinf(terms["loss"])

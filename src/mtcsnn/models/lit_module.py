@@ -35,6 +35,44 @@ def divergence_message(
     )
 
 
+class DivergenceWatch:
+    """The first non-finite training loss, recorded on the device without waiting for it.
+
+    Reading a GPU tensor's value (``if not torch.isfinite(loss)``) stalls the host until the
+    device has caught up, every step. Instead each step folds its loss terms into tensors on
+    the device, and the host reads them every ``CHECK_EVERY`` steps and at each epoch's last
+    batch, before validation or a checkpoint can see the diverged weights.
+    """
+
+    CHECK_EVERY = 50
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.first: torch.Tensor | None = None  # (step, batch) of the first bad step, or -1
+        self.values: torch.Tensor | None = None  # its terms, in the order of ``names``
+
+    def record(self, terms: dict[str, torch.Tensor], step: int, batch_idx: int) -> None:
+        values = torch.stack([value.detach().float().reshape(()) for value in terms.values()])
+        if self.first is None or list(terms) != self.names:
+            self.names = list(terms)
+            self.first = torch.full((2,), -1, dtype=torch.long, device=values.device)
+            self.values = torch.zeros_like(values)
+        take = ~torch.isfinite(values[self.names.index("loss")]) & (self.first[0] < 0)
+        where = torch.tensor([step, batch_idx], device=values.device)
+        self.first = torch.where(take, where, self.first)
+        self.values = torch.where(take, values, self.values)
+
+    def diverged(self) -> tuple[dict[str, torch.Tensor], int, int] | None:
+        """The bad step's terms, step and batch, if any (this reads the device: a sync)."""
+        if self.first is None or self.values is None:
+            return None
+        step, batch_idx = (int(v) for v in self.first.tolist())
+        if step < 0:
+            return None
+        terms = dict(zip(self.names, self.values.cpu(), strict=True))
+        return terms, step, batch_idx
+
+
 class MTCSNNModule(pl.LightningModule):
     """Trains ``net`` on image pairs with ``loss``; evaluates every val/test image on its own.
 
@@ -73,6 +111,7 @@ class MTCSNNModule(pl.LightningModule):
         self.test_predictions: dict[str, torch.Tensor] = {}
         self.test_confusion: list[list[int]] = []
         self.compile_net = compile
+        self.divergence = DivergenceWatch()
 
     def configure_model(self) -> None:
         # In place (nn.Module.compile): parameter names, hence checkpoints, stay as they are.
@@ -95,13 +134,7 @@ class MTCSNNModule(pl.LightningModule):
     ) -> dict[str, torch.Tensor]:
         out_a, out_b = self.net.forward_pair(batch["image_a"], batch["image_b"])
         terms = self.loss(out_a, out_b, batch["grade_a"], batch["grade_b"])
-        if not torch.isfinite(terms["loss"]):
-            # stop here: the best checkpoint so far stays on disk, nothing else is written
-            checkpoint = self.trainer.checkpoint_callback
-            best = checkpoint.best_model_path if checkpoint is not None else ""
-            raise DivergenceError(
-                divergence_message(terms, self.current_epoch, self.global_step, batch_idx, best)
-            )
+        self.divergence.record(terms, self.global_step, batch_idx)
         for name, value in terms.items():
             self.log(
                 f"train/{name}",
@@ -117,6 +150,19 @@ class MTCSNNModule(pl.LightningModule):
             "score_a": out_a.score.detach(),
             "score_b": out_b.score.detach(),
         }
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        every = DivergenceWatch.CHECK_EVERY
+        if (self.global_step % every == 0) or self.trainer.is_last_batch:
+            found = self.divergence.diverged()
+            if found is not None:
+                # stop here: the best checkpoint so far stays on disk, nothing else is written
+                terms, step, bad_batch = found
+                checkpoint = self.trainer.checkpoint_callback
+                best = checkpoint.best_model_path if checkpoint is not None else ""
+                raise DivergenceError(
+                    divergence_message(terms, self.current_epoch, step, bad_batch, best)
+                )
 
     def _evaluate(self, batch: dict[str, torch.Tensor], stage: str):
         out = self.net(batch["image"])
