@@ -137,3 +137,31 @@ def test_dropout_and_label_smoothing_are_config_values():
     assert torch.allclose(smoothed["loss"], expected)
     multitask = MultiTaskLoss(lam=0.0, label_smoothing=0.1)(out, out, grades, grades)
     assert torch.allclose(multitask["loss"], expected)
+
+
+@pytest.mark.parametrize(("num_workers", "resident"), [(0, True), (1, False)])
+def test_splits_sit_on_the_training_device_and_batches_are_gathered_there(num_workers, resident):
+    """A stand-in device (meta) for a GPU: no images cross from the host per step."""
+    from types import SimpleNamespace
+
+    dm = SyntheticDataModule(num_train=40, num_val=20, num_test=20, batch_size=16)
+    dm.num_workers = num_workers  # the choice only; no worker process starts here
+    dm.setup()
+    device = torch.device("meta")
+    dm.trainer = SimpleNamespace(
+        strategy=SimpleNamespace(root_device=device), global_rank=0, world_size=1
+    )
+    images, grades = dm.split_on_device("train")
+    assert (images.device == device) == resident and (grades.device == device) == resident
+    assert dm.splits["train"][0].device.type == "cpu"  # the host copy stays for the rest
+    if resident:
+        assert dm.split_on_device("train")[0] is images  # uploaded once
+        dataset = dm.train_dataloader().dataset
+        batch = dataset[torch.tensor([[0, 1], [2, 3]])]
+        assert batch["image_a"].device == device and batch["grade_b"].device == device
+        eval_batches = dm._eval_loader("val").sampler
+        assert sum(len(b) for b in eval_batches) == 20 and eval_batches[0].device == device
+    dm.trainer = SimpleNamespace(
+        strategy=SimpleNamespace(root_device=torch.device("cpu")), global_rank=0, world_size=1
+    )
+    assert dm.split_on_device("train")[0] is dm.splits["train"][0]  # the CPU path: as it was

@@ -14,6 +14,9 @@ from mtcsnn.data.pairing import PairSampler, check_pairing
 from mtcsnn.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
+# A split up to this size is copied once to the training device (a GPU), so that a step
+# gathers its images there instead of copying them from the host; RetinaMNIST is 2.5 MB.
+RESIDENT_MAX_BYTES = 2 * 1024**3
 
 
 def check_batch_size(batch_size: object) -> None:
@@ -35,7 +38,9 @@ class PairDataModule(pl.LightningDataModule):
 
     Training batches are ``batch_size // 2`` pairs from :class:`PairSampler`; val and test
     batches hold every image once, in order. Images become floats in [0, 1] (and are augmented
-    during training) after they reach the device, in :meth:`on_after_batch_transfer`.
+    during training) after they reach the device, in :meth:`on_after_batch_transfer`. On a GPU,
+    each split that fits :data:`RESIDENT_MAX_BYTES` is uploaded once and batches are gathered
+    on the device (:meth:`split_on_device`).
     """
 
     def __init__(
@@ -58,6 +63,7 @@ class PairDataModule(pl.LightningDataModule):
         self.seed = seed
         self.num_workers = num_workers
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._resident: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
     def check_size(cls, size: object) -> None:
@@ -81,17 +87,33 @@ class PairDataModule(pl.LightningDataModule):
             return 0, 1
         return trainer.global_rank, trainer.world_size
 
+    def split_on_device(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """A split where its batches are gathered: the training device when the split fits
+        and no worker processes load it (they cannot hand out GPU tensors), else the host."""
+        images, grades = self.splits[split]
+        device = self.trainer.strategy.root_device if self.trainer is not None else None
+        if (
+            device is None
+            or device.type == "cpu"
+            or self.num_workers > 0
+            or images.numel() * images.element_size() > RESIDENT_MAX_BYTES
+        ):
+            return images, grades
+        if (split, device) not in self._resident:
+            self._resident[(split, device)] = (images.to(device), grades.to(device))
+        return self._resident[(split, device)]
+
     def train_dataloader(self) -> DataLoader:
-        images, grades = self.splits["train"]
+        images, grades = self.split_on_device("train")
         rank, world_size = self._rank()
-        sampler = PairSampler(
+        sampler = PairSampler(  # draws pairs on the host, from the host's copy of the grades
             len(images),
             self.batch_size // 2,
             seed=self.seed,
             rank=rank,
             world_size=world_size,
             strategy=self.pairing,
-            grades=grades,
+            grades=self.splits["train"][1],
         )
         return self._loader(PairDataset(images, grades), sampler)
 
@@ -102,11 +124,11 @@ class PairDataModule(pl.LightningDataModule):
         return self._eval_loader("test")
 
     def _eval_loader(self, split: str) -> DataLoader:
-        images, grades = self.splits[split]
+        images, grades = self.split_on_device(split)
         # Each process evaluates its own contiguous share, so every image is seen exactly once
         # (no padding duplicates); metrics are summed over processes by torchmetrics.
         rank, world_size = self._rank()
-        share = torch.arange(len(images)).tensor_split(world_size)[rank]
+        share = torch.arange(len(images), device=images.device).tensor_split(world_size)[rank]
         batches = list(share.split(self.eval_batch_size))
         return self._loader(ImageDataset(images, grades), batches)
 

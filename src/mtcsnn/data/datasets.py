@@ -16,6 +16,8 @@ class PairDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, pairs: torch.Tensor) -> dict[str, torch.Tensor]:
+        # the sampler's indices go where the images are (one small copy when they sit on a GPU)
+        pairs = pairs.to(self.images.device, non_blocking=True)
         index_a, index_b = pairs[:, 0], pairs[:, 1]
         grade_a, grade_b = self.grades[index_a], self.grades[index_b]
         return {
