@@ -61,6 +61,9 @@ SKIPPED = {
     ),
     "python -m mtcsnn.bench --steps 60 --warmup 10 trainer=gpu "
     "model.net.channels_last=true": "needs a GPU",
+    "python -m mtcsnn.bench --runs 8 --jobs 8 trainer=gpu model.net.channels_last=true": (
+        "needs a GPU"
+    ),
     "python -m mtcsnn.train experiment=paper_table hydra/launcher=parallel "
     "hydra.launcher.n_jobs=8 trainer=gpu model.net.channels_last=true": "needs a GPU",
     "wandb login": "needs a W&B account and the network; runs log offline without it",
@@ -161,6 +164,11 @@ def benched(written: set[Path], output: str) -> None:
     assert "images/s" in output, output
 
 
+def swept(written: set[Path], output: str) -> None:
+    assert "framework/bare" in output and "2 runs of 1 epochs, 2 at a time" in output, output
+    assert not written, output  # its runs go to a temporary folder
+
+
 def kept(written: set[Path], output: str) -> None:
     assert "already finished, kept as it is" in output, output
     assert not folders_with(written, "metrics.json")
@@ -233,6 +241,11 @@ RUN = {
     "python -m mtcsnn.report logs/ordinal_ablation/multiruns/<date>_<time>": Run("", report(5, 4)),
     "MTCSNN_DATA_DIR=../shared/data python -m mtcsnn.bench --steps 30": Run(
         "--steps 3 --warmup 1", benched
+    ),
+    "MTCSNN_DATA_DIR=../shared/data python -m mtcsnn.bench --runs 4 --jobs 2 --epochs 10": Run(
+        "--runs 2 --epochs 1 data=synthetic data.num_train=32 data.num_val=20 data.num_test=20 "
+        "data.batch_size=16",
+        swept,
     ),
     "MTCSNN_DATA_DIR=../shared/data python -m mtcsnn.train experiment=paper_table": Run(
         ONE_SEED, runs(6)

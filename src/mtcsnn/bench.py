@@ -5,12 +5,20 @@ apply), it times (a) a bare PyTorch training loop written here and (b) the frame
 training step run by a Lightning ``Trainer``, and prints images/s of each, their ratio, the
 share of step time spent fetching data, and the achieved FLOP rate of the training step against
 a matmul peak measured in the same run. A benchmark, not a test: numbers depend on the machine.
+
+``--runs N --jobs J`` times whole runs instead: a sweep of N seeds through ``python -m
+mtcsnn.train --multirun`` (J jobs at a time, the parallel launcher) against N runs of a plain
+PyTorch loop (J processes at a time, splits on the device, val every epoch, the best-val weights
+tested), side by side: wall time, seconds per run and the val/test AUROC of both.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,6 +35,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 from pytorch_lightning.profilers import PassThroughProfiler
 from torch.utils.flop_counter import FlopCounterMode
+from torchmetrics.functional.classification import multiclass_auroc
 
 from mtcsnn.data import PairingFeedback
 from mtcsnn.data.augment import augment
@@ -86,18 +95,57 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class BareTrainer:
+    """The framework's training step written as a plain PyTorch loop, on the composed config."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.device = device_of(cfg)
+        self.augment = cfg.data.augment
+        self.dtype = autocast_dtype(cfg)
+        pl.seed_everything(cfg.seed, verbose=False)
+        module = build_module(cfg)  # the same network, loss head, optimiser and schedule
+        self.net, self.loss_fn = module.net.to(self.device), module.loss
+        if cfg.model.get("compile"):
+            self.net.compile()
+        configured = module.configure_optimizers()
+        if isinstance(configured, dict):
+            self.optimizer = configured["optimizer"]
+            self.scheduler = configured["lr_scheduler"]["scheduler"]
+        else:
+            self.optimizer, self.scheduler = configured, None
+
+    def _autocast(self):
+        enabled = self.dtype is not None
+        return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=enabled)
+
+    def step(self, xa: torch.Tensor, xb: torch.Tensor, ya: torch.Tensor, yb: torch.Tensor) -> None:
+        xa = augment(xa.float().div_(255), self.augment)
+        xb = augment(xb.float().div_(255), self.augment)
+        with self._autocast():
+            out_a, out_b = self.net.forward_pair(xa, xb)
+            loss = self.loss_fn(out_a, out_b, ya, yb)["loss"]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    @torch.no_grad()
+    def auroc(self, images: torch.Tensor, grades: torch.Tensor, batch_size: int) -> float:
+        """Macro one-vs-rest AUROC of one pass over a split, as the framework's metric."""
+        self.net.eval()
+        probs = []
+        for chunk in images.split(batch_size):
+            with self._autocast():
+                probs.append(self.loss_fn.probabilities(self.net(chunk.float() / 255)).float())
+        self.net.train()
+        return float(multiclass_auroc(torch.cat(probs), grades, num_classes=5, average="macro"))
+
+
 def bare_loop(cfg: DictConfig, datamodule, steps: int, warmup: int) -> Timing:
     """The same training step written as a plain PyTorch loop."""
-    device = device_of(cfg)
-    pl.seed_everything(cfg.seed, verbose=False)
-    net = instantiate(cfg.model.net).to(device)
-    if cfg.model.get("compile"):
-        net.compile()
-    loss_fn = instantiate(cfg.loss)
-    optimizer = instantiate(cfg.model.optimizer)(params=net.parameters())
+    bare = BareTrainer(cfg)
+    device = bare.device
     images, grades = datamodule.splits["train"]
     sampler = PairSampler(len(images), cfg.data.batch_size // 2, seed=cfg.seed)
-    dtype = autocast_dtype(cfg)
     count = data_seconds = 0.0
     done, epoch, start = 0, 0, 0.0
     while done < warmup + steps:
@@ -111,16 +159,7 @@ def bare_loop(cfg: DictConfig, datamodule, steps: int, warmup: int) -> Timing:
             xa, xb = images[a].to(device), images[b].to(device)
             ya, yb = grades[a].to(device), grades[b].to(device)
             data_seconds += time.perf_counter() - t0
-            xa = augment(xa.float().div_(255), cfg.data.augment)
-            xb = augment(xb.float().div_(255), cfg.data.augment)
-            with torch.autocast(
-                device.type, dtype=dtype or torch.float32, enabled=dtype is not None
-            ):
-                out_a, out_b = net.forward_pair(xa, xb)
-                loss = loss_fn(out_a, out_b, ya, yb)["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            bare.step(xa, xb, ya, yb)
             count += 2 * len(pairs)
             done += 1
             if done == warmup + steps:
@@ -128,6 +167,32 @@ def bare_loop(cfg: DictConfig, datamodule, steps: int, warmup: int) -> Timing:
         epoch += 1
     sync(device)
     return Timing(int(count), time.perf_counter() - start, data_seconds)
+
+
+def bare_run(cfg: DictConfig, datamodule, epochs: int) -> dict:
+    """A whole run as a plain loop: splits on the device, val every epoch, best-val tested."""
+    bare = BareTrainer(cfg)
+    on_device = {
+        split: tuple(t.to(bare.device) for t in datamodule.splits[split])
+        for split in ("train", "val", "test")
+    }
+    images, grades = on_device["train"]
+    sampler = PairSampler(len(images), cfg.data.batch_size // 2, seed=cfg.seed)
+    eval_batch = cfg.data.eval_batch_size
+    best, best_state = -1.0, None
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        for pairs in sampler:
+            a, b = pairs.to(bare.device).unbind(1)
+            bare.step(images[a], images[b], grades[a], grades[b])
+        if bare.scheduler is not None:
+            bare.scheduler.step()
+        val = bare.auroc(*on_device["val"], eval_batch)
+        if val > best:
+            best, best_state = val, copy.deepcopy(bare.net.state_dict())
+    if best_state is not None:
+        bare.net.load_state_dict(best_state)
+    return {"val_auroc": best, "test_auroc": bare.auroc(*on_device["test"], eval_batch)}
 
 
 class FetchProfiler(PassThroughProfiler):
@@ -292,6 +357,120 @@ def summary(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _auroc_summary(values: list[float]) -> str:
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.4f} +/- {spread:.4f}"
+
+
+def run_at_most(commands: list[list[str]], jobs: int) -> None:
+    """Run ``commands``, ``jobs`` at a time; any failure is an error naming its last line."""
+    pending, running = list(commands), []
+    while pending or running:
+        while pending and len(running) < jobs:
+            command = pending.pop(0)
+            running.append(
+                (
+                    command,
+                    subprocess.Popen(
+                        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+                    ),
+                )
+            )
+        command, process = running.pop(0)
+        _, err = process.communicate()
+        if process.returncode != 0:
+            last = (err.strip().splitlines() or ["no output"])[-1]
+            raise MTCSNNError(f"a bare run failed ({' '.join(command[3:])}): {last}")
+
+
+def sweep_benchmark(overrides: list[str], runs: int, jobs: int, epochs: int | None) -> dict:
+    """N seeds as a framework sweep and as N plain-loop runs, each J at a time: wall times."""
+    if any(o.split("=", 1)[0].lstrip("+~") in ("seed", "threads") for o in overrides):
+        raise MTCSNNError("bench --runs sets seed (1..N) and threads (cores / jobs) itself")
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = compose_config(overrides, Path(tmp))  # checked here, before anything starts
+        epochs = epochs or int(cfg.trainer.max_epochs)
+        seeds = list(range(1, runs + 1))
+        threads = max(1, (os.cpu_count() or 1) // jobs)  # the parallel launcher's share
+        sweep_dir = Path(tmp) / "framework"
+        start = time.perf_counter()
+        framework = subprocess.run(
+            [
+                sys.executable, "-m", "mtcsnn.train", "--multirun",
+                f"seed={','.join(map(str, seeds))}", "hydra/launcher=parallel",
+                f"hydra.launcher.n_jobs={jobs}", f"trainer.max_epochs={epochs}",
+                "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep_dir}", *overrides,
+            ],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        framework_s = time.perf_counter() - start
+        if framework.returncode != 0:
+            last = (framework.stderr.strip().splitlines() or ["no output"])[-1]
+            raise MTCSNNError(f"the framework sweep failed: {last}")
+        metrics = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/metrics.json"))]
+        start = time.perf_counter()
+        outs = [Path(tmp) / f"bare_{seed}.json" for seed in seeds]
+        run_at_most(
+            [
+                [sys.executable, "-m", "mtcsnn.bench", "--bare-run", str(out), "--epochs",
+                 str(epochs), f"seed={seed}", f"threads={threads}", *overrides]
+                for seed, out in zip(seeds, outs, strict=True)
+            ],
+            jobs,
+        )  # fmt: skip
+        bare_s = time.perf_counter() - start
+        bare = [json.loads(out.read_text()) for out in outs]
+    device = device_of(cfg)
+    return {
+        "overrides": overrides,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else cpu_name(),
+        "runs": runs,
+        "jobs": jobs,
+        "threads_per_job": threads,
+        "epochs": epochs,
+        "framework": {
+            "wall_s": framework_s,
+            "s_per_run": framework_s / runs,
+            "val_auroc": [m["val"]["auroc"] for m in metrics],
+            "test_auroc": [m["test"]["auroc"] for m in metrics],
+        },
+        "bare": {
+            "wall_s": bare_s,
+            "s_per_run": bare_s / runs,
+            "val_auroc": [b["val_auroc"] for b in bare],
+            "test_auroc": [b["test_auroc"] for b in bare],
+        },
+        "ratio": framework_s / bare_s,
+    }
+
+
+def sweep_summary(r: dict) -> str:
+    lines = [
+        f"device: {r['device']}; {r['runs']} runs of {r['epochs']} epochs, {r['jobs']} at a time "
+        f"({r['threads_per_job']} threads each)",
+    ]
+    for name, label in (("framework", "mtcsnn.train --multirun"), ("bare", "bare PyTorch runs")):
+        part = r[name]
+        lines.append(
+            f"  {label:24s}: {part['wall_s']:8.1f} s wall, {part['s_per_run']:7.1f} s a run; "
+            f"val AUROC {_auroc_summary(part['val_auroc'])}, "
+            f"test AUROC {_auroc_summary(part['test_auroc'])}"
+        )
+    lines.append(f"  cost of a run, framework/bare: {r['ratio']:.2f}x")
+    return "\n".join(lines)
+
+
+def bare_run_job(overrides: list[str], epochs: int, out: Path) -> None:
+    """One plain-loop run of a sweep benchmark, in its own process (``--bare-run``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = compose_config(overrides, Path(tmp))
+        set_threads(cfg)
+        datamodule = instantiate(cfg.data)
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        out.write_text(json.dumps(bare_run(cfg, datamodule, epochs)) + "\n")
+
+
 @contextmanager
 def busy_processes(count: int) -> Iterator[None]:
     """``count`` processes that spin on a core each until the block ends."""
@@ -311,6 +490,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument(
+        "--runs",
+        type=int,
+        default=0,
+        help="time whole runs instead: N seeds as a framework sweep and as N bare-loop runs",
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="with --runs: runs at a time")
+    parser.add_argument(
+        "--epochs", type=int, help="with --runs: epochs a run (default: trainer.max_epochs)"
+    )
+    parser.add_argument("--bare-run", type=Path, help=argparse.SUPPRESS)  # one bare job's output
+    parser.add_argument(
         "--busy",
         type=int,
         default=0,
@@ -319,14 +509,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 1 or args.busy < 0:
         parser.error("--steps and --warmup must be >= 1, --busy >= 0")
+    if args.runs < 0 or args.jobs < 1 or (args.epochs is not None and args.epochs < 1):
+        parser.error("--runs must be >= 0, --jobs and --epochs >= 1")
     try:
+        if args.bare_run:
+            bare_run_job(args.overrides, args.epochs or 1, args.bare_run)
+            return 0
         with busy_processes(args.busy):
-            result = benchmark(args.overrides, args.steps, args.warmup)
+            if args.runs:
+                result = sweep_benchmark(args.overrides, args.runs, args.jobs, args.epochs)
+            else:
+                result = benchmark(args.overrides, args.steps, args.warmup)
     except MTCSNNError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     result["busy_processes"] = args.busy
-    print(summary(result))
+    print(sweep_summary(result) if args.runs else summary(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
