@@ -165,7 +165,7 @@ def benched(written: set[Path], output: str) -> None:
 
 
 def swept(written: set[Path], output: str) -> None:
-    assert "framework/bare" in output and "2 runs of 1 epochs, 2 at a time" in output, output
+    assert "framework/bare" in output and "1 runs of 1 epochs, 1 at a time" in output, output
     assert not written, output  # its runs go to a temporary folder
 
 
@@ -243,7 +243,8 @@ RUN = {
         "--steps 3 --warmup 1", benched
     ),
     "MTCSNN_DATA_DIR=../shared/data python -m mtcsnn.bench --runs 4 --jobs 2 --epochs 10": Run(
-        "--runs 2 --epochs 1 data=synthetic data.num_train=32 data.num_val=20 data.num_test=20 "
+        "--runs 1 --jobs 1 --epochs 1 data=synthetic data.num_train=32 data.num_val=20 "
+        "data.num_test=20 "
         "data.batch_size=16",
         swept,
     ),
