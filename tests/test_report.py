@@ -277,3 +277,34 @@ def test_seed_ensembles_average_the_seeds_probabilities(sweep):
     results = (sweep / "results.md").read_text()
     assert "## Seed ensembles" in results
     assert f"| 3 | {scores['auroc']:.4f} | {scores['acc']:.4f} |" in results
+
+
+def test_val_chooses_the_recipe_per_loss_and_test_plays_no_part(tmp_path):
+    from mtcsnn.report import chosen_on_val
+
+    grades = np.arange(100) % 5
+    job = 0
+    # recipe "strong": lower val than "dihedral" for both losses, but higher test
+    for augment, val_shift, test_shift in (("dihedral", 0.06, -0.03), ("strong", 0.02, 0.03)):
+        for loss in ("ce", "mtcsnn"):
+            for seed in (1, 2, 3):
+                folder = tmp_path / str(job)
+                write_run(folder, loss, seed, grades, 1.0)
+                metrics = json.loads((folder / "metrics.json").read_text())
+                metrics["config"]["data"] = {"augment": augment}
+                metrics["val"]["auroc"] += val_shift
+                metrics["test"]["auroc"] += test_shift
+                (folder / "metrics.json").write_text(json.dumps(metrics))
+                job += 1
+    runs, _ = collect_runs(tmp_path)
+    rows = chosen_on_val(group_runs(runs))
+    assert [row["loss"] for row in rows] == ["ce", "mtcsnn"]
+    for row in rows:
+        assert [dict(config)["config.data.augment"] for config in row["ranked"]] == [
+            "dihedral",
+            "strong",
+        ]
+    assert main([str(tmp_path)]) == 0
+    table = (tmp_path / "results.md").read_text().split("## Chosen on val")[1]
+    assert "| ce | 1 | **loss=ce, data.augment=dihedral** | 3 |" in table
+    assert "| mtcsnn | 2 | loss=mtcsnn, data.augment=strong | 3 |" in table

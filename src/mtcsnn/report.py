@@ -420,6 +420,7 @@ def results_markdown(
             lines.append(
                 f"| {label(row['config'])} | {row['seeds']} | " + " | ".join(scores + diffs) + " |"
             )
+    lines += chosen_on_val_lines(groups)
     lines += score_decoding_lines(groups)
     failed = [(path, why) for path, why in skipped if why.startswith("failed:")]
     trials = [(path, why) for path, why in skipped if why == UNTESTED_TRIAL]
@@ -477,6 +478,47 @@ def score_decoding_lines(groups: dict[tuple, list[Run]]) -> list[str]:
         "|---|---|" + "---|" * 9,
         *rows,
     ]
+
+
+def chosen_on_val(groups: dict[tuple, list[Run]]) -> list[dict]:
+    """For each loss with several configurations: the one with the highest mean val AUROC,
+    and the others in val order (their test numbers are shown, never used to choose)."""
+    by_loss: dict[object, list[tuple]] = defaultdict(list)
+    for config, runs in groups.items():
+        if "val/auroc" in summarise(runs):
+            by_loss[runs[0].settings.get("choices.loss")].append(config)
+    rows = []
+    for loss, configs in sorted(by_loss.items(), key=lambda kv: str(kv[0])):
+        if len(configs) < 2:
+            continue
+        ranked = sorted(configs, key=lambda c: -summarise(groups[c])["val/auroc"][0])
+        rows.append({"loss": loss, "ranked": ranked})
+    return rows
+
+
+def chosen_on_val_lines(groups: dict[tuple, list[Run]]) -> list[str]:
+    rows = chosen_on_val(groups)
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Chosen on val",
+        "",
+        "Per loss, the configurations by mean val AUROC over their seeds, the chosen one first; "
+        "test is shown beside it and plays no part in the order.",
+        "",
+        "| loss | rank | configuration | seeds | val AUROC | test AUROC |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        for rank, config in enumerate(row["ranked"], 1):
+            s = summarise(groups[config])
+            name = f"**{label(config)}**" if rank == 1 else label(config)
+            lines.append(
+                f"| {row['loss']} | {rank} | {name} | {seeds_cell(groups[config])} | "
+                f"{mean_std(*s['val/auroc'])} | {mean_std(*s['test/auroc'])} |"
+            )
+    return lines
 
 
 def best_configuration(groups: dict[tuple, list[Run]]) -> tuple:
