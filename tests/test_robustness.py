@@ -203,6 +203,35 @@ def test_misspelt_top_level_keys_are_refused_by_every_command(tmp_path, command,
     assert not (tmp_path / "run").exists()  # refused before Hydra made the run's folder
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["model=resnet19"], "model=resnet19 is not an option; did you mean resnet18? choose one"),
+        (["model/optimizer=adamx"], "did you mean adam? choose one of: adam, adamw, sgd"),
+        (["--multirun", "loss=ce,mtcsn"], "loss=mtcsn is not an option; did you mean mtcsnn?"),
+        (["experiment=null"], "to leave the group out, do not name it or write ~experiment;"),
+    ],
+)
+def test_an_unknown_group_option_is_one_line_with_the_options(tmp_path, args, expected):
+    from cli import run_train
+
+    proc = run_train(*args, f"hydra.run.dir={tmp_path}", f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 1
+    (line,) = proc.stderr.strip().splitlines()  # Hydra printed a dozen lines, or a traceback
+    assert line.startswith("error: config error: ") and expected in line
+
+
+def test_keys_of_a_nested_group_choice_are_known():
+    from mtcsnn.run.cli import unknown_key_message, unknown_option_message
+
+    args = ["model/optimizer=sgd", "model.optimizer.momentum=0.8", "model/scheduler=cosine"]
+    assert unknown_option_message(args) is None
+    assert unknown_key_message([*args, "model.scheduler.T_max=5"], "train") is None
+    assert "did you mean model.optimizer.momentum?" in unknown_key_message(
+        ["model/optimizer=sgd", "model.optimizer.momentun=0.8"], "train"
+    )
+
+
 def test_a_write_that_fails_halfway_leaves_the_old_file_whole(tmp_path, monkeypatch):
     import os
 

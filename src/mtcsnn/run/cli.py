@@ -31,8 +31,32 @@ INFO_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--
 
 
 def config_groups() -> set[str]:
-    """The config groups (folders of ``conf/``): ``data=synthetic`` picks a file, not a key."""
-    return {p.name for p in Path(CONFIG_PATH).iterdir() if p.is_dir()}
+    """The config groups (folders of ``conf/``, nested ones as ``model/optimizer``):
+    ``data=synthetic`` picks a file, not a key."""
+    root = Path(CONFIG_PATH)
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_dir()}
+
+
+def unknown_option_message(overrides: list[str]) -> str | None:
+    """``model=resnet19``: the group's options, in one line (Hydra prints a dozen)."""
+    groups = config_groups()
+    for key, value in filter(None, map(_split, overrides)):
+        if key not in groups or key.startswith("hydra"):
+            continue  # Hydra's own groups (launcher, help) hold its plugins' configs too
+        options = sorted(p.stem for p in (Path(CONFIG_PATH) / key).glob("*.yaml"))
+        for choice in value.split(","):
+            choice = choice.strip()
+            if choice in options or "(" in choice:
+                continue  # glob(...), range(...): a sweep Hydra expands
+            close = difflib.get_close_matches(choice, options, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            if choice == "null":  # Hydra stops on it with a traceback
+                hint = f"to leave the group out, do not name it or write ~{key}; "
+            return (
+                f"config error: {key}={choice} is not an option; {hint}"
+                f"choose one of: {', '.join(options)}"
+            )
+    return None
 
 
 def _split(override: str) -> tuple[str, str] | None:
@@ -172,7 +196,10 @@ def command(
         @functools.wraps(task)
         def main() -> Any:
             argv = sys.argv[1:]
-            message = unknown_key_message([a for a in argv if not a.startswith("-")], config_name)
+            overrides = [a for a in argv if not a.startswith("-")]
+            message = unknown_option_message(overrides) or unknown_key_message(
+                overrides, config_name
+            )
             if not message and not set(argv) & INFO_FLAGS:
                 message = unwritable_output_message(argv, config_name)
             if message:
