@@ -128,3 +128,20 @@ def test_targets_saved_in_checkpoints_still_resolve():
     """Checkpoints name the package-level classes (``mtcsnn.models.MTCSNNModule`` ...)."""
     for target in sorted(SAFE_TARGETS):
         assert callable(get_method(target)), target
+
+
+def test_every_config_folder_ships_in_the_package():
+    """A new conf/ group folder must be listed in pyproject's packages, or the wheel lacks it."""
+    import tomllib
+
+    packages = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    conf = ROOT / "conf"
+    folders = {conf, *(p for p in conf.rglob("*") if p.is_dir())}
+    wanted = {
+        ".".join(["mtcsnn", "conf", *p.relative_to(conf).parts])
+        for p in folders
+        if any(p.glob("*.yaml"))
+    }
+    assert wanted - packages == set()
