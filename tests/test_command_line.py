@@ -115,3 +115,35 @@ def test_a_run_off_a_terminal_prints_a_plain_log(tmp_path):
     assert re.search(r"val  loss \d\.\d{4} acc \d\.\d{4}", log)
     assert re.search(r"test loss \d\.\d{4} acc \d\.\d{4}", log)
     assert "Test metric" not in output  # no full-precision Lightning tables
+
+
+def test_the_epoch_line_names_the_best_epoch_from_before_a_resume(caplog):
+    """The best epoch travels in the checkpoint: a resumed run names the one before the stop."""
+    import logging
+    from types import SimpleNamespace
+
+    import torch
+
+    from mtcsnn.run.console import EpochLog
+
+    def epoch(callback: EpochLog, number: int, auroc: float) -> str:
+        trainer = SimpleNamespace(
+            is_global_zero=True,
+            callback_metrics={"val/auroc": torch.tensor(auroc)},
+            current_epoch=number,
+            max_epochs=10,
+        )
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            callback.on_train_epoch_end(trainer, None)
+        return caplog.records[-1].getMessage()
+
+    before = EpochLog()
+    epoch(before, 0, 0.70)
+    epoch(before, 1, 0.80)
+    epoch(before, 2, 0.75)
+    resumed = EpochLog()
+    resumed.load_state_dict(before.state_dict())  # what last.ckpt carries
+    assert epoch(resumed, 3, 0.78).endswith("(best val/auroc 0.8000 at epoch 1)")
+    assert epoch(resumed, 4, 0.81).endswith("(best val/auroc 0.8100 at epoch 4)")
+    assert EpochLog().state_dict() == {"best": None}

@@ -91,3 +91,11 @@ class EpochLog(pl.Callback):
         if self.best:
             text += f" (best {self.monitor} {self.best[0]:.4f} at epoch {self.best[1]})"
         log.info("epoch %d/%d: %s", epoch, trainer.max_epochs - 1, text)
+
+    # kept in checkpoints, so a resumed run names the best epoch before the stop too
+    def state_dict(self) -> dict:
+        return {"best": list(self.best) if self.best else None}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        best = state_dict.get("best")
+        self.best = (float(best[0]), int(best[1])) if best else None
