@@ -296,6 +296,12 @@ def test_val_chooses_the_recipe_per_loss_and_test_plays_no_part(tmp_path):
                 metrics["test"]["auroc"] += test_shift
                 (folder / "metrics.json").write_text(json.dumps(metrics))
                 job += 1
+    # one seed of a third recipe with the best val of all: listed, never chosen
+    write_run(tmp_path / "one_seed", "ce", 1, grades, 1.0)
+    metrics = json.loads((tmp_path / "one_seed" / "metrics.json").read_text())
+    metrics["config"]["data"] = {"augment": "flip"}
+    metrics["val"]["auroc"] = 0.99
+    (tmp_path / "one_seed" / "metrics.json").write_text(json.dumps(metrics))
     runs, _ = collect_runs(tmp_path)
     rows = chosen_on_val(group_runs(runs))
     assert [row["loss"] for row in rows] == ["ce", "mtcsnn"]
@@ -308,3 +314,5 @@ def test_val_chooses_the_recipe_per_loss_and_test_plays_no_part(tmp_path):
     table = (tmp_path / "results.md").read_text().split("## Chosen on val")[1]
     assert "| ce | 1 | **loss=ce, data.augment=dihedral** | 3 |" in table
     assert "| mtcsnn | 2 | loss=mtcsnn, data.augment=strong | 3 |" in table
+    assert "| ce | - | loss=ce, data.augment=flip | 1 | 0.9900 |" in table
+    assert [dict(c)["config.data.augment"] for c in rows[0]["too_few"]] == ["flip"]

@@ -480,9 +480,14 @@ def score_decoding_lines(groups: dict[tuple, list[Run]]) -> list[str]:
     ]
 
 
+# a configuration tried on fewer seeds is listed, never chosen: one seed's val is noise
+MIN_SEEDS_TO_CHOOSE = 3
+
+
 def chosen_on_val(groups: dict[tuple, list[Run]]) -> list[dict]:
-    """For each loss with several configurations: the one with the highest mean val AUROC,
-    and the others in val order (their test numbers are shown, never used to choose)."""
+    """For each loss with several configurations: those with at least
+    :data:`MIN_SEEDS_TO_CHOOSE` seeds by mean val AUROC (the first is chosen), then those with
+    fewer; test numbers are shown beside them, never used to order them."""
     by_loss: dict[object, list[tuple]] = defaultdict(list)
     for config, runs in groups.items():
         if "val/auroc" in summarise(runs):
@@ -492,7 +497,10 @@ def chosen_on_val(groups: dict[tuple, list[Run]]) -> list[dict]:
         if len(configs) < 2:
             continue
         ranked = sorted(configs, key=lambda c: -summarise(groups[c])["val/auroc"][0])
-        rows.append({"loss": loss, "ranked": ranked})
+        enough = [c for c in ranked if len({r.seed for r in groups[c]}) >= MIN_SEEDS_TO_CHOOSE]
+        rows.append(
+            {"loss": loss, "ranked": enough, "too_few": [c for c in ranked if c not in enough]}
+        )
     return rows
 
 
@@ -505,15 +513,18 @@ def chosen_on_val_lines(groups: dict[tuple, list[Run]]) -> list[str]:
         "## Chosen on val",
         "",
         "Per loss, the configurations by mean val AUROC over their seeds, the chosen one first; "
-        "test is shown beside it and plays no part in the order.",
+        "test is shown beside it and plays no part in the order. Configurations with fewer than "
+        f"{MIN_SEEDS_TO_CHOOSE} seeds are listed last, without a rank: too few to choose on.",
         "",
         "| loss | rank | configuration | seeds | val AUROC | test AUROC |",
         "|---|---|---|---|---|---|",
     ]
     for row in rows:
-        for rank, config in enumerate(row["ranked"], 1):
+        listed = [(str(i), c) for i, c in enumerate(row["ranked"], 1)]
+        listed += [("-", c) for c in row["too_few"]]
+        for rank, config in listed:
             s = summarise(groups[config])
-            name = f"**{label(config)}**" if rank == 1 else label(config)
+            name = f"**{label(config)}**" if rank == "1" else label(config)
             lines.append(
                 f"| {row['loss']} | {rank} | {name} | {seeds_cell(groups[config])} | "
                 f"{mean_std(*s['val/auroc'])} | {mean_std(*s['test/auroc'])} |"
