@@ -362,6 +362,10 @@ def _auroc_summary(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} +/- {spread:.4f}"
 
 
+def _last_line(text: str) -> str:
+    return (text.strip().splitlines() or ["no output"])[-1]
+
+
 def run_at_most(commands: list[list[str]], jobs: int) -> None:
     """Run ``commands``, ``jobs`` at a time; any failure is an error naming its last line."""
     pending, running = list(commands), []
@@ -379,8 +383,7 @@ def run_at_most(commands: list[list[str]], jobs: int) -> None:
         command, process = running.pop(0)
         _, err = process.communicate()
         if process.returncode != 0:
-            last = (err.strip().splitlines() or ["no output"])[-1]
-            raise MTCSNNError(f"a bare run failed ({' '.join(command[3:])}): {last}")
+            raise MTCSNNError(f"a bare run failed ({' '.join(command[3:])}): {_last_line(err)}")
 
 
 def sweep_benchmark(overrides: list[str], runs: int, jobs: int, epochs: int | None) -> dict:
@@ -405,8 +408,7 @@ def sweep_benchmark(overrides: list[str], runs: int, jobs: int, epochs: int | No
         )  # fmt: skip
         framework_s = time.perf_counter() - start
         if framework.returncode != 0:
-            last = (framework.stderr.strip().splitlines() or ["no output"])[-1]
-            raise MTCSNNError(f"the framework sweep failed: {last}")
+            raise MTCSNNError(f"the framework sweep failed: {_last_line(framework.stderr)}")
         metrics = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/metrics.json"))]
         start = time.perf_counter()
         outs = [Path(tmp) / f"bare_{seed}.json" for seed in seeds]

@@ -48,29 +48,32 @@ class DivergenceWatch:
 
     def __init__(self) -> None:
         self.names: list[str] = []
-        self.first: torch.Tensor | None = None  # (step, batch) of the first bad step, or -1
+        self.step: torch.Tensor | None = None  # step of the first bad loss, or -1
+        self.batch: torch.Tensor | None = None  # its batch index
         self.values: torch.Tensor | None = None  # its terms, in the order of ``names``
 
     def record(self, terms: dict[str, torch.Tensor], step: int, batch_idx: int) -> None:
         values = torch.stack([value.detach().float().reshape(()) for value in terms.values()])
-        if self.first is None or list(terms) != self.names:
+        if self.step is None or list(terms) != self.names:
             self.names = list(terms)
-            self.first = torch.full((2,), -1, dtype=torch.long, device=values.device)
+            self.step = torch.full((), -1, dtype=torch.long, device=values.device)
+            self.batch = torch.full((), -1, dtype=torch.long, device=values.device)
             self.values = torch.zeros_like(values)
-        take = ~torch.isfinite(values[self.names.index("loss")]) & (self.first[0] < 0)
-        where = torch.tensor([step, batch_idx], device=values.device)
-        self.first = torch.where(take, where, self.first)
+        take = ~torch.isfinite(values[self.names.index("loss")]) & (self.step < 0)
+        # Python numbers go in as kernel arguments: no host-to-device copy, so no wait
+        self.step = torch.where(take, step, self.step)
+        self.batch = torch.where(take, batch_idx, self.batch)
         self.values = torch.where(take, values, self.values)
 
     def diverged(self) -> tuple[dict[str, torch.Tensor], int, int] | None:
         """The bad step's terms, step and batch, if any (this reads the device: a sync)."""
-        if self.first is None or self.values is None:
+        if self.step is None or self.batch is None or self.values is None:
             return None
-        step, batch_idx = (int(v) for v in self.first.tolist())
+        step = int(self.step)
         if step < 0:
             return None
         terms = dict(zip(self.names, self.values.cpu(), strict=True))
-        return terms, step, batch_idx
+        return terms, step, int(self.batch)
 
 
 class MTCSNNModule(pl.LightningModule):

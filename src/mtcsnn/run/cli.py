@@ -30,11 +30,12 @@ EXAMPLE_CKPT = "logs/train/runs/<date>_<time>/checkpoints/epoch_012.ckpt"
 INFO_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion"}
 
 
-def config_groups() -> set[str]:
+@functools.cache  # asked up to three times per command line
+def config_groups() -> frozenset[str]:
     """The config groups (folders of ``conf/``, nested ones as ``model/optimizer``):
     ``data=synthetic`` picks a file, not a key."""
     root = Path(CONFIG_PATH)
-    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_dir()}
+    return frozenset(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_dir())
 
 
 def unknown_option_message(overrides: list[str]) -> str | None:
