@@ -9,9 +9,9 @@ from conftest import TINY, TINY_SYNTHETIC, compose_train
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from mtcsnn.report import DEBUG_RUN, collect_runs
 from mtcsnn.report import main as report_main
 from mtcsnn.run.config import CONFIG_PATH
+from mtcsnn.run.results import DEBUG_RUN, collect_runs
 from mtcsnn.run.training import train
 
 SMALL = ["data=synthetic", *TINY_SYNTHETIC, *TINY]

@@ -6,8 +6,9 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from mtcsnn.grading.comparison import ovr_auroc
-from mtcsnn.report import collect_runs, group_runs, main, paired_difference
+from mtcsnn.report import main
 from mtcsnn.run.files import predictions_csv
+from mtcsnn.run.results import collect_runs, group_runs, paired_difference
 
 TEST_AUROC = {
     ("ce", 1): 0.70,
@@ -253,7 +254,7 @@ def test_a_search_folder_is_not_an_unfinished_run_and_untested_trials_are_apart(
 def test_seed_ensembles_average_the_seeds_probabilities(sweep):
     from sklearn.metrics import cohen_kappa_score
 
-    from mtcsnn.report import ensemble_rows, read_predictions
+    from mtcsnn.run.results import ensemble_rows, read_predictions
 
     runs, _ = collect_runs(sweep)
     groups = group_runs(runs)
@@ -280,7 +281,7 @@ def test_seed_ensembles_average_the_seeds_probabilities(sweep):
 
 
 def test_val_chooses_the_recipe_per_loss_and_test_plays_no_part(tmp_path):
-    from mtcsnn.report import chosen_on_val
+    from mtcsnn.run.results import chosen_on_val
 
     grades = np.arange(100) % 5
     job = 0

@@ -51,7 +51,6 @@ from mtcsnn.run.wandb_logging import (
 )
 
 log = logging.getLogger(__name__)
-CONFIG_PATH = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def instantiate_group(group: DictConfig | None) -> list:

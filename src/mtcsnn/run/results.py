@@ -1,0 +1,378 @@
+"""Runs read back from their folders and grouped into configurations; what ``mtcsnn.report``
+shows, computed.
+
+A run is a folder holding ``metrics.json`` and ``test_predictions.csv`` (what
+``python -m mtcsnn.train`` writes). Runs are grouped into configurations by the config values
+that differ between them, seeds aside. MTCSNN configurations are compared with the CE run of the
+same backbone and seed, with a bootstrap 95% CI over test images; each configuration's seeds are
+also averaged into an ensemble. Whatever is *chosen* (the best configuration, the recipe of a
+loss) is chosen on mean val AUROC: the test split never chooses anything.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mtcsnn.grading.comparison import PAIRED_METRICS, grade_scores
+from mtcsnn.grading.comparison import paired_difference as compare
+from mtcsnn.run.config import flatten
+
+METRICS = ("auroc", "acc", "kappa", "mae")
+OPTIONAL_METRICS = {"acc_within1": "off-by-one accuracy"}
+# config keys that differ between runs without making them different configurations
+IGNORED_KEYS = {
+    # names of a sweep and its folder, not settings: what an experiment sets shows in the config
+    "experiment",
+    "task_name",
+    "seed",
+    "data.seed",
+    "data.root",
+    "data.num_workers",
+    "data.eval_batch_size",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+    # how a run was executed, not what was trained: thread count (null = all cores), resuming,
+    # what is kept on disk
+    "threads",
+    "resume",
+    "keep_training_state",
+}
+IGNORED_PREFIXES = ("paths.", "logger.", "hydra.")
+IGNORED_SUFFIXES = (".dirpath", ".save_dir", "default_root_dir")
+
+
+@dataclass
+class Run:
+    path: Path
+    metrics: dict
+    grades: np.ndarray
+    probs: np.ndarray
+    settings: dict = field(default_factory=dict)  # flattened choices and config
+
+    @property
+    def seed(self) -> int:
+        return int(self.metrics.get("seed", 0))
+
+    @property
+    def test_data(self) -> str:
+        """What the run was tested on: the fingerprint training recorded, else its grades."""
+        recorded = self.metrics.get("test_data")
+        if isinstance(recorded, str):
+            return recorded
+        return "grades:" + hashlib.sha256(self.grades.astype(np.int64).tobytes()).hexdigest()
+
+
+def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise ValueError("no rows")
+    classes = sorted(int(k.split("_")[1]) for k in rows[0] if k.startswith("prob_"))
+    rows.sort(key=lambda r: int(r["index"]))
+    grades = np.array([int(r["grade"]) for r in rows])
+    probs = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows])
+    return grades, probs
+
+
+SEARCH_FOLDER = "a search: its trials are the runs"
+UNTESTED_TRIAL = "search trial not tested (only the chosen trial sees the test split)"
+DEBUG_RUN = "a debug run (debug=...): never mixed into results"
+
+
+def _numbers(node: object, names: tuple[str, ...]) -> bool:
+    return isinstance(node, dict) and all(
+        isinstance(node.get(n), (int, float)) and not isinstance(node.get(n), bool) for n in names
+    )
+
+
+def shape_problem(metrics: object) -> str | None:
+    """What keeps a parsed ``metrics.json`` from being a run's results, or None."""
+    if not isinstance(metrics, dict):
+        return f"a {type(metrics).__name__}, not an object"
+    if not _numbers(metrics.get("test"), METRICS):
+        return "no test metrics (" + ", ".join(METRICS) + ")"
+    if "val" in metrics and metrics["val"] is not None and not isinstance(metrics["val"], dict):
+        return "val is not an object"
+    confusion = metrics.get("test_confusion")
+    if not (
+        isinstance(confusion, list)
+        and all(isinstance(row, list) and all(isinstance(v, int) for v in row) for row in confusion)
+    ):
+        return "test_confusion is not a matrix of counts"
+    if not isinstance(metrics.get("seed", 0), int):
+        return "seed is not an integer"
+    for key in ("config", "choices"):
+        if not isinstance(metrics.get(key, {}), dict):
+            return f"{key} is not an object"
+    return None
+
+
+def load_run(folder: Path) -> Run | str:
+    """The run in ``folder``, or the reason it cannot be used."""
+    metrics_path = folder / "metrics.json"
+    failed_path = folder / "failed.json"
+    if failed_path.exists() and not metrics_path.exists():
+        try:
+            reason = json.loads(failed_path.read_text()).get("error", "no reason recorded")
+        except (OSError, ValueError):
+            reason = "unreadable failed.json"
+        return f"failed: {reason}"
+    if (folder / "search.json").exists():
+        return SEARCH_FOLDER
+    if not metrics_path.exists():
+        return "unfinished: no metrics.json"
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except (OSError, ValueError) as err:
+        return f"unreadable ({type(err).__name__}: {err})"
+    predictions_path = folder / "test_predictions.csv"
+    if not predictions_path.exists():
+        untested = isinstance(metrics, dict) and "test" in metrics and metrics["test"] is None
+        return UNTESTED_TRIAL if untested else "missing test_predictions.csv"
+    try:
+        grades, probs = read_predictions(predictions_path)
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
+        return f"unreadable ({type(err).__name__}: {err})"
+    problem = shape_problem(metrics)
+    if problem:
+        return f"metrics.json of another shape: {problem}"
+    if metrics.get("config", {}).get("task_name") == "debug":
+        return DEBUG_RUN
+    if "acc_within1" not in metrics["test"]:
+        # runs from before the metric existed: the same number, from their own predictions
+        within = float(np.mean(np.abs(probs.argmax(1) - grades) <= 1))
+        metrics["test"] = {**metrics["test"], "acc_within1": within}
+    settings = flatten({"choices": metrics.get("choices", {}), "config": metrics.get("config", {})})
+    return Run(folder, metrics, grades, probs, settings)
+
+
+def collect_runs(root: Path) -> tuple[list[Run], list[tuple[Path, str]]]:
+    """Every run under ``root`` (``root`` itself may be one), and the skipped folders with why."""
+    folders = {p.parent for p in root.rglob("metrics.json")}
+    folders |= {p.parent.parent for p in root.rglob(".hydra/config.yaml")}
+    runs, skipped = [], []
+    for folder in sorted(folders):
+        loaded = load_run(folder)
+        if isinstance(loaded, Run):
+            runs.append(loaded)
+        elif loaded != SEARCH_FOLDER:
+            skipped.append((folder, loaded))
+    return runs, skipped
+
+
+def _ignored(key: str) -> bool:
+    name = key.split(".", 1)[1]
+    return (
+        name in IGNORED_KEYS or name.startswith(IGNORED_PREFIXES) or name.endswith(IGNORED_SUFFIXES)
+    )
+
+
+def varying_keys(runs: list[Run]) -> list[str]:
+    """Settings that tell configurations apart: chosen config files, then values within them."""
+    keys = sorted({k for r in runs for k in r.settings if not _ignored(k)})
+    varying = [k for k in keys if len({r.settings.get(k) for r in runs}) > 1]
+    # a key missing from older runs and constant where present (a setting added later, at its
+    # default) does not tell configurations apart
+    varying = [
+        k
+        for k in varying
+        if len({r.settings[k] for r in runs if k in r.settings}) > 1
+        or all(k in r.settings for r in runs)
+    ]
+    choices = [k for k in varying if k.startswith("choices.")]
+    chosen_groups = {k.split(".", 1)[1] for k in choices}
+    values = []
+    for key in varying:
+        if key.startswith("choices."):
+            continue
+        group = key.split(".")[1]
+        if group in chosen_groups:
+            # e.g. loss.lam differs between loss=ce and loss=mtcsnn only because ce has none
+            by_choice = defaultdict(set)
+            for r in runs:
+                by_choice[r.settings.get(f"choices.{group}")].add(r.settings.get(key))
+            if all(len(v) == 1 for v in by_choice.values()):
+                continue
+        values.append(key)
+    return choices + values
+
+
+def short(key: str) -> str:
+    """``choices.loss`` -> ``loss``, ``config.loss.lam`` -> ``loss.lam``."""
+    return key.split(".", 1)[1]
+
+
+def label(config: tuple) -> str:
+    return ", ".join(f"{short(k)}={v}" for k, v in config) or "all runs"
+
+
+def group_runs(runs: list[Run]) -> dict[tuple, list[Run]]:
+    keys = varying_keys(runs)
+    groups: dict[tuple, list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[tuple((k, run.settings.get(k)) for k in keys)].append(run)
+    return dict(groups)
+
+
+def paired_difference(
+    pairs: list[tuple[Run, Run]], metric: str, num_resamples: int = 1000, seed: int = 0
+) -> tuple[float, float, float]:
+    """:func:`mtcsnn.grading.comparison.paired_difference` of pairs of runs."""
+    for a, b in pairs:
+        if len(a.grades) != len(b.grades) or not np.array_equal(a.grades, b.grades):
+            raise ValueError(f"{a.path} and {b.path} were not tested on the same images")
+    return compare(
+        [((a.grades, a.probs), (b.grades, b.probs)) for a, b in pairs],
+        metric,
+        num_resamples,
+        seed,
+    )
+
+
+def summarise(runs: list[Run]) -> dict[str, tuple[float, float]]:
+    out = {}
+    for stage in ("test", "val"):
+        for m in (*METRICS, *OPTIONAL_METRICS):
+            values = [r.metrics[stage][m] for r in runs if m in r.metrics.get(stage, {})]
+            if values:
+                std = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+                out[f"{stage}/{m}"] = (float(np.mean(values)), std)
+    return out
+
+
+def is_baseline(settings: dict) -> bool:
+    """CE: ``loss=ce``, or the multi-task loss at lambda 0 (the same loss, see the README)."""
+    return settings.get("choices.loss") == "ce" or settings.get("config.loss.lam") in (0, 0.0)
+
+
+def baseline_of(config: tuple, groups: dict[tuple, list[Run]]) -> tuple | None:
+    """The CE configuration that matches ``config`` in everything but the loss.
+
+    ``loss=ce`` runs are preferred; a lambda sweep without them is compared with its lambda 0.
+    """
+    settings = dict(config)
+    if is_baseline(settings):
+        return None
+    candidates = []
+    for other in groups:
+        other_settings = dict(other)
+        if not is_baseline(other_settings):
+            continue
+        same = all(
+            other_settings.get(k) == v
+            for k, v in settings.items()
+            if k != "choices.loss" and not k.startswith("config.loss.")
+        )
+        if same:
+            candidates.append(other)
+    candidates.sort(key=lambda c: dict(c).get("choices.loss") != "ce")
+    return candidates[0] if candidates else None
+
+
+def comparisons(groups: dict[tuple, list[Run]], num_resamples: int) -> list[dict]:
+    rows = []
+    for config, runs in groups.items():
+        base = baseline_of(config, groups)
+        if base is None:
+            continue
+        # a pair is one seed tested on the same images; every pair of a row on one test set
+        by_key = {(r.seed, r.test_data): r for r in groups[base]}
+        pairs = [(r, by_key[r.seed, r.test_data]) for r in runs if (r.seed, r.test_data) in by_key]
+        if not pairs:
+            continue
+        pairs = [(a, b) for a, b in pairs if a.test_data == pairs[0][0].test_data]
+        row = {"config": config, "baseline": base, "seeds": len(pairs)}
+        for metric in PAIRED_METRICS:
+            row[metric] = paired_difference(pairs, metric, num_resamples)
+        rows.append(row)
+    return rows
+
+
+def ensemble(runs: list[Run]) -> tuple[list[Run], np.ndarray, np.ndarray] | None:
+    """The seeds of one configuration averaged: their class probabilities, mean over runs.
+
+    Only runs tested on the same images take part (the largest such set, one run per seed);
+    each is its own best-val checkpoint, so nothing is chosen on test. None below two seeds.
+    """
+    by_data: dict[str | None, dict[int | None, Run]] = defaultdict(dict)
+    for run in runs:
+        by_data[run.test_data].setdefault(run.seed, run)
+    members = max(by_data.values(), key=len, default={})
+    members_list = [r for r in members.values() if np.array_equal(r.grades, runs[0].grades)]
+    if len(members_list) < 2:
+        return None
+    probs = np.mean([r.probs for r in members_list], axis=0)
+    return members_list, members_list[0].grades, probs
+
+
+def ensemble_rows(groups: dict[tuple, list[Run]], num_resamples: int) -> list[dict]:
+    """Each configuration's seed ensemble, and its difference to the CE ensemble."""
+    ensembles = {config: ensemble(runs) for config, runs in groups.items()}
+    rows = []
+    for config, made in ensembles.items():
+        if made is None:
+            continue
+        members, grades, probs = made
+        row = {"config": config, "seeds": len(members), "scores": grade_scores(grades, probs)}
+        base = baseline_of(config, groups)
+        base_made = ensembles.get(base) if base is not None else None
+        if base_made is not None and np.array_equal(base_made[1], grades):
+            pair = [((grades, probs), (base_made[1], base_made[2]))]
+            row["baseline"] = base
+            for metric in PAIRED_METRICS:
+                row[metric] = compare(pair, metric, num_resamples)
+        rows.append(row)
+    return rows
+
+
+# a configuration tried on fewer seeds is listed, never chosen: one seed's val is noise
+MIN_SEEDS_TO_CHOOSE = 3
+
+
+def chosen_on_val(groups: dict[tuple, list[Run]]) -> list[dict]:
+    """For each loss with several configurations: those with at least
+    :data:`MIN_SEEDS_TO_CHOOSE` seeds by mean val AUROC (the first is chosen), then those with
+    fewer; test numbers are shown beside them, never used to order them."""
+    by_loss: dict[object, list[tuple]] = defaultdict(list)
+    for config, runs in groups.items():
+        if "val/auroc" in summarise(runs):
+            by_loss[runs[0].settings.get("choices.loss")].append(config)
+    rows = []
+    for loss, configs in sorted(by_loss.items(), key=lambda kv: str(kv[0])):
+        if len(configs) < 2:
+            continue
+        ranked = sorted(configs, key=lambda c: -summarise(groups[c])["val/auroc"][0])
+        enough = [c for c in ranked if len({r.seed for r in groups[c]}) >= MIN_SEEDS_TO_CHOOSE]
+        rows.append(
+            {"loss": loss, "ranked": enough, "too_few": [c for c in ranked if c not in enough]}
+        )
+    return rows
+
+
+def best_configuration(groups: dict[tuple, list[Run]]) -> tuple:
+    """Highest mean val AUROC: the test split plays no part in choosing."""
+    return max(groups, key=lambda c: summarise(groups[c]).get("val/auroc", (-1.0, 0))[0])
+
+
+def val_curve(run: Run) -> tuple[np.ndarray, np.ndarray] | None:
+    path = run.path / "csv" / "metrics.csv"
+    if not path.exists():
+        return None
+    by_epoch: dict[int, float] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("val/auroc") and row.get("epoch"):
+                # first value of an epoch: a later evaluation logged at epoch 0 is not a curve point
+                by_epoch.setdefault(int(float(row["epoch"])), float(row["val/auroc"]))
+    if not by_epoch:
+        return None
+    epochs = np.array(sorted(by_epoch))
+    return epochs, np.array([by_epoch[e] for e in epochs])

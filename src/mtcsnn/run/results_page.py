@@ -1,0 +1,192 @@
+"""The report's page, ``results.md``: tables of grouped runs (see :mod:`mtcsnn.run.results`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mtcsnn.run.results import (
+    DEBUG_RUN,
+    METRICS,
+    MIN_SEEDS_TO_CHOOSE,
+    OPTIONAL_METRICS,
+    UNTESTED_TRIAL,
+    Run,
+    chosen_on_val,
+    label,
+    summarise,
+)
+
+
+def seeds_cell(runs: list[Run]) -> str:
+    """The number of seeds; runs that repeat a seed are said to be repeats, not more seeds."""
+    seeds = len({r.seed for r in runs})
+    if seeds == len(runs):
+        return str(seeds)
+    return f"{seeds} ({len(runs)} runs: repeats of a seed)"
+
+
+def mean_std(mean: float, std: float) -> str:
+    return f"{mean:.4f}" if np.isnan(std) else f"{mean:.4f} +/- {std:.4f}"
+
+
+def results_markdown(
+    groups: dict[tuple, list[Run]],
+    compared: list[dict],
+    skipped: list[tuple[Path, str]],
+    root: Path,
+    ensembles: list[dict] | None = None,
+) -> str:
+    # columns every run has: off-by-one accuracy is missing from runs of older versions
+    extra = [
+        m
+        for m in OPTIONAL_METRICS
+        if all(m in r.metrics["test"] for runs in groups.values() for r in runs)
+    ]
+    lines = [
+        f"# Results: {root}",
+        "",
+        "Test metrics of the best-val checkpoint of each run, mean +/- std over seeds.",
+        "",
+        "| configuration | seeds | test AUROC | test accuracy | test quadratic kappa | test MAE "
+        + "".join(f"| test {OPTIONAL_METRICS[m]} " for m in extra)
+        + "| val AUROC |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(extra),
+    ]
+    for config, runs in sorted(groups.items(), key=lambda kv: label(kv[0])):
+        s = summarise(runs)
+        cells = [mean_std(*s[f"test/{m}"]) for m in (*METRICS, *extra)]
+        val_cell = mean_std(*s["val/auroc"]) if "val/auroc" in s else "-"
+        lines.append(
+            f"| {label(config)} | {seeds_cell(runs)} | " + " | ".join(cells) + f" | {val_cell} |"
+        )
+    if compared:
+        lines += [
+            "",
+            "## MTCSNN vs CE, same backbone and seed",
+            "",
+            "Mean over seeds of (MTCSNN - CE) on the test set; 95% CI from a paired bootstrap "
+            "over test images. CE is `loss=ce`, or lambda 0 where a sweep has no `loss=ce` runs.",
+            "",
+            "| configuration | vs | paired seeds | AUROC difference [95% CI] "
+            "| accuracy difference [95% CI] |",
+            "|---|---|---|---|---|",
+        ]
+        for row in compared:
+            cells = [f"{p:+.4f} [{lo:+.4f}, {hi:+.4f}]" for p, lo, hi in (row["auroc"], row["acc"])]
+            lines.append(
+                f"| {label(row['config'])} | {label(row['baseline'])} | {row['seeds']} | "
+                + " | ".join(cells)
+                + " |"
+            )
+    if ensembles:
+        lines += [
+            "",
+            "## Seed ensembles",
+            "",
+            "Each configuration's seeds together: the class probabilities of their best-val "
+            "checkpoints averaged (no choice made on test). Against the CE ensemble of the same "
+            "settings: the difference with a bootstrap 95% CI over test images.",
+            "",
+            "| configuration | seeds | test AUROC | test accuracy | test quadratic kappa "
+            "| test MAE | vs | AUROC difference [95% CI] | accuracy difference [95% CI] |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in ensembles:
+            scores = [f"{row['scores'][m]:.4f}" for m in ("auroc", "acc", "kappa", "mae")]
+            if "baseline" in row:
+                diffs = [label(row["baseline"])] + [
+                    f"{p:+.4f} [{lo:+.4f}, {hi:+.4f}]" for p, lo, hi in (row["auroc"], row["acc"])
+                ]
+            else:
+                diffs = ["-", "-", "-"]
+            lines.append(
+                f"| {label(row['config'])} | {row['seeds']} | " + " | ".join(scores + diffs) + " |"
+            )
+    lines += chosen_on_val_lines(groups)
+    lines += score_decoding_lines(groups)
+    failed = [(path, why) for path, why in skipped if why.startswith("failed:")]
+    trials = [(path, why) for path, why in skipped if why == UNTESTED_TRIAL]
+    debug = [(path, why) for path, why in skipped if why == DEBUG_RUN]
+    other = [(path, why) for path, why in skipped if (path, why) not in failed + trials + debug]
+    if debug:
+        lines += ["", "## Debug runs (not counted)", ""]
+        lines += [f"- `{path}`" for path, _ in debug]
+    if trials:
+        lines += ["", "## Search trials not tested", ""]
+        lines += [f"- `{path}`" for path, _ in trials]
+    if failed:
+        lines += ["", "## Failed runs", ""]
+        lines += [f"- `{path}`: {why.removeprefix('failed: ')}" for path, why in failed]
+    if other:
+        lines += ["", "## Unfinished or unreadable runs", ""]
+        lines += [f"- `{path}`: {why}" for path, why in other]
+    return "\n".join(lines) + "\n"
+
+
+def score_decoding_lines(groups: dict[tuple, list[Run]]) -> list[str]:
+    """Classifier vs severity score (thresholds fitted on val, pairwise) on test, per config."""
+    rows = []
+    for config, runs in sorted(groups.items(), key=lambda kv: label(kv[0])):
+        decoded = [r for r in runs if "score_decoding" in r.metrics]
+        if not decoded:
+            continue
+        cells = []
+        for way in ("classifier", "thresholds", "pairwise"):
+            for m in ("acc", "kappa", "mae"):
+                values = [
+                    r.metrics["test"][m]
+                    if way == "classifier"
+                    else r.metrics["score_decoding"][way]["test"][m]
+                    for r in decoded
+                ]
+                std = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+                cells.append(mean_std(float(np.mean(values)), std))
+        rows.append(f"| {label(config)} | {len(decoded)} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    head = " | ".join(
+        f"{way} {m}"
+        for way in ("classifier", "thresholds", "pairwise")
+        for m in ("acc", "kappa", "MAE")
+    )
+    return [
+        "",
+        "## The severity score as a grader (test)",
+        "",
+        "Grades from the classifier head, from the score by thresholds fitted on val, and by "
+        "pairwise inference against the training images; mean +/- std over seeds.",
+        "",
+        f"| configuration | seeds | {head} |",
+        "|---|---|" + "---|" * 9,
+        *rows,
+    ]
+
+
+def chosen_on_val_lines(groups: dict[tuple, list[Run]]) -> list[str]:
+    rows = chosen_on_val(groups)
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Chosen on val",
+        "",
+        "Per loss, the configurations by mean val AUROC over their seeds, the chosen one first; "
+        "test is shown beside it and plays no part in the order. Configurations with fewer than "
+        f"{MIN_SEEDS_TO_CHOOSE} seeds are listed last, without a rank: too few to choose on.",
+        "",
+        "| loss | rank | configuration | seeds | val AUROC | test AUROC |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        listed = [(str(i), c) for i, c in enumerate(row["ranked"], 1)]
+        listed += [("-", c) for c in row["too_few"]]
+        for rank, config in listed:
+            s = summarise(groups[config])
+            name = f"**{label(config)}**" if rank == "1" else label(config)
+            lines.append(
+                f"| {row['loss']} | {rank} | {name} | {seeds_cell(groups[config])} | "
+                f"{mean_std(*s['val/auroc'])} | {mean_std(*s['test/auroc'])} |"
+            )
+    return lines
