@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mtcsnn.bench import benchmark, main, summary
+from mtcsnn.bench import main
+from mtcsnn.run.bench_loops import benchmark, summary
 
 TINY = [
     "data=synthetic",
@@ -39,7 +40,7 @@ def test_bench_rejects_a_bad_override(capsys):
 
 @pytest.mark.slow
 def test_the_sweep_mode_times_whole_runs_of_both_side_by_side(tmp_path, capsys):
-    from mtcsnn.bench import sweep_benchmark, sweep_summary
+    from mtcsnn.run.bench_sweep import sweep_benchmark, sweep_summary
 
     small = [*TINY[:-1], "data.num_val=20", "data.num_test=20"]
     result = sweep_benchmark(small, runs=2, jobs=2, epochs=1)
