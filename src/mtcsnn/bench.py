@@ -1,10 +1,11 @@
 """``python -m mtcsnn.bench [--steps N] [overrides ...]``: framework overhead, measured.
 
 On the model, data and batch size of the composed train config (any ``key=value`` overrides
-apply), it times (a) a bare PyTorch training loop (`run/bench_loops.py`) and (b) the framework's real
-training step run by a Lightning ``Trainer``, and prints images/s of each, their ratio, the
-share of step time spent fetching data, and the achieved FLOP rate of the training step against
-a matmul peak measured in the same run. A benchmark, not a test: numbers depend on the machine.
+apply), it times (a) a bare PyTorch training loop (``run/bench_loops.py``) and (b) the
+framework's real training step run by a Lightning ``Trainer``, and prints images/s of each, their
+ratio, the share of step time spent fetching data, and the achieved FLOP rate of the training
+step against a matmul peak measured in the same run. A benchmark, not a test: numbers depend on
+the machine.
 
 ``--runs N --jobs J`` times whole runs instead: a sweep of N seeds through ``python -m
 mtcsnn.train --multirun`` (J jobs at a time, the parallel launcher) against N runs of a plain
