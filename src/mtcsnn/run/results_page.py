@@ -106,23 +106,29 @@ def results_markdown(
             )
     lines += chosen_on_val_lines(groups)
     lines += score_decoding_lines(groups)
-    failed = [(path, why) for path, why in skipped if why.startswith("failed:")]
-    trials = [(path, why) for path, why in skipped if why == UNTESTED_TRIAL]
-    debug = [(path, why) for path, why in skipped if why == DEBUG_RUN]
-    other = [(path, why) for path, why in skipped if (path, why) not in failed + trials + debug]
-    if debug:
-        lines += ["", "## Debug runs (not counted)", ""]
-        lines += [f"- `{path}`" for path, _ in debug]
-    if trials:
-        lines += ["", "## Search trials not tested", ""]
-        lines += [f"- `{path}`" for path, _ in trials]
-    if failed:
-        lines += ["", "## Failed runs", ""]
-        lines += [f"- `{path}`: {why.removeprefix('failed: ')}" for path, why in failed]
-    if other:
-        lines += ["", "## Unfinished or unreadable runs", ""]
-        lines += [f"- `{path}`: {why}" for path, why in other]
+    lines += skipped_lines(skipped)
     return "\n".join(lines) + "\n"
+
+
+def skipped_lines(skipped: list[tuple[Path, str]]) -> list[str]:
+    """The folders that are not results, by why: debug runs, untested trials, failed, the rest."""
+    kinds = {
+        "Debug runs (not counted)": lambda why: why == DEBUG_RUN,
+        "Search trials not tested": lambda why: why == UNTESTED_TRIAL,
+        "Failed runs": lambda why: why.startswith("failed:"),
+        "Unfinished or unreadable runs": lambda why: True,
+    }
+    lines, left = [], list(skipped)
+    for title, belongs in kinds.items():
+        listed = [(path, why) for path, why in left if belongs(why)]
+        left = [item for item in left if item not in listed]
+        if listed:
+            lines += ["", f"## {title}", ""]
+            for path, why in listed:
+                reason = why.removeprefix("failed: ")
+                said = "" if why in (DEBUG_RUN, UNTESTED_TRIAL) else f": {reason}"
+                lines.append(f"- `{path}`{said}")
+    return lines
 
 
 def score_decoding_lines(groups: dict[tuple, list[Run]]) -> list[str]:
