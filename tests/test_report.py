@@ -117,6 +117,29 @@ def test_lambda_sweep_is_compared_with_its_lambda_zero(tmp_path, monkeypatch):
     assert "| 2 | +" in row  # two paired seeds, a positive AUROC difference
 
 
+def test_a_folder_of_links_to_runs_is_a_comparison(sweep, tmp_path_factory):
+    # the usual way to compare sweeps kept in different places: links to them in one folder
+    comparison = tmp_path_factory.mktemp("comparison")
+    (comparison / "ce_and_mtcsnn").symlink_to(sweep, target_is_directory=True)
+    (comparison / "again").symlink_to(sweep, target_is_directory=True)  # the same runs twice
+    (sweep / "0" / "up").symlink_to(comparison, target_is_directory=True)  # a loop
+    lambda_two = tmp_path_factory.mktemp("lambda_two")
+    grades = np.arange(100) % 5
+    for seed in (1, 2, 3):
+        write_run(lambda_two / str(seed), "mtcsnn", seed, grades, 3.0, lam=2)
+    (comparison / "lambda_two").symlink_to(lambda_two, target_is_directory=True)
+
+    runs, _ = collect_runs(comparison)
+    assert len(runs) == 9  # each run once, whichever links lead to it
+    labels = sorted(", ".join(f"{k}={v}" for k, v in config) for config in group_runs(runs))
+    # loss=ce has no lambda: its label says nothing of one
+    assert labels == [
+        "choices.loss=ce",
+        "choices.loss=mtcsnn, config.loss.lam=0.5",
+        "choices.loss=mtcsnn, config.loss.lam=2",
+    ]
+
+
 def test_a_setting_added_later_does_not_split_a_configuration(sweep):
     runs, _ = collect_runs(sweep)
     for run in runs[:2]:  # as if written by a newer version with one more (default) setting

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,12 +155,30 @@ def load_run(folder: Path) -> Run | str:
     return Run(folder, metrics, grades, probs, settings)
 
 
+def run_folders(root: Path) -> list[Path]:
+    """Folders under ``root`` (itself included) holding ``metrics.json`` or ``.hydra/``.
+
+    Linked folders are followed, so a folder of links to runs kept elsewhere is a comparison;
+    a folder reached twice (two links, or a link back up the tree) counts once.
+    """
+    found, seen = [], set()
+    for current, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(current)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        folder = Path(current)
+        if "metrics.json" in files or (folder / ".hydra" / "config.yaml").is_file():
+            found.append(folder)
+    return sorted(found)
+
+
 def collect_runs(root: Path) -> tuple[list[Run], list[tuple[Path, str]]]:
     """Every run under ``root`` (``root`` itself may be one), and the skipped folders with why."""
-    folders = {p.parent for p in root.rglob("metrics.json")}
-    folders |= {p.parent.parent for p in root.rglob(".hydra/config.yaml")}
     runs, skipped = [], []
-    for folder in sorted(folders):
+    for folder in run_folders(root):
         loaded = load_run(folder)
         if isinstance(loaded, Run):
             runs.append(loaded)
@@ -218,7 +237,8 @@ def group_runs(runs: list[Run]) -> dict[tuple, list[Run]]:
     keys = varying_keys(runs)
     groups: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
-        groups[tuple((k, run.settings.get(k)) for k in keys)].append(run)
+        # a key the run has no value for (loss.lam of loss=ce) is left out of its label
+        groups[tuple((k, run.settings[k]) for k in keys if k in run.settings)].append(run)
     return dict(groups)
 
 
