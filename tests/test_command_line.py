@@ -61,6 +61,37 @@ def test_a_missing_argument_is_one_line_with_an_example(tmp_path, command, args,
     assert line.startswith(f"error: {missing}, e.g. python -m mtcsnn.{command} ckpt_path=")
 
 
+# a command line as the user types it, in this process; then which heavy libraries it loaded
+LOADED_BY = """
+import runpy, sys
+sys.argv = ["mtcsnn", *sys.argv[1:]]
+try:
+    runpy.run_module(sys.argv.pop(1), run_name="__main__")
+except SystemExit as stop:
+    if isinstance(stop.code, str):
+        print(stop.code, file=sys.stderr)
+print(sorted(m for m in ("torch", "pytorch_lightning", "torchvision") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("command", HYDRA_COMMANDS)
+@pytest.mark.parametrize("args", [["--help"], ["no_such_key=1"], []], ids=["help", "typo", "bare"])
+def test_help_and_command_line_errors_answer_without_loading_pytorch(tmp_path, command, args):
+    # `train` with no arguments would train: its third case is a misspelt group option instead
+    if command == "train" and not args:
+        args = ["model=resnet19"]
+    result = subprocess.run(
+        [sys.executable, "-c", LOADED_BY, f"mtcsnn.{command}", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "WANDB_MODE": "offline"},
+    )
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout + result.stderr
+    if args != ["--help"]:
+        assert result.stderr.startswith("error: "), result.stderr
+
+
 # records the OpenMP wait policy at the moment torch is first imported
 POLICY_WHEN_TORCH_LOADS = """
 import os, sys
@@ -71,6 +102,7 @@ class Spy:
             seen.append(os.environ.get("OMP_WAIT_POLICY"))
 sys.meta_path.insert(0, Spy())
 import mtcsnn.train
+import mtcsnn.run.training  # what a run imports: torch among it
 print(seen[0])
 """
 

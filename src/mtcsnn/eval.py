@@ -13,16 +13,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
-from mtcsnn.run.checkpoint import load_checkpoints
 from mtcsnn.run.cli import EXAMPLE_CKPT, command
-from mtcsnn.run.console import quiet_libraries
-from mtcsnn.run.files import versions
-from mtcsnn.run.training import (
-    ensemble_results,
-    evaluation_results,
-    log_results,
-    write_outputs,
-)
 
 # the command line printed when a mandatory argument is missing
 EXAMPLE = f"python -m mtcsnn.eval ckpt_path={EXAMPLE_CKPT}"
@@ -30,6 +21,18 @@ EXAMPLE = f"python -m mtcsnn.eval ckpt_path={EXAMPLE_CKPT}"
 
 def evaluate(cfg: DictConfig) -> dict:
     """One checkpoint, or several (``ckpt_path=[a,b,...]``: an ensemble of their probabilities)."""
+    # PyTorch and Lightning load here, once the command line has passed its checks: --help
+    # and a mistyped key answer in about a second
+    from mtcsnn.run.checkpoint import load_checkpoints
+    from mtcsnn.run.console import quiet_libraries
+    from mtcsnn.run.files import versions
+    from mtcsnn.run.training import (
+        ensemble_results,
+        evaluation_results,
+        log_results,
+        write_outputs,
+    )
+
     start = time.perf_counter()
     quiet_libraries()
     checkpoints = load_checkpoints(cfg.ckpt_path)

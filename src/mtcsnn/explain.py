@@ -8,10 +8,6 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from mtcsnn.errors import require
-from mtcsnn.inference.batch import pick_device
-from mtcsnn.inference.gradcam import explain_inputs
-from mtcsnn.inference.images import input_list
-from mtcsnn.run.checkpoint import load_checkpoint
 from mtcsnn.run.cli import EXAMPLE_CKPT, command
 
 log = logging.getLogger(__name__)
@@ -23,6 +19,13 @@ EXAMPLE = f"python -m mtcsnn.explain ckpt_path={EXAMPLE_CKPT} inputs=[photo.jpg]
 @command("explain", EXAMPLE)
 def main(cfg: DictConfig) -> None:
     require("captum", "explain", "mtcsnn.explain")
+    # PyTorch loads here, once the command line has passed its checks: --help and a mistyped
+    # key answer in about a second
+    from mtcsnn.inference.batch import pick_device
+    from mtcsnn.inference.gradcam import explain_inputs
+    from mtcsnn.inference.images import input_list
+    from mtcsnn.run.checkpoint import load_checkpoint
+
     ckpt = load_checkpoint(cfg.ckpt_path)
     result = explain_inputs(
         ckpt.module,

@@ -16,10 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from mtcsnn.inference.export import SUFFIXES, check_format, export_model, model_description
-from mtcsnn.run.checkpoint import load_checkpoints
 from mtcsnn.run.cli import EXAMPLE_CKPT, command
-from mtcsnn.run.console import quiet_libraries
 from mtcsnn.run.files import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -30,6 +27,12 @@ EXAMPLE = f"python -m mtcsnn.export ckpt_path={EXAMPLE_CKPT} format=onnx"
 
 @command("export", EXAMPLE)
 def main(cfg: DictConfig) -> None:
+    # PyTorch loads here, once the command line has passed its checks: --help and a mistyped
+    # key answer in about a second
+    from mtcsnn.inference.export import SUFFIXES, check_format, export_model, model_description
+    from mtcsnn.run.checkpoint import load_checkpoints
+    from mtcsnn.run.console import quiet_libraries
+
     quiet_libraries()
     check_format(cfg.format)
     checkpoints = load_checkpoints(cfg.ckpt_path)  # several: an ensemble, averaged

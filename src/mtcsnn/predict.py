@@ -12,18 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from mtcsnn.inference.batch import (
-    FAILURE_HEADER,
-    INTENDED_USE,
-    PREDICTION_HEADER,
-    csv_text,
-    pick_device,
-    predict_inputs,
-)
-from mtcsnn.inference.images import input_list
-from mtcsnn.run.checkpoint import load_checkpoints
 from mtcsnn.run.cli import EXAMPLE_CKPT, command
-from mtcsnn.run.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +22,12 @@ EXAMPLE = f"python -m mtcsnn.predict ckpt_path={EXAMPLE_CKPT} inputs=[photo.jpg,
 
 def predict(cfg: DictConfig) -> tuple[list[list], list[tuple[str, str]]]:
     """Predict every readable input; returns the CSV rows and ``(input, reason)`` failures."""
+    # PyTorch loads here, once the command line has passed its checks: --help and a mistyped
+    # key answer in about a second
+    from mtcsnn.inference.batch import pick_device, predict_inputs
+    from mtcsnn.inference.images import input_list
+    from mtcsnn.run.checkpoint import load_checkpoints
+
     checkpoints = load_checkpoints(cfg.ckpt_path)  # several: an ensemble, averaged
     return predict_inputs(
         [ckpt.module for ckpt in checkpoints],
@@ -47,6 +42,9 @@ def predict(cfg: DictConfig) -> tuple[list[list], list[tuple[str, str]]]:
 def write_results(rows: list, failures: list[tuple[str, str]], output: Path) -> Path:
     """Both CSVs, always (a header alone where nothing was predicted or nothing failed), and
     ``INTENDED_USE.txt`` beside them: what these grades may and may not be used for."""
+    from mtcsnn.inference.batch import FAILURE_HEADER, INTENDED_USE, PREDICTION_HEADER, csv_text
+    from mtcsnn.run.files import write_text_atomic
+
     failures_path = output.with_name("failures.csv")
     write_text_atomic(output.with_name("INTENDED_USE.txt"), INTENDED_USE + "\n")
     write_text_atomic(failures_path, csv_text(FAILURE_HEADER, failures))
@@ -56,6 +54,9 @@ def write_results(rows: list, failures: list[tuple[str, str]], output: Path) -> 
 
 @command("predict", EXAMPLE)
 def main(cfg: DictConfig) -> None:
+    from mtcsnn.inference.batch import INTENDED_USE
+    from mtcsnn.inference.images import input_list
+
     rows, failures = predict(cfg)
     failures_path = write_results(rows, failures, Path(cfg.output))
     for name, reason in failures:

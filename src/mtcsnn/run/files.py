@@ -12,11 +12,12 @@ import tempfile
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import IO
-
-import torch
+from typing import IO, TYPE_CHECKING
 
 from mtcsnn.errors import WriteError
+
+if TYPE_CHECKING:  # every command loads this module (the sweep's failure callback): no torch
+    import torch
 
 PACKAGES = (
     "mtcsnn",
@@ -81,6 +82,8 @@ def keep_weights_only(path: str | Path) -> None:
 
     An Adam checkpoint is three times its weights; a finished run needs only the weights.
     """
+    import torch
+
     path = Path(path)
     state = torch.load(path, map_location="cpu", weights_only=True)
     slim = {key: state[key] for key in WEIGHTS_KEYS if key in state}
