@@ -21,8 +21,6 @@ import sys
 from pathlib import Path
 
 from mtcsnn.errors import MTCSNNError
-from mtcsnn.run.bench_loops import benchmark, summary
-from mtcsnn.run.bench_sweep import bare_run_job, busy_processes, sweep_benchmark, sweep_summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps and --warmup must be >= 1, --busy >= 0")
     if args.runs < 0 or args.jobs < 1 or (args.epochs is not None and args.epochs < 1):
         parser.error("--runs must be >= 0, --jobs and --epochs >= 1")
+    # PyTorch and Lightning load once the arguments are good: --help answers at once
+    from mtcsnn.run.bench_loops import benchmark, summary
+    from mtcsnn.run.bench_sweep import bare_run_job, busy_processes, sweep_benchmark, sweep_summary
+
     try:
         if args.bare_run:
             bare_run_job(args.overrides, args.epochs or 1, args.bare_run)
