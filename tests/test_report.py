@@ -8,7 +8,7 @@ from sklearn.metrics import roc_auc_score
 from mtcsnn.grading.comparison import ovr_auroc
 from mtcsnn.report import main
 from mtcsnn.run.files import predictions_csv
-from mtcsnn.run.results import collect_runs, group_runs, paired_difference
+from mtcsnn.run.results import chosen_on_val, collect_runs, group_runs, paired_difference
 
 TEST_AUROC = {
     ("ce", 1): 0.70,
@@ -303,9 +303,22 @@ def test_seed_ensembles_average_the_seeds_probabilities(sweep):
     assert f"| 3 | {scores['auroc']:.4f} | {scores['acc']:.4f} |" in results
 
 
-def test_val_chooses_the_recipe_per_loss_and_test_plays_no_part(tmp_path):
-    from mtcsnn.run.results import chosen_on_val
+def test_lambda_zero_is_ranked_with_ce_not_chosen_for_mtcsnn(tmp_path, monkeypatch):
+    grades = np.arange(100) % 5
+    for seed in (1, 2, 3):
+        for lam in (0, 0.5, 1):
+            # lambda 0 has the best val: it is CE, so MTCSNN's choice is among 0.5 and 1
+            monkeypatch.setitem(TEST_AUROC, ("mtcsnn", seed), {0: 0.8, 0.5: 0.7, 1: 0.75}[lam])
+            write_run(tmp_path / f"{lam}_{seed}", "mtcsnn", seed, grades, 1.0, lam=lam)
+        monkeypatch.setitem(TEST_AUROC, ("ce", seed), 0.6)
+        write_run(tmp_path / f"ce_{seed}", "ce", seed, grades, 1.0)
+    runs, _ = collect_runs(tmp_path)
+    rows = {row["loss"]: row["ranked"] for row in chosen_on_val(group_runs(runs))}
+    assert [dict(c).get("config.loss.lam") for c in rows["mtcsnn"]] == [1, 0.5]
+    assert [dict(c).get("config.loss.lam") for c in rows["ce"]] == [0, None]
 
+
+def test_val_chooses_the_recipe_per_loss_and_test_plays_no_part(tmp_path):
     grades = np.arange(100) % 5
     job = 0
     # recipe "strong": lower val than "dihedral" for both losses, but higher test

@@ -360,11 +360,17 @@ MIN_SEEDS_TO_CHOOSE = 3
 def chosen_on_val(groups: dict[tuple, list[Run]]) -> list[dict]:
     """For each loss with several configurations: those with at least
     :data:`MIN_SEEDS_TO_CHOOSE` seeds by mean val AUROC (the first is chosen), then those with
-    fewer; test numbers are shown beside them, never used to order them."""
+    fewer; test numbers are shown beside them, never used to order them.
+
+    The multi-task loss at lambda 0 is CE (:func:`is_baseline`): it is ranked with CE, so what
+    is chosen for MTCSNN always trains its severity score.
+    """
     by_loss: dict[object, list[tuple]] = defaultdict(list)
     for config, runs in groups.items():
         if "val/auroc" in summarise(runs):
-            by_loss[runs[0].settings.get("choices.loss")].append(config)
+            settings = runs[0].settings
+            loss = "ce" if is_baseline(settings) else settings.get("choices.loss")
+            by_loss[loss].append(config)
     rows = []
     for loss, configs in sorted(by_loss.items(), key=lambda kv: str(kv[0])):
         if len(configs) < 2:
