@@ -21,8 +21,7 @@ EXAMPLE = f"python -m mtcsnn.eval ckpt_path={EXAMPLE_CKPT}"
 
 def evaluate(cfg: DictConfig) -> dict:
     """One checkpoint, or several (``ckpt_path=[a,b,...]``: an ensemble of their probabilities)."""
-    # PyTorch and Lightning load here, once the command line has passed its checks: --help
-    # and a mistyped key answer in about a second
+    # imported here, after the command line's checks (see mtcsnn.run.cli.command)
     from mtcsnn.run.checkpoint import load_checkpoints
     from mtcsnn.run.console import quiet_libraries
     from mtcsnn.run.files import versions

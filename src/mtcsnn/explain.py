@@ -19,8 +19,7 @@ EXAMPLE = f"python -m mtcsnn.explain ckpt_path={EXAMPLE_CKPT} inputs=[photo.jpg]
 @command("explain", EXAMPLE)
 def main(cfg: DictConfig) -> None:
     require("captum", "explain", "mtcsnn.explain")
-    # PyTorch loads here, once the command line has passed its checks: --help and a mistyped
-    # key answer in about a second
+    # imported here, after the command line's checks (see mtcsnn.run.cli.command)
     from mtcsnn.inference.batch import pick_device
     from mtcsnn.inference.gradcam import explain_inputs
     from mtcsnn.inference.images import input_list

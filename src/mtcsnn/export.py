@@ -27,8 +27,7 @@ EXAMPLE = f"python -m mtcsnn.export ckpt_path={EXAMPLE_CKPT} format=onnx"
 
 @command("export", EXAMPLE)
 def main(cfg: DictConfig) -> None:
-    # PyTorch loads here, once the command line has passed its checks: --help and a mistyped
-    # key answer in about a second
+    # imported here, after the command line's checks (see mtcsnn.run.cli.command)
     from mtcsnn.inference.export import SUFFIXES, check_format, export_model, model_description
     from mtcsnn.run.checkpoint import load_checkpoints
     from mtcsnn.run.console import quiet_libraries

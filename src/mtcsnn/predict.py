@@ -22,8 +22,7 @@ EXAMPLE = f"python -m mtcsnn.predict ckpt_path={EXAMPLE_CKPT} inputs=[photo.jpg,
 
 def predict(cfg: DictConfig) -> tuple[list[list], list[tuple[str, str]]]:
     """Predict every readable input; returns the CSV rows and ``(input, reason)`` failures."""
-    # PyTorch loads here, once the command line has passed its checks: --help and a mistyped
-    # key answer in about a second
+    # imported here, after the command line's checks (see mtcsnn.run.cli.command)
     from mtcsnn.inference.batch import pick_device, predict_inputs
     from mtcsnn.inference.images import input_list
     from mtcsnn.run.checkpoint import load_checkpoints

@@ -13,13 +13,12 @@ from mtcsnn.run.cli import command
 
 @command("train")
 def main(cfg: DictConfig) -> float | None:
-    # PyTorch and Lightning load here, once the command line has passed its checks: --help
-    # and a mistyped key answer in about a second
+    # imported here, after the command line's checks (see mtcsnn.run.cli.command)
     from mtcsnn.run.checks import check_config
     from mtcsnn.run.failures import recorded
     from mtcsnn.run.training import train
 
-    check_config(cfg)  # before anything is imported or built for it
+    check_config(cfg)  # before anything is built for it
     if cfg.get("hparams_search"):
         from mtcsnn.run.search import search  # optuna is imported only for a search
 

@@ -177,6 +177,10 @@ def command(
     """Make ``task(cfg)`` a command: ``python -m mtcsnn.<name> [overrides]``.
 
     ``example`` is the command line shown when a mandatory value is missing.
+
+    The command line is checked before ``task`` runs, so a command module imports PyTorch and
+    Lightning inside ``task``, not at its top: ``--help``, a misspelt key or a missing argument
+    then answer in about a second (``tests/test_command_line.py`` checks that none loads torch).
     """
 
     def decorate(task: Callable[[DictConfig], Any]) -> Callable[[], Any]:
