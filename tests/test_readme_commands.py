@@ -8,6 +8,10 @@ outputs the README documents for that command are checked. Placeholders (``<date
 
 A README command that is neither run here nor listed in ``SKIPPED`` fails the test: a new
 command must be added to this harness.
+
+Once a command is checked, the checkpoints no later command can name are deleted: only the
+newest run of ``logs/train/runs`` (``CKPT=``, ``init_from=``) and the run ``$CKPT`` holds are
+read again. Each is 45-95 MB, and the suite must fit on a small disk.
 """
 
 from __future__ import annotations
@@ -447,3 +451,15 @@ def test_readme_command_runs_as_written(command: Command, scratch: Path, shell_e
         p for p in scratch.rglob("*") if p.is_file() and before.get(p) != p.stat().st_mtime_ns
     }
     spec.check(written, output)
+    drop_unread_checkpoints(scratch, shell_env)
+
+
+def drop_unread_checkpoints(scratch: Path, shell_env: dict[str, str]) -> None:
+    runs_dir = scratch / "logs" / "train" / "runs"
+    single_runs = sorted(runs_dir.glob("*/"), key=lambda p: p.stat().st_mtime)
+    keep = {single_runs[-1] / "checkpoints"} if single_runs else set()
+    if "CKPT" in shell_env:
+        keep.add((scratch / shell_env["CKPT"]).parent)
+    for checkpoint in scratch.rglob("*.ckpt"):
+        if checkpoint.parent not in keep:
+            checkpoint.unlink()
