@@ -221,6 +221,11 @@ RUN = {
     "python -m mtcsnn.train --multirun loss.lam=0,0.25,0.5,1,2 seed=1,2,3": Run(ONE_SEED, runs(5)),
     "python -m mtcsnn.train experiment=paper_table": Run(ONE_SEED, runs(6)),
     "python -m mtcsnn.train experiment=lambda_sweep": Run(ONE_SEED, runs(6)),
+    "python -m mtcsnn.train experiment=lambda_sweep loss.lam=0.1 loss.difference=signed": Run(
+        ONE_SEED, runs(1)
+    ),
+    "python -m mtcsnn.train experiment=lambda_sweep loss.lam=0.1 loss.difference=absolute "
+    "data.pairing=balanced": Run(ONE_SEED, runs(1)),
     # 3 backbones x 2 losses, one seed; each MTCSNN row paired with its CE row
     "python -m mtcsnn.report logs/paper_table/multiruns/<date>_<time>": Run("", report(6, 3)),
     "python -m mtcsnn.train hparams_search=resnet18_optuna": Run(
