@@ -384,11 +384,19 @@ def photo_folders(project: Path, rng: np.random.Generator) -> None:
     (project / "aptos" / "train.csv").write_text("\n".join(aptos) + "\n")
 
 
-def newest(folder: Path) -> Path:
+def newest_or_none(folder: Path) -> Path | None:
+    """The most recently written sub-folder of ``folder``; None when there is none yet."""
+    if not folder.is_dir():
+        return None
     found = sorted((p for p in folder.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
-    if not found:
+    return found[-1] if found else None
+
+
+def newest(folder: Path) -> Path:
+    found = newest_or_none(folder)
+    if found is None:
         pytest.fail(f"{folder} is empty: this command needs the commands above it")
-    return found[-1]
+    return found
 
 
 def overrides_of(run_dir: Path, multirun: bool) -> str:
@@ -460,9 +468,8 @@ def test_readme_command_runs_as_written(command: Command, scratch: Path, shell_e
 
 
 def drop_unread_checkpoints(scratch: Path, shell_env: dict[str, str]) -> None:
-    runs_dir = scratch / "logs" / "train" / "runs"
-    single_runs = sorted(runs_dir.glob("*/"), key=lambda p: p.stat().st_mtime)
-    keep = {single_runs[-1] / "checkpoints"} if single_runs else set()
+    last_run = newest_or_none(scratch / "logs" / "train" / "runs")
+    keep = {last_run / "checkpoints"} if last_run is not None else set()
     if "CKPT" in shell_env:
         keep.add((scratch / shell_env["CKPT"]).parent)
     for checkpoint in scratch.rglob("*.ckpt"):
