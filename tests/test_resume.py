@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 RUN = [
     "data=synthetic",
-    "data.num_train=80",  # 5 training batches: the signals land at batch 1 and 3
+    "data.num_train=80",  # 5 training batches: the mid-training signals land at batch 3
     "data.num_val=40",
     "data.num_test=40",
     "data.batch_size=16",
