@@ -117,6 +117,28 @@ def test_strong_augmentation_gives_each_image_its_own_transform():
     assert torch.equal(first, augment(batch, "strong"))  # the seed decides everything
 
 
+def test_random_erasing_blanks_one_rectangle_in_about_half_the_images():
+    from mtcsnn.data.augment import random_erasing
+
+    torch.manual_seed(0)
+    batch = torch.rand(256, 3, 28, 28) * 0.9 + 0.1  # no zeros before erasing
+    erased = random_erasing(batch)
+    zero = (erased == 0).all(1)  # N x H x W: pixels blanked in every channel
+    hit = zero.flatten(1).any(1)
+    assert 0.35 < float(hit.float().mean()) < 0.65  # p 0.5, each image its own coin
+    for mask in zero[hit]:
+        rows, cols = mask.any(1).nonzero(), mask.any(0).nonzero()
+        box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+        assert int(mask.sum()) == int(box)  # one solid rectangle
+        assert int(box) <= 0.34 * 28 * 28 + 28  # at most a third of the image (+ rounding)
+    untouched = ~hit
+    assert torch.equal(erased[untouched], batch[untouched])
+    torch.manual_seed(1)
+    first = augment(batch[:16], "strong_erase")
+    torch.manual_seed(1)
+    assert torch.equal(first, augment(batch[:16], "strong_erase"))
+
+
 def test_dropout_and_label_smoothing_are_config_values():
     import torch.nn.functional as F
 

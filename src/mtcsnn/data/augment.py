@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from mtcsnn.errors import check_choice
 
-AUGMENTATIONS = ("none", "flip", "dihedral", "strong")
+AUGMENTATIONS = ("none", "flip", "dihedral", "strong", "strong_erase")
 
 
 def check_augment(kind: object) -> None:
@@ -71,14 +71,30 @@ def colour_jitter(images: torch.Tensor, strength: float = 0.2) -> torch.Tensor:
     return _JITTER[strength](images).clamp(0, 1)
 
 
+_ERASING: list[torch.nn.Module] = []
+
+
+def random_erasing(images: torch.Tensor) -> torch.Tensor:
+    """Per image, with p 0.5, one rectangle of 2-33% of the area (aspect 0.3-3.3) set to 0:
+    kornia's ``RandomErasing`` with the defaults of Zhong et al. (2020) and torchvision."""
+    if not _ERASING:
+        from kornia.augmentation import RandomErasing
+
+        _ERASING.append(RandomErasing(p=0.5))
+    return _ERASING[0](images)
+
+
 def augment(images: torch.Tensor, kind: str) -> torch.Tensor:
-    """``none``, ``flip``, ``dihedral`` (flips and 90-degree turns) or ``strong`` (dihedral,
-    then a small rotation, scale and shift, then colour jitter), on a float batch in [0, 1]."""
+    """``none``, ``flip``, ``dihedral`` (flips and 90-degree turns), ``strong`` (dihedral,
+    then a small rotation, scale and shift, then colour jitter) or ``strong_erase`` (strong,
+    then random erasing), on a float batch in [0, 1]."""
     check_augment(kind)
     if kind == "flip":
         return random_dihedral(images, flips_only=True)
     if kind == "dihedral":
         return random_dihedral(images)
-    if kind == "strong":
-        return colour_jitter(random_affine(random_dihedral(images)))
+    if kind in ("strong", "strong_erase"):
+        images = colour_jitter(random_affine(random_dihedral(images)))
+    if kind == "strong_erase":
+        images = random_erasing(images)
     return images
