@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -58,30 +59,30 @@ def random_affine(
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-_JITTER: dict[float, torch.nn.Module] = {}
+@functools.cache
+def _kornia_jitter(strength: float) -> torch.nn.Module:
+    from kornia.augmentation import ColorJitter  # kornia loads only when an augment needs it
+
+    return ColorJitter(strength, strength, strength, 0.0, p=1.0)
+
+
+@functools.cache
+def _kornia_erasing() -> torch.nn.Module:
+    from kornia.augmentation import RandomErasing
+
+    return RandomErasing(p=0.5)
 
 
 def colour_jitter(images: torch.Tensor, strength: float = 0.2) -> torch.Tensor:
     """Per-image brightness, contrast and saturation, each x U(1 - strength, 1 + strength)
     (kornia's ``ColorJitter``), clipped to [0, 1]."""
-    if strength not in _JITTER:
-        from kornia.augmentation import ColorJitter
-
-        _JITTER[strength] = ColorJitter(strength, strength, strength, 0.0, p=1.0)
-    return _JITTER[strength](images).clamp(0, 1)
-
-
-_ERASING: list[torch.nn.Module] = []
+    return _kornia_jitter(strength)(images).clamp(0, 1)
 
 
 def random_erasing(images: torch.Tensor) -> torch.Tensor:
     """Per image, with p 0.5, one rectangle of 2-33% of the area (aspect 0.3-3.3) set to 0:
     kornia's ``RandomErasing`` with the defaults of Zhong et al. (2020) and torchvision."""
-    if not _ERASING:
-        from kornia.augmentation import RandomErasing
-
-        _ERASING.append(RandomErasing(p=0.5))
-    return _ERASING[0](images)
+    return _kornia_erasing()(images)
 
 
 def augment(images: torch.Tensor, kind: str) -> torch.Tensor:
@@ -93,8 +94,8 @@ def augment(images: torch.Tensor, kind: str) -> torch.Tensor:
         return random_dihedral(images, flips_only=True)
     if kind == "dihedral":
         return random_dihedral(images)
-    if kind in ("strong", "strong_erase"):
-        images = colour_jitter(random_affine(random_dihedral(images)))
+    if kind == "strong":
+        return colour_jitter(random_affine(random_dihedral(images)))
     if kind == "strong_erase":
-        images = random_erasing(images)
+        return random_erasing(augment(images, "strong"))
     return images
