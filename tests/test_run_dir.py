@@ -43,7 +43,7 @@ def test_resume_with_other_settings_is_refused_and_keeps_the_original_overrides(
     metrics = (run_dir / "metrics.json").read_text()
     result = run_train(*SMALL, "seed=4", "loss.lam=2", f"hydra.run.dir={run_dir}", "resume=true")
     line = one_error_line(result)
-    assert "seed: 3 -> 4" in line and "loss.lam: 0.1 -> 2" in line
+    assert "seed: 3 -> 4" in line and "loss.lam: 0.5 -> 2" in line
     assert (run_dir / ".hydra" / "overrides.yaml").read_text() == overrides
     assert (run_dir / "metrics.json").read_text() == metrics
     # the same settings, and a logger or progress bar changed, are the same run

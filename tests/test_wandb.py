@@ -46,9 +46,9 @@ def test_no_login_logs_offline_with_summary_and_resolved_config(tmp_path):
     check_example_images(run, run_dir)
     config = run["config"]
     assert config["model.optimizer.lr"] == 0.001
-    assert config["loss.lam"] == 0.1 and config["seed"] == 3
+    assert config["loss.lam"] == 0.5 and config["seed"] == 3
     assert config["model.net.backbone"] == "resnet18"
-    assert run["name"] == "resnet18-mtcsnn-lam0.1-seed3"
+    assert run["name"] == "resnet18-mtcsnn-lam0.5-seed3"
     assert run["job_type"] == "smoke" and "mtcsnn" in run["tags"]
 
 
@@ -88,7 +88,7 @@ def test_each_multirun_job_is_its_own_run_in_one_group(tmp_path):
     runs = [offline_run(sweep_dir / job) for job in ("0", "1")]
     assert runs[0]["id"] != runs[1]["id"]
     assert runs[0]["group"] == runs[1]["group"] == f"smoke-{sweep_dir.name}"
-    assert {r["name"] for r in runs} == {"resnet18-ce-lam0-seed42", "resnet18-mtcsnn-lam0.1-seed42"}
+    assert {r["name"] for r in runs} == {"resnet18-ce-lam0-seed42", "resnet18-mtcsnn-lam0.5-seed42"}
     for run in runs:  # each job finished with its own test metrics
         assert "test/auroc" in run["summary"]
 
