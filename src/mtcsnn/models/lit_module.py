@@ -81,7 +81,8 @@ class MTCSNNModule(pl.LightningModule):
 
     Logs each loss term (``train/ce_a``, ``train/ce_b``, ``train/reg``, ``train/loss``) and the
     val/test grade metrics. A training step returns its loss and both branches' severity scores
-    (``score_a``, ``score_b``), which callbacks such as hard pairing's feedback read. After a
+    (``score_a``, ``score_b``), which callbacks such as hard pairing's feedback read; a val
+    step returns each image's index, grade and class probabilities. After a
     test epoch, ``test_predictions`` and ``test_confusion`` hold what the run writes to disk.
     """
 
@@ -179,8 +180,12 @@ class MTCSNNModule(pl.LightningModule):
         )
         return out, probs
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+    def validation_step(
+        self, batch: dict[str, torch.Tensor], batch_idx: int
+    ) -> dict[str, torch.Tensor]:
+        _, probs = self._evaluate(batch, "val")
+        # what callbacks such as the val prediction log read
+        return {"index": batch["index"], "grade": batch["grade"], "probs": probs.detach()}
 
     def on_validation_epoch_end(self) -> None:
         for name, value in scalar_metrics(self.val_metrics.compute(), "val/").items():

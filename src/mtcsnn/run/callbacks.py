@@ -1,4 +1,5 @@
-"""What makes a killed run resumable with the same numbers as an uninterrupted one."""
+"""What makes a killed run resumable with the same numbers as an uninterrupted one, and the
+record of every epoch's val predictions."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from mtcsnn.run.files import write_atomic
+from mtcsnn.run.files import val_predictions_csv, write_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -115,3 +116,72 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         write_atomic(path, lambda f: torch.save(checkpoint, f), binary=True)
+
+
+class ValPredictions(pl.Callback):
+    """Every training epoch's val class probabilities, in ``path`` (a CSV rewritten whole at
+    each epoch end: epoch, index, grade, one probability per class).
+
+    The best-val checkpoint is the maximum of many noisy val evaluations, so its val AUROC
+    flatters runs whose val curve swings most; with every epoch's predictions,
+    ``mtcsnn.report`` scores a checkpoint chosen on half the val images on the other half.
+    The epochs so far travel in ``last.ckpt``, so a resumed run's file is whole.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.epochs: list[int] = []
+        self.probs: list[torch.Tensor] = []  # one (images x classes) tensor per epoch
+        self.index: torch.Tensor | None = None  # each row's position in the val split
+        self.grades: torch.Tensor | None = None
+        self._batches: list[dict[str, torch.Tensor]] = []
+
+    def state_dict(self) -> dict:
+        return {
+            "epochs": list(self.epochs),
+            "probs": list(self.probs),
+            "index": self.index,
+            "grades": self.grades,
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.epochs = list(state_dict.get("epochs", []))
+        self.probs = list(state_dict.get("probs", []))
+        self.index = state_dict.get("index")
+        self.grades = state_dict.get("grades")
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module) -> None:
+        self._batches = []
+
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx=0
+    ) -> None:
+        if isinstance(outputs, dict) and "probs" in outputs:
+            self._batches.append({k: outputs[k].detach().cpu() for k in ("index", "grade")})
+            self._batches[-1]["probs"] = outputs["probs"].detach().float().cpu()
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
+        batches, self._batches = self._batches, []
+        if trainer.sanity_checking or not batches:
+            return
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            shares: list = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(shares, batches)
+            batches = [b for share in shares for b in share]
+        index = torch.cat([b["index"] for b in batches])
+        # one row per image, in index order (DDP's sampler may repeat an image to even shares)
+        order = torch.argsort(index, stable=True)
+        first = torch.ones(len(order), dtype=torch.bool)
+        first[1:] = index[order][1:] != index[order][:-1]
+        rows = order[first]
+        grades = torch.cat([b["grade"] for b in batches])[rows]
+        probs = torch.cat([b["probs"] for b in batches])[rows]
+        epoch = trainer.current_epoch
+        kept = [n for n, e in enumerate(self.epochs) if e < epoch]  # a resumed epoch replaces
+        self.epochs = [self.epochs[n] for n in kept] + [epoch]
+        self.probs = [self.probs[n] for n in kept] + [probs]
+        self.index, self.grades = index[rows], grades
+        if trainer.is_global_zero:
+            write_text_atomic(
+                self.path, val_predictions_csv(self.epochs, self.index, grades, self.probs)
+            )

@@ -103,6 +103,24 @@ def write_json(path: str | Path, data: dict) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def val_predictions_csv(
+    epochs: list[int], index: torch.Tensor, grades: torch.Tensor, probs: list[torch.Tensor]
+) -> str:
+    """CSV text: epoch, index, true grade, one probability per class; a row per image and epoch.
+
+    ``index``: each image's position in the val split; ``probs``: one tensor per epoch.
+    """
+    num_classes = probs[0].shape[1] if probs else 0
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["epoch", "index", "grade", *[f"prob_{c}" for c in range(num_classes)]])
+    images = list(zip(index.tolist(), grades.tolist(), strict=True))
+    for epoch, epoch_probs in zip(epochs, probs, strict=True):
+        for (i, grade), row in zip(images, epoch_probs.tolist(), strict=True):
+            writer.writerow([epoch, i, grade, *(f"{p:.6g}" for p in row)])
+    return buf.getvalue()
+
+
 def predictions_csv(predictions: dict[str, torch.Tensor]) -> str:
     """CSV text: index, true grade, predicted grade, one probability per class, severity score."""
     probs = predictions["probs"]
