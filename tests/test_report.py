@@ -7,7 +7,7 @@ from sklearn.metrics import roc_auc_score
 
 from mtcsnn.grading.comparison import ovr_auroc
 from mtcsnn.report import main
-from mtcsnn.run.files import predictions_csv
+from mtcsnn.run.files import predictions_csv, val_predictions_csv
 from mtcsnn.run.results import chosen_on_val, collect_runs, group_runs, paired_difference
 
 TEST_AUROC = {
@@ -349,7 +349,80 @@ def test_val_chooses_the_recipe_per_loss_and_test_plays_no_part(tmp_path):
         ]
     assert main([str(tmp_path)]) == 0
     table = (tmp_path / "results.md").read_text().split("## Chosen on val")[1]
-    assert "| ce | 1 | **loss=ce, data.augment=dihedral** | 3 |" in table
-    assert "| mtcsnn | 2 | loss=mtcsnn, data.augment=strong | 3 |" in table
-    assert "| ce | - | loss=ce, data.augment=flip | 1 | 0.9900 |" in table
+    assert "| ce | val AUROC | 1 | **loss=ce, data.augment=dihedral** | 3 |" in table
+    assert "| mtcsnn | val AUROC | 2 | loss=mtcsnn, data.augment=strong | 3 |" in table
+    assert "| ce | val AUROC | - | loss=ce, data.augment=flip | 1 | 0.9900 | - |" in table
     assert [dict(c)["config.data.augment"] for c in rows[0]["too_few"]] == ["flip"]
+
+
+def write_val_predictions(folder, probs: np.ndarray, grades: np.ndarray) -> None:
+    import torch
+
+    (folder / "val_predictions.csv").write_text(
+        val_predictions_csv(
+            list(range(len(probs))),
+            torch.arange(len(grades)),
+            torch.from_numpy(grades),
+            [torch.from_numpy(p) for p in probs],
+        )
+    )
+
+
+def noisy_and_steady_runs(tmp_path) -> None:
+    """CE with two recipes, 3 seeds each: 'noisy' epochs know nothing, but their best epoch's
+    val AUROC (the maximum of 30 noisy evaluations) beats 'steady', whose epochs all know a
+    little; the held-out val AUROC sees through it."""
+    grades = np.arange(60) % 5
+    rng = np.random.default_rng(0)
+    for augment in ("noisy", "steady"):
+        for seed in (1, 2, 3):
+            folder = tmp_path / f"{augment}_{seed}"
+            write_run(folder, "ce", seed, grades, 1.0)
+            logits = rng.normal(size=(30, len(grades), 5))
+            if augment == "steady":
+                logits += 0.5 * np.eye(5)[grades]
+            probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+            write_val_predictions(folder, probs, grades)
+            best = ovr_auroc(np.broadcast_to(grades, (30, 60)), probs).max()
+            metrics = json.loads((folder / "metrics.json").read_text())
+            metrics["config"]["data"] = {"augment": augment}
+            metrics["val"]["auroc"] = float(best) + (0.2 if augment == "noisy" else 0)
+            (folder / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_the_held_out_val_auroc_chooses_where_every_run_kept_val_predictions(tmp_path):
+    noisy_and_steady_runs(tmp_path)
+    runs, _ = collect_runs(tmp_path)
+    assert all(r.held_out_val_auroc is not None for r in runs)
+    (row,) = chosen_on_val(group_runs(runs))
+    assert row["metric"] == "val/auroc_held_out"
+    assert [dict(c)["config.data.augment"] for c in row["ranked"]] == ["steady", "noisy"]
+    assert main([str(tmp_path)]) == 0
+    results = (tmp_path / "results.md").read_text()
+    assert "| held-out val AUROC |" in results.split("\n\n")[2]  # the first table's header
+    assert "| ce | held-out val AUROC | 1 | **data.augment=steady** | 3 |" in results
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["nan", "missing_rows", "text", "empty"],
+)
+def test_a_damaged_val_predictions_file_leaves_the_choice_to_the_best_epoch(tmp_path, damage):
+    noisy_and_steady_runs(tmp_path)
+    path = tmp_path / "steady_2" / "val_predictions.csv"
+    lines = path.read_text().splitlines()
+    if damage == "nan":
+        lines[5] = lines[5].rsplit(",", 1)[0] + ",nan"
+    elif damage == "missing_rows":
+        del lines[70]  # one image of epoch 1 gone
+    elif damage == "text":
+        lines[3] = lines[3].replace(lines[3].split(",")[2], "grade", 1)
+    else:
+        lines = []
+    path.write_text("\n".join(lines))
+    runs, skipped = collect_runs(tmp_path)
+    assert len(runs) == 6 and not skipped  # the run itself still counts
+    assert [r.held_out_val_auroc is None for r in runs].count(True) == 1
+    (row,) = chosen_on_val(group_runs(runs))
+    assert row["metric"] == "val/auroc"
+    assert [dict(c)["config.data.augment"] for c in row["ranked"]] == ["noisy", "steady"]

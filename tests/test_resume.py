@@ -37,7 +37,8 @@ def uninterrupted(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("uninterrupted")
     proc = run_train(*RUN, f"hydra.run.dir={out}", env=ENV)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {**metrics, "val_predictions.csv": (out / "val_predictions.csv").read_text()}
 
 
 def start_and_kill(run_dir: Path, signum: int, after_epoch: int) -> tuple[int, str]:
@@ -69,6 +70,8 @@ def resume_and_compare(run_dir: Path, uninterrupted: dict) -> None:
     assert metrics["test"] == uninterrupted["test"]
     assert metrics["val"] == uninterrupted["val"]
     assert metrics["best_epoch"] == uninterrupted["best_epoch"]
+    # every epoch's val predictions, those from before the kill included
+    assert (run_dir / "val_predictions.csv").read_text() == uninterrupted["val_predictions.csv"]
     # one best checkpoint: none from before the resume stays beside it
     (best,) = (run_dir / "checkpoints").glob("epoch_*.ckpt")
     assert str(best) == metrics["best_checkpoint"]

@@ -9,6 +9,7 @@ from cli import ONE_SMALL_EPOCH, run_train
 from sklearn.metrics import accuracy_score, cohen_kappa_score, roc_auc_score
 
 from mtcsnn.run.checkpoint import load_checkpoint
+from mtcsnn.run.results import read_val_predictions
 from mtcsnn.run.training import train
 
 
@@ -83,9 +84,21 @@ def test_synthetic_train_writes_metrics_and_predictions(tiny_cfg, tmp_path, loss
                 "mae",
                 "acc_within1",
             }
+    check_val_predictions(tmp_path, metrics, epochs=2)
     # the checkpoint rebuilds with the loss's own head and gives the written predictions
     ckpt = load_checkpoint(metrics["best_checkpoint"])
     assert type(ckpt.module.net.classifier) is type(results_model_head(loss))
+
+
+def check_val_predictions(run_dir: Path, metrics: dict, epochs: int) -> None:
+    """val_predictions.csv: every epoch's val probabilities, the best epoch's giving val AUROC."""
+    grades, probs = read_val_predictions(run_dir / "val_predictions.csv")
+    assert probs.shape == (epochs, len(grades), 5)
+    assert np.allclose(probs.sum(2), 1, atol=1e-4)
+    if len(set(grades)) == 5:  # the kept checkpoint is the best epoch's: the same val AUROC
+        best = probs[metrics["best_epoch"]]
+        auroc = roc_auc_score(grades, best, multi_class="ovr", average="macro")
+        assert metrics["val"]["auroc"] == pytest.approx(auroc, abs=1e-3)
 
 
 def results_model_head(loss: str):

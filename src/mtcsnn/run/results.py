@@ -6,7 +6,10 @@ A run is a folder holding ``metrics.json`` and ``test_predictions.csv`` (what
 that differ between them, seeds aside. MTCSNN configurations are compared with the CE run of the
 same backbone and seed, with a bootstrap 95% CI over test images; each configuration's seeds are
 also averaged into an ensemble. Whatever is *chosen* (the best configuration, the recipe of a
-loss) is chosen on mean val AUROC: the test split never chooses anything.
+loss) is chosen on mean val AUROC: the test split never chooses anything. Where every run of
+the configurations compared kept its val predictions, the val AUROC that chooses is the
+held-out one (:func:`mtcsnn.grading.selection.held_out_auroc`), which the noise of a run's val
+curve does not lift.
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ import numpy as np
 
 from mtcsnn.grading.comparison import PAIRED_METRICS, grade_scores
 from mtcsnn.grading.comparison import paired_difference as compare
+from mtcsnn.grading.selection import held_out_auroc
 from mtcsnn.run.config import flatten
 
 METRICS = ("auroc", "acc", "kappa", "mae")
 OPTIONAL_METRICS = {"acc_within1": "off-by-one accuracy"}
+HELD_OUT = "val/auroc_held_out"  # summarise's key for the held-out val AUROC
 # config keys that differ between runs without making them different configurations
 IGNORED_KEYS = {
     # names of a sweep and its folder, not settings: what an experiment sets shows in the config
@@ -57,6 +62,8 @@ class Run:
     grades: np.ndarray
     probs: np.ndarray
     settings: dict = field(default_factory=dict)  # flattened choices and config
+    # val AUROC of the epoch chosen on the other half of val (None: no val_predictions.csv)
+    held_out_val_auroc: float | None = None
 
     @property
     def seed(self) -> int:
@@ -81,6 +88,53 @@ def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
     grades = np.array([int(r["grade"]) for r in rows])
     probs = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows])
     return grades, probs
+
+
+def read_val_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``val_predictions.csv``: val grades (n,) and every epoch's probabilities (epochs, n, C).
+
+    The file comes from a run folder, maybe someone else's: anything but the same images with
+    the same grades in every epoch and finite probabilities is a ValueError.
+    """
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise ValueError("no rows")
+    classes = sorted(int(k.split("_")[1]) for k in rows[0] if k.startswith("prob_"))
+    if not classes:
+        raise ValueError("no prob_ columns")
+    by_epoch: dict[int, dict[int, tuple[int, list[float]]]] = defaultdict(dict)
+    for row in rows:
+        by_epoch[int(row["epoch"])][int(row["index"])] = (
+            int(row["grade"]),
+            [float(row[f"prob_{c}"]) for c in classes],
+        )
+    epochs = sorted(by_epoch)
+    images = sorted(by_epoch[epochs[0]])
+    grades = np.array([by_epoch[epochs[0]][i][0] for i in images])
+    probs = []
+    for epoch in epochs:
+        if sorted(by_epoch[epoch]) != images:
+            raise ValueError(f"epoch {epoch} has other val images than epoch {epochs[0]}")
+        if any(by_epoch[epoch][i][0] != g for i, g in zip(images, grades, strict=True)):
+            raise ValueError(f"epoch {epoch} has other val grades than epoch {epochs[0]}")
+        probs.append([by_epoch[epoch][i][1] for i in images])
+    probs_array = np.array(probs)
+    if not np.isfinite(probs_array).all():
+        raise ValueError("a probability is not a finite number")
+    return grades, probs_array
+
+
+def held_out_of(folder: Path) -> float | None:
+    """The run's held-out val AUROC, or None without a readable ``val_predictions.csv``."""
+    path = folder / "val_predictions.csv"
+    if not path.exists():
+        return None
+    try:
+        value = held_out_auroc(*read_val_predictions(path))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return value if np.isfinite(value) else None
 
 
 SEARCH_FOLDER = "a search: its trials are the runs"
@@ -152,7 +206,7 @@ def load_run(folder: Path) -> Run | str:
         within = float(np.mean(np.abs(probs.argmax(1) - grades) <= 1))
         metrics["test"] = {**metrics["test"], "acc_within1": within}
     settings = flatten({"choices": metrics.get("choices", {}), "config": metrics.get("config", {})})
-    return Run(folder, metrics, grades, probs, settings)
+    return Run(folder, metrics, grades, probs, settings, held_out_of(folder))
 
 
 def run_folders(root: Path) -> list[Path]:
@@ -265,7 +319,18 @@ def summarise(runs: list[Run]) -> dict[str, tuple[float, float]]:
             if values:
                 std = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
                 out[f"{stage}/{m}"] = (float(np.mean(values)), std)
+    held_out = [r.held_out_val_auroc for r in runs]
+    if held_out and all(v is not None for v in held_out):
+        std = float(np.std(held_out, ddof=1)) if len(held_out) > 1 else float("nan")
+        out[HELD_OUT] = (float(np.mean(held_out)), std)  # type: ignore[arg-type]
     return out
+
+
+def choosing_metric(groups: list[list[Run]]) -> str:
+    """What ranks these configurations: the held-out val AUROC where every run has it, else
+    the best-epoch val AUROC (runs from before val predictions were kept)."""
+    held_out = all(HELD_OUT in summarise(runs) for runs in groups)
+    return HELD_OUT if held_out else "val/auroc"
 
 
 def is_baseline(settings: dict) -> bool:
@@ -359,8 +424,9 @@ MIN_SEEDS_TO_CHOOSE = 3
 
 def chosen_on_val(groups: dict[tuple, list[Run]]) -> list[dict]:
     """For each loss with several configurations: those with at least
-    :data:`MIN_SEEDS_TO_CHOOSE` seeds by mean val AUROC (the first is chosen), then those with
-    fewer; test numbers are shown beside them, never used to order them.
+    :data:`MIN_SEEDS_TO_CHOOSE` seeds by mean val AUROC (held out where every run has it:
+    :func:`choosing_metric`; the first is chosen), then those with fewer; test numbers are
+    shown beside them, never used to order them.
 
     The multi-task loss at lambda 0 is CE (:func:`is_baseline`): it is ranked with CE, so what
     is chosen for MTCSNN always trains its severity score.
@@ -375,17 +441,25 @@ def chosen_on_val(groups: dict[tuple, list[Run]]) -> list[dict]:
     for loss, configs in sorted(by_loss.items(), key=lambda kv: str(kv[0])):
         if len(configs) < 2:
             continue
-        ranked = sorted(configs, key=lambda c: -summarise(groups[c])["val/auroc"][0])
+        metric = choosing_metric([groups[c] for c in configs])
+        ranked = sorted(configs, key=lambda c: -summarise(groups[c])[metric][0])
         enough = [c for c in ranked if len({r.seed for r in groups[c]}) >= MIN_SEEDS_TO_CHOOSE]
         rows.append(
-            {"loss": loss, "ranked": enough, "too_few": [c for c in ranked if c not in enough]}
+            {
+                "loss": loss,
+                "ranked": enough,
+                "too_few": [c for c in ranked if c not in enough],
+                "metric": metric,
+            }
         )
     return rows
 
 
 def best_configuration(groups: dict[tuple, list[Run]]) -> tuple:
-    """Highest mean val AUROC: the test split plays no part in choosing."""
-    return max(groups, key=lambda c: summarise(groups[c]).get("val/auroc", (-1.0, 0))[0])
+    """Highest mean val AUROC (held out where every run has it, see :func:`choosing_metric`):
+    the test split plays no part in choosing."""
+    metric = choosing_metric(list(groups.values()))
+    return max(groups, key=lambda c: summarise(groups[c]).get(metric, (-1.0, 0))[0])
 
 
 def val_curve(run: Run) -> tuple[np.ndarray, np.ndarray] | None:

@@ -1,0 +1,61 @@
+"""The held-out val AUROC: what a checkpoint chosen on val is worth, free of the noise that
+lifts a best-epoch maximum. Pure NumPy, no Lightning."""
+
+import math
+
+import numpy as np
+import pytest
+
+from mtcsnn.grading.comparison import ovr_auroc
+from mtcsnn.grading.selection import held_out_auroc, val_halves
+
+# RetinaMNIST's val split has 120 images over 5 grades, grade 0 the largest
+VAL_GRADES = np.repeat(np.arange(5), [53, 13, 22, 20, 12])
+
+
+def noise(rng, epochs: int, grades: np.ndarray) -> np.ndarray:
+    logits = rng.normal(size=(epochs, len(grades), 5))
+    return np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_halves_split_every_grade_evenly_and_cover_val_once(seed):
+    grades = np.random.default_rng(seed).integers(0, 5, 97)
+    first, second = val_halves(grades)
+    assert sorted(np.concatenate([first, second]).tolist()) == list(range(len(grades)))
+    for grade in range(5):
+        assert abs((grades[first] == grade).sum() - (grades[second] == grade).sum()) <= 1
+
+
+def test_noise_lifts_the_best_epoch_auroc_but_not_the_held_out_one():
+    rng = np.random.default_rng(0)
+    best, held_out = [], []
+    for _ in range(40):
+        probs = noise(rng, 50, VAL_GRADES)  # 50 epochs of a model that knows nothing
+        best.append(ovr_auroc(np.broadcast_to(VAL_GRADES, (50, 120)), probs).max())
+        held_out.append(held_out_auroc(VAL_GRADES, probs))
+    assert np.mean(best) > 0.55  # the maximum of 50 noisy evaluations flatters chance
+    assert np.mean(held_out) == pytest.approx(0.5, abs=0.015)
+
+
+def test_a_better_epoch_is_found_from_either_half_and_scored_on_the_other():
+    rng = np.random.default_rng(1)
+    probs = noise(rng, 20, VAL_GRADES)
+    probs[13] = 0.2 * probs[13] + 0.8 * np.eye(5)[VAL_GRADES]  # epoch 13 grades nearly right
+    first, second = val_halves(VAL_GRADES)
+    expected = np.mean(
+        [ovr_auroc(VAL_GRADES[h][None], probs[13, h][None])[0] for h in (second, first)]
+    )
+    assert held_out_auroc(VAL_GRADES, probs) == pytest.approx(expected)
+    assert expected > 0.95
+
+
+def test_a_grade_with_one_val_image_has_no_held_out_auroc():
+    grades = np.array([0, 0, 1, 1, 2, 2, 3, 3, 4])  # one grade-4 image: one half lacks grade 4
+    probs = noise(np.random.default_rng(2), 3, grades)
+    assert math.isnan(held_out_auroc(grades, probs))
+
+
+def test_probabilities_of_another_shape_are_refused():
+    with pytest.raises(ValueError, match="epochs, 4, classes"):
+        held_out_auroc(np.arange(4) % 2, np.zeros((4, 2)))
