@@ -307,8 +307,13 @@ class FullDiskFromEpoch(pl.Callback):
             os.fsync = full
 
 
+# epoch 1's first write: the val predictions, or without them a checkpoint
+@pytest.mark.parametrize(
+    ("first_write", "without"),
+    [("val_predictions.csv", []), ("checkpoints", ["~callbacks.val_predictions"])],
+)
 def test_a_full_disk_ends_the_run_in_one_line_and_keeps_the_last_good_checkpoint(
-    tiny_cfg, tmp_path
+    tiny_cfg, tmp_path, first_write, without
 ):
     import os
 
@@ -318,13 +323,18 @@ def test_a_full_disk_ends_the_run_in_one_line_and_keeps_the_last_good_checkpoint
         "callbacks.last_checkpoint.every_n_epochs=1",
         "+callbacks.disk._target_=test_robustness.FullDiskFromEpoch",
         "trainer.max_epochs=3",
+        *without,
     )
     try:
         with pytest.raises(WriteError, match="No space left on device") as err:
             train(cfg)
     finally:
         os.fsync = FullDiskFromEpoch.restore
-    assert "\n" not in str(err.value) and "checkpoints" in str(err.value)
+    assert "\n" not in str(err.value) and first_write in str(err.value)
+    if not without:
+        assert "the previous file is kept" in str(err.value)
+        epochs = {line.split(",")[0] for line in (tmp_path / "val_predictions.csv").open()}
+        assert epochs == {"epoch", "0"}  # epoch 0's file, whole
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["epoch_000.ckpt", "last.ckpt"]  # no temporary or truncated file
     for name in names:
