@@ -31,6 +31,11 @@ def check_run(run_dir: Path) -> dict:
         rows = list(csv.DictReader(f))
     assert sorted(int(r["index"]) for r in rows) == list(range(20))  # every test image once
     assert sum(map(sum, metrics["test_confusion"])) == 20  # metrics over both processes
+    with open(run_dir / "val_predictions.csv") as f:
+        val_rows = list(csv.DictReader(f))
+    for epoch in (0, 1):  # every val image once an epoch, both processes' shares together
+        seen = [int(r["index"]) for r in val_rows if r["epoch"] == str(epoch)]
+        assert seen == list(range(20))
     assert not list(run_dir.glob(".*.tmp"))
     return metrics
 
