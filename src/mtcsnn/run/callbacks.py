@@ -162,12 +162,14 @@ class ValPredictions(pl.Callback):
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
         batches, self._batches = self._batches, []
-        if trainer.sanity_checking or not batches:
+        if trainer.sanity_checking:
             return
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            shares: list = [None] * torch.distributed.get_world_size()
+            shares: list = [None] * torch.distributed.get_world_size()  # every rank gathers
             torch.distributed.all_gather_object(shares, batches)
             batches = [b for share in shares for b in share]
+        if not batches:
+            return
         index = torch.cat([b["index"] for b in batches])
         # one row per image, in index order (DDP's sampler may repeat an image to even shares)
         order = torch.argsort(index, stable=True)
