@@ -386,6 +386,9 @@ def noisy_and_steady_runs(tmp_path) -> None:
             best = ovr_auroc(np.broadcast_to(grades, (30, 60)), probs).max()
             metrics = json.loads((folder / "metrics.json").read_text())
             metrics["config"]["data"] = {"augment": augment}
+            # each run's own file: where it writes, not what it trained
+            own = str(folder / "val_predictions.csv")
+            metrics["config"]["callbacks"] = {"val_predictions": {"path": own}}
             metrics["val"]["auroc"] = float(best) + (0.2 if augment == "noisy" else 0)
             (folder / "metrics.json").write_text(json.dumps(metrics))
 

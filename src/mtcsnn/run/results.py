@@ -50,6 +50,8 @@ IGNORED_KEYS = {
     "threads",
     "resume",
     "keep_training_state",
+    # where a run writes its val predictions: its own folder
+    "callbacks.val_predictions.path",
 }
 IGNORED_PREFIXES = ("paths.", "logger.", "hydra.")
 IGNORED_SUFFIXES = (".dirpath", ".save_dir", "default_root_dir")
