@@ -297,23 +297,38 @@ class FullDiskFromEpoch(pl.Callback):
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         if trainer.current_epoch == 1:
-            import errno
-            import os
+            self.fill()
 
-            def full(fd):
-                raise OSError(errno.ENOSPC, "No space left on device")
+    @staticmethod
+    def fill() -> None:
+        import errno
+        import os
 
-            FullDiskFromEpoch.restore = os.fsync
-            os.fsync = full
+        def full(fd):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        FullDiskFromEpoch.restore = os.fsync
+        os.fsync = full
 
 
-# epoch 1's first write: the val predictions, or without them a checkpoint
+class FullDiskAtTrainEnd(FullDiskFromEpoch):
+    """Every file write fails with ENOSPC once the last epoch is over."""
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        pass
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.fill()
+
+
+# the disk fills during epoch 1 (a checkpoint's write fails first), or after the last epoch
+# (the val predictions' write fails)
 @pytest.mark.parametrize(
-    ("first_write", "without"),
-    [("val_predictions.csv", []), ("checkpoints", ["~callbacks.val_predictions"])],
+    ("disk", "first_write", "kept_epoch"),
+    [("FullDiskFromEpoch", "checkpoints", 0), ("FullDiskAtTrainEnd", "val_predictions.csv", 2)],
 )
 def test_a_full_disk_ends_the_run_in_one_line_and_keeps_the_last_good_checkpoint(
-    tiny_cfg, tmp_path, first_write, without
+    tiny_cfg, tmp_path, disk, first_write, kept_epoch
 ):
     import os
 
@@ -321,9 +336,8 @@ def test_a_full_disk_ends_the_run_in_one_line_and_keeps_the_last_good_checkpoint
 
     cfg = tiny_cfg(
         "callbacks.last_checkpoint.every_n_epochs=1",
-        "+callbacks.disk._target_=test_robustness.FullDiskFromEpoch",
+        f"+callbacks.disk._target_=test_robustness.{disk}",
         "trainer.max_epochs=3",
-        *without,
     )
     try:
         with pytest.raises(WriteError, match="No space left on device") as err:
@@ -331,16 +345,13 @@ def test_a_full_disk_ends_the_run_in_one_line_and_keeps_the_last_good_checkpoint
     finally:
         os.fsync = FullDiskFromEpoch.restore
     assert "\n" not in str(err.value) and first_write in str(err.value)
-    if not without:
-        assert "the previous file is kept" in str(err.value)
-        epochs = {line.split(",")[0] for line in (tmp_path / "val_predictions.csv").open()}
-        assert epochs == {"epoch", "0"}  # epoch 0's file, whole
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
-    assert names == ["epoch_000.ckpt", "last.ckpt"]  # no temporary or truncated file
-    for name in names:
+    assert names[-1] == "last.ckpt" and len(names) == 2  # no temporary or truncated file
+    for name in names:  # both whole
         state = torch.load(tmp_path / "checkpoints" / name, weights_only=True)
-        assert state["epoch"] == 0
+    assert state["epoch"] == kept_epoch  # last.ckpt
     assert not (tmp_path / "metrics.json").exists()
+    assert not list(tmp_path.glob("val_predictions.csv*")) and not list(tmp_path.glob(".*.tmp"))
 
 
 @pytest.mark.parametrize(

@@ -119,8 +119,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class ValPredictions(pl.Callback):
-    """Every training epoch's val class probabilities, in ``path`` (a CSV rewritten whole at
-    each epoch end: epoch, index, grade, one probability per class).
+    """Every training epoch's val class probabilities, in ``path`` (a CSV written when training
+    ends: epoch, index, grade, one probability per class).
 
     The best-val checkpoint is the maximum of many noisy val evaluations, so its val AUROC
     flatters runs whose val curve swings most; with every epoch's predictions,
@@ -183,7 +183,11 @@ class ValPredictions(pl.Callback):
         self.epochs = [self.epochs[n] for n in kept] + [epoch]
         self.probs = [self.probs[n] for n in kept] + [probs]
         self.index, self.grades = index[rows], grades
-        if trainer.is_global_zero:
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module) -> None:
+        # once a run: rewriting a growing file every epoch would cost a GPU run seconds
+        if trainer.is_global_zero and self.epochs:
+            assert self.index is not None and self.grades is not None
             write_text_atomic(
-                self.path, val_predictions_csv(self.epochs, self.index, grades, self.probs)
+                self.path, val_predictions_csv(self.epochs, self.index, self.grades, self.probs)
             )
