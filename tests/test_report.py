@@ -429,3 +429,24 @@ def test_a_damaged_val_predictions_file_leaves_the_choice_to_the_best_epoch(tmp_
     (row,) = chosen_on_val(group_runs(runs))
     assert row["metric"] == "val/auroc"
     assert [dict(c)["config.data.augment"] for c in row["ranked"]] == ["noisy", "steady"]
+    (damaged,) = [r for r in runs if r.held_out_problem]
+    assert damaged.path == path.parent
+    assert damaged.held_out_problem.startswith("val_predictions.csv unusable (")
+    assert main([str(tmp_path)]) == 0
+    listed = (tmp_path / "results.md").read_text().split("## Runs counted without a held-out")[1]
+    assert f"- `{path.parent}`: val_predictions.csv unusable (" in listed
+    assert "\n- " not in listed.split(damaged.held_out_problem)[1]  # that run alone
+
+
+def test_a_grade_too_rare_to_split_is_said_not_hidden(tmp_path):
+    noisy_and_steady_runs(tmp_path)
+    path = tmp_path / "steady_2" / "val_predictions.csv"
+    lines = path.read_text().splitlines()
+    header, rows = lines[0], lines[1:]
+    # one grade-4 image left in each epoch: no half can hold it and the other half too
+    kept = [r for r in rows if r.split(",")[2] != "4" or int(r.split(",")[1]) == 4]
+    path.write_text("\n".join([header, *kept]) + "\n")
+    runs, _ = collect_runs(tmp_path)
+    (damaged,) = [r for r in runs if r.held_out_problem]
+    assert damaged.held_out_val_auroc is None
+    assert "too few val images" in damaged.held_out_problem

@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     runs, skipped = collect_runs(root)
     for path, why in skipped:
         print(f"skipped {path}: {why}", file=sys.stderr)
+    for run in runs:
+        if run.held_out_problem:
+            print(f"note {run.path}: {run.held_out_problem}", file=sys.stderr)
     if not runs:
         print(f"error: no finished runs under {root}", file=sys.stderr)
         return 1

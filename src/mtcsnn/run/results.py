@@ -66,6 +66,7 @@ class Run:
     settings: dict = field(default_factory=dict)  # flattened choices and config
     # val AUROC of the epoch chosen on the other half of val (None: no val_predictions.csv)
     held_out_val_auroc: float | None = None
+    held_out_problem: str | None = None  # why a kept val_predictions.csv gave no figure
 
     @property
     def seed(self) -> int:
@@ -80,15 +81,27 @@ class Run:
         return "grades:" + hashlib.sha256(self.grades.astype(np.int64).tobytes()).hexdigest()
 
 
-def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _prob_rows(path: Path) -> tuple[list[dict[str, str]], list[int]]:
+    """The rows of a predictions file and the classes of its ``prob_<c>`` columns."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows:
         raise ValueError("no rows")
     classes = sorted(int(k.split("_")[1]) for k in rows[0] if k.startswith("prob_"))
+    if not classes:
+        raise ValueError("no prob_ columns")
+    return rows, classes
+
+
+def _probs(row: dict[str, str], classes: list[int]) -> list[float]:
+    return [float(row[f"prob_{c}"]) for c in classes]
+
+
+def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    rows, classes = _prob_rows(path)
     rows.sort(key=lambda r: int(r["index"]))
     grades = np.array([int(r["grade"]) for r in rows])
-    probs = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows])
+    probs = np.array([_probs(r, classes) for r in rows])
     return grades, probs
 
 
@@ -98,19 +111,10 @@ def read_val_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
     The file comes from a run folder, maybe someone else's: anything but the same images with
     the same grades in every epoch and finite probabilities is a ValueError.
     """
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        raise ValueError("no rows")
-    classes = sorted(int(k.split("_")[1]) for k in rows[0] if k.startswith("prob_"))
-    if not classes:
-        raise ValueError("no prob_ columns")
+    rows, classes = _prob_rows(path)
     by_epoch: dict[int, dict[int, tuple[int, list[float]]]] = defaultdict(dict)
     for row in rows:
-        by_epoch[int(row["epoch"])][int(row["index"])] = (
-            int(row["grade"]),
-            [float(row[f"prob_{c}"]) for c in classes],
-        )
+        by_epoch[int(row["epoch"])][int(row["index"])] = (int(row["grade"]), _probs(row, classes))
     epochs = sorted(by_epoch)
     images = sorted(by_epoch[epochs[0]])
     grades = np.array([by_epoch[epochs[0]][i][0] for i in images])
@@ -127,16 +131,18 @@ def read_val_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return grades, probs_array
 
 
-def held_out_of(folder: Path) -> float | None:
-    """The run's held-out val AUROC, or None without a readable ``val_predictions.csv``."""
+def held_out_of(folder: Path) -> tuple[float | None, str | None]:
+    """The run's held-out val AUROC, or None and, where it kept a file, why it has none."""
     path = folder / "val_predictions.csv"
     if not path.exists():
-        return None
+        return None, None
     try:
         value = held_out_auroc(*read_val_predictions(path))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return value if np.isfinite(value) else None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return None, f"val_predictions.csv unusable ({type(err).__name__}: {err})"
+    if not np.isfinite(value):
+        return None, "val_predictions.csv: a grade has too few val images to split in two"
+    return value, None
 
 
 SEARCH_FOLDER = "a search: its trials are the runs"
@@ -208,7 +214,7 @@ def load_run(folder: Path) -> Run | str:
         within = float(np.mean(np.abs(probs.argmax(1) - grades) <= 1))
         metrics["test"] = {**metrics["test"], "acc_within1": within}
     settings = flatten({"choices": metrics.get("choices", {}), "config": metrics.get("config", {})})
-    return Run(folder, metrics, grades, probs, settings, held_out_of(folder))
+    return Run(folder, metrics, grades, probs, settings, *held_out_of(folder))
 
 
 def run_folders(root: Path) -> list[Path]:

@@ -116,8 +116,19 @@ def results_markdown(
             )
     lines += chosen_on_val_lines(groups)
     lines += score_decoding_lines(groups)
+    lines += held_out_problem_lines(groups)
     lines += skipped_lines(skipped)
     return "\n".join(lines) + "\n"
+
+
+def held_out_problem_lines(groups: dict[tuple, list[Run]]) -> list[str]:
+    """Runs that kept val predictions the held-out val AUROC could not use, and why."""
+    listed = [r for runs in groups.values() for r in runs if r.held_out_problem]
+    if not listed:
+        return []
+    lines = ["", "## Runs counted without a held-out val AUROC", ""]
+    lines += [f"- `{r.path}`: {r.held_out_problem}" for r in sorted(listed, key=lambda r: r.path)]
+    return lines
 
 
 def skipped_lines(skipped: list[tuple[Path, str]]) -> list[str]:
