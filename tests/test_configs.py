@@ -80,10 +80,22 @@ def test_defaults_follow_the_medmnist_recipe(tiny_cfg, tmp_path):
         ("data.batch_size=7", "data.batch_size", "even number"),
         ("data.batch_size=0", "data.batch_size", "even number"),
         ("data.size=32", "data.size", "28, 64, 128, 224"),
+        ("optimized_metric=val/aurc", "optimized_metric", "val/auroc, val/acc"),
+        ("optimized_metric=val/recall", "optimized_metric", "val/recall_<grade>"),
+        (
+            "optimized_metric=val/loss callbacks.model_checkpoint.mode=max",
+            "callbacks.model_checkpoint.mode",
+            "val/loss is better lower: use min",
+        ),
+        (
+            "callbacks.epoch_log.mode=min",
+            "callbacks.epoch_log.mode",
+            "val/auroc is better higher: use max",
+        ),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(tiny_cfg, override, key, hint):
-    cfg = tiny_cfg(override, data="retinamnist")
+    cfg = tiny_cfg(*override.split(), data="retinamnist")
     with pytest.raises(ConfigError) as info:
         check_config(cfg)
     assert key in str(info.value) and hint in str(info.value)
@@ -130,3 +142,16 @@ def test_launcher_configs_compose(launcher, target):
     if launcher == "slurm":
         assert cfg.hydra.launcher.gpus_per_node == 1
         assert cfg.hydra.sweeper.params.seed == "1,2,3,4,5"
+
+
+@pytest.mark.parametrize(
+    ("metric", "mode"),
+    [("val/auroc", "max"), ("val/loss", "min"), ("val/mae", "min"), ("val/kappa", "max")],
+)
+def test_the_checkpoint_and_its_watchers_follow_the_metric_the_way_it_improves(
+    tiny_cfg, metric, mode
+):
+    cfg = tiny_cfg(f"optimized_metric={metric}", "callbacks=early_stopping")
+    check_config(cfg)
+    for name in ("model_checkpoint", "epoch_log", "early_stopping"):
+        assert cfg.callbacks[name].monitor == metric and cfg.callbacks[name].mode == mode

@@ -6,9 +6,17 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from mtcsnn.grading.comparison import ovr_auroc
+from mtcsnn.grading.selection import held_out_auroc
 from mtcsnn.report import main
 from mtcsnn.run.files import predictions_csv, val_predictions_csv
-from mtcsnn.run.results import chosen_on_val, collect_runs, group_runs, paired_difference
+from mtcsnn.run.results import (
+    chosen_on_val,
+    collect_runs,
+    group_runs,
+    label,
+    paired_difference,
+    read_val_predictions,
+)
 
 TEST_AUROC = {
     ("ce", 1): 0.70,
@@ -450,3 +458,45 @@ def test_a_grade_too_rare_to_split_is_said_not_hidden(tmp_path):
     (damaged,) = [r for r in runs if r.held_out_problem]
     assert damaged.held_out_val_auroc is None
     assert "too few val images" in damaged.held_out_problem
+
+
+def test_runs_chosen_on_val_loss_are_scored_at_the_epoch_their_rule_chose(tmp_path):
+    noisy_and_steady_runs(tmp_path)
+    for seed in (1, 2, 3):
+        for augment, metric, mode in (("noisy", "val/auroc", "max"), ("steady", "val/loss", "min")):
+            path = tmp_path / f"{augment}_{seed}" / "metrics.json"
+            metrics = json.loads(path.read_text())
+            metrics["config"]["optimized_metric"] = metric
+            # resolved in a run's config; it follows optimized_metric: no setting of its own
+            metrics["config"]["callbacks"]["model_checkpoint"] = {"mode": mode}
+            path.write_text(json.dumps(metrics))
+        # an epoch of modest confidence, then one that ranks better but is sharply wrong on
+        # many images: AUROC would keep the second, the loss keeps the first
+        grades = np.arange(60) % 5
+        rng = np.random.default_rng(seed)
+        onehot = np.eye(5)[grades]
+        logits = np.stack(
+            [
+                0.5 * onehot + rng.normal(size=onehot.shape),
+                20 * (onehot + rng.normal(size=onehot.shape)),
+            ]
+        )
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        write_val_predictions(
+            tmp_path / f"steady_{seed}", probs / probs.sum(-1, keepdims=True), grades
+        )
+    runs, _ = collect_runs(tmp_path)
+    for run in runs:
+        rule = "val/loss" if run.path.name.startswith("steady") else "val/auroc"
+        grades, probs = read_val_predictions(run.path / "val_predictions.csv")
+        assert run.held_out_val_auroc == pytest.approx(held_out_auroc(grades, probs, rule))
+    steady = [r for r in runs if r.path.name.startswith("steady")]
+    by_auroc = [
+        held_out_auroc(*read_val_predictions(r.path / "val_predictions.csv")) for r in steady
+    ]
+    assert [r.held_out_val_auroc for r in steady] != pytest.approx(by_auroc)  # another rule
+    labels = sorted(label(config) for config in group_runs(runs))
+    assert labels == [
+        "data.augment=noisy, optimized_metric=val/auroc",
+        "data.augment=steady, optimized_metric=val/loss",
+    ]

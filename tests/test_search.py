@@ -38,7 +38,7 @@ def test_search_trains_each_trial_and_resumes_a_stored_study(tmp_path):
         assert trial["value"] == pytest.approx(metrics["val"]["auroc"])
         values.append(trial["value"])
     assert summary["best"]["value"] == max(values)
-    assert summary["metric"] == "val/auroc"
+    assert summary["metric"] == "val/auroc" and summary["direction"] == "maximize"
     # trials never touch test; the chosen one is tested once, at the end
     tested = [
         t["number"]
@@ -69,6 +69,21 @@ def test_search_trains_each_trial_and_resumes_a_stored_study(tmp_path):
     assert len(resumed["trials"]) == 3
     params = [tuple(sorted(t["params"].items())) for t in resumed["trials"]]
     assert len(set(params)) == 3  # the resumed sampler does not redraw earlier points
+
+
+@pytest.mark.slow
+def test_a_search_on_val_loss_minimises_it(tmp_path):
+    proc = run_train(
+        *TINY_SEARCH,
+        "hparams_search.n_trials=2",
+        "optimized_metric=val/loss",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "search.json").read_text())
+    assert summary["direction"] == "minimize"
+    values = [t["value"] for t in summary["trials"]]
+    assert len(set(values)) == 2 and summary["best"]["value"] == min(values)
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mtcsnn.grading.comparison import ovr_auroc
-from mtcsnn.grading.selection import held_out_auroc, val_halves
+from mtcsnn.grading.selection import epoch_values, held_out_auroc, val_halves
 
 # the grades of RetinaMNIST's 120 val images
 VAL_GRADES = np.repeat(np.arange(5), [54, 12, 28, 20, 6])
@@ -59,3 +59,51 @@ def test_a_grade_with_one_val_image_has_no_held_out_auroc():
 def test_probabilities_of_another_shape_are_refused():
     with pytest.raises(ValueError, match="epochs, 4, classes"):
         held_out_auroc(np.arange(4) % 2, np.zeros((4, 2)))
+
+
+def test_each_monitorable_metric_has_its_epoch_values_as_the_run_logs_them():
+    """The held-out figure chooses epochs as the run's checkpoint did: every metric a run may
+    monitor has a per-epoch value here equal to the one the torchmetrics collection logs."""
+    import torch
+    import torch.nn.functional as F
+
+    from mtcsnn.grading import MONITORABLE
+    from mtcsnn.grading.metrics import grade_metrics, scalar_metrics
+
+    probs = noise(np.random.default_rng(3), 4, VAL_GRADES)
+    for epoch in range(len(probs)):
+        logged = scalar_metrics(
+            grade_metrics()(torch.from_numpy(probs[epoch]), torch.from_numpy(VAL_GRADES)), ""
+        )
+        logged["loss"] = float(
+            F.nll_loss(torch.from_numpy(probs[epoch]).log(), torch.from_numpy(VAL_GRADES))
+        )
+        for name in (*MONITORABLE, "recall_0", "recall_4"):
+            value = epoch_values(VAL_GRADES, probs, name)[epoch]
+            assert value == pytest.approx(logged[name], abs=1e-5), name
+    with pytest.raises(ValueError, match="no per-epoch value"):
+        epoch_values(VAL_GRADES, probs, "lr")
+
+
+def test_a_run_that_kept_its_lowest_val_loss_is_scored_at_that_epoch():
+    """Epoch 0 ranks the grades a little, with modest confidence; epoch 1 ranks them better but
+    is confidently wrong on many images. AUROC chooses epoch 1, the loss epoch 0; each choice is
+    scored on the half that did not make it."""
+    rng = np.random.default_rng(0)
+    onehot = np.eye(5)[VAL_GRADES]
+    logits = np.stack(
+        [
+            0.5 * onehot + rng.normal(size=onehot.shape),
+            20 * (1.0 * onehot + rng.normal(size=onehot.shape)),  # the same ranks, sharpened
+        ]
+    )
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    assert np.argmax(epoch_values(VAL_GRADES, probs, "auroc")) == 1
+    assert np.argmin(epoch_values(VAL_GRADES, probs, "loss")) == 0
+    halves = val_halves(VAL_GRADES)
+    on = [ovr_auroc(np.broadcast_to(VAL_GRADES[h], (2, len(h))), probs[:, h]) for h in halves]
+    assert held_out_auroc(VAL_GRADES, probs, "val/loss") == pytest.approx(
+        np.mean([o[0] for o in on])
+    )
+    assert held_out_auroc(VAL_GRADES, probs) == pytest.approx(np.mean([o[1] for o in on]))

@@ -239,3 +239,14 @@ def test_keep_training_state_keeps_last_and_optimizer_state(tiny_cfg, tmp_path):
     assert names[-1] == "last.ckpt" and len(names) == 2
     for path in (tmp_path / "checkpoints").iterdir():
         assert "optimizer_states" in torch.load(path, weights_only=True)
+
+
+def test_a_run_chosen_on_val_loss_keeps_its_lowest_val_loss_epoch(tiny_cfg, tmp_path):
+    train(tiny_cfg("optimized_metric=val/loss", "trainer.max_epochs=4", "seed=3"))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    with open(tmp_path / "csv" / "metrics.csv") as f:
+        logged = {int(r["epoch"]): float(r["val/loss"]) for r in csv.DictReader(f) if r["val/loss"]}
+    assert len(logged) == 4 and len(set(logged.values())) > 1
+    lowest = min(logged, key=logged.get)
+    assert metrics["best_epoch"] == lowest
+    assert metrics["val"]["loss"] == pytest.approx(logged[lowest], abs=1e-6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from hydra.utils import get_class
@@ -11,6 +12,7 @@ from mtcsnn.data.augment import check_augment
 from mtcsnn.data.datamodule import PairDataModule, check_batch_size
 from mtcsnn.data.pairing import check_pairing
 from mtcsnn.errors import ConfigError, require
+from mtcsnn.grading import MONITORABLE, metric_mode
 from mtcsnn.losses.base import check_difference, check_label_smoothing, check_lam
 from mtcsnn.models.siamese_resnet import check_backbone, check_dropout, check_stem
 
@@ -107,12 +109,32 @@ def check_config(cfg: DictConfig) -> None:
             raise ConfigError(key, value, err.allowed) from None
 
     metric = _value(cfg, "optimized_metric")
-    if metric is not _ABSENT and metric is not None and not str(metric).startswith("val/"):
+    name = str(metric).removeprefix("val/")
+    if metric not in (_ABSENT, None) and not (
+        str(metric).startswith("val/")
+        and (name in MONITORABLE or re.fullmatch(r"recall_\d+", name))
+    ):
         raise ConfigError(
             "optimized_metric",
             metric,
-            "it picks the checkpoint and steers searches: use a val metric, e.g. val/auroc",
+            "it picks the checkpoint and steers searches: use a val metric, "
+            + ", ".join(f"val/{m}" for m in MONITORABLE)
+            + " or val/recall_<grade>",
         )
+    if isinstance(metric, str):
+        # a callback that watches the metric must want it the way it improves (val/loss: down)
+        wanted = metric_mode(metric)
+        better = "lower" if wanted == "min" else "higher"
+        for name, node in (_value(cfg, "callbacks") or {}).items():
+            if isinstance(node, DictConfig) and node.get("monitor") == metric:
+                mode = node.get("mode", "min")  # Lightning's default
+                if mode != wanted:
+                    raise ConfigError(
+                        f"callbacks.{name}.mode",
+                        mode,
+                        f"optimized_metric={metric} is better {better}: use {wanted} "
+                        "(the default follows optimized_metric)",
+                    )
 
     threads = _value(cfg, "threads")
     if threads not in (_ABSENT, None) and not (_is_int(threads) and threads >= 1):

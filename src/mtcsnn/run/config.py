@@ -39,7 +39,14 @@ def run_group(task_name: str) -> str:
 
 
 def register_resolvers() -> None:
-    for name, fn in (("epoch_fractions", epoch_fractions), ("run_group", run_group)):
+    from mtcsnn.grading import metric_mode  # which way a monitored metric improves
+
+    resolvers = (
+        ("epoch_fractions", epoch_fractions),
+        ("run_group", run_group),
+        ("metric_mode", metric_mode),
+    )
+    for name, fn in resolvers:
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 

@@ -52,6 +52,10 @@ IGNORED_KEYS = {
     "keep_training_state",
     # where a run writes its val predictions: its own folder
     "callbacks.val_predictions.path",
+    # which way the checkpoint's metric improves: follows optimized_metric, which is shown
+    "callbacks.model_checkpoint.mode",
+    "callbacks.epoch_log.mode",
+    "callbacks.early_stopping.mode",
 }
 IGNORED_PREFIXES = ("paths.", "logger.", "hydra.")
 IGNORED_SUFFIXES = (".dirpath", ".save_dir", "default_root_dir")
@@ -131,13 +135,14 @@ def read_val_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return grades, probs_array
 
 
-def held_out_of(folder: Path) -> tuple[float | None, str | None]:
-    """The run's held-out val AUROC, or None and, where it kept a file, why it has none."""
+def held_out_of(folder: Path, choose_by: str = "val/auroc") -> tuple[float | None, str | None]:
+    """The run's held-out val AUROC (its epochs chosen by ``choose_by``, the run's
+    ``optimized_metric``), or None and, where it kept a file, why it has none."""
     path = folder / "val_predictions.csv"
     if not path.exists():
         return None, None
     try:
-        value = held_out_auroc(*read_val_predictions(path))
+        value = held_out_auroc(*read_val_predictions(path), choose_by=choose_by)
     except (OSError, ValueError, KeyError, TypeError) as err:
         return None, f"val_predictions.csv unusable ({type(err).__name__}: {err})"
     if not np.isfinite(value):
@@ -214,7 +219,9 @@ def load_run(folder: Path) -> Run | str:
         within = float(np.mean(np.abs(probs.argmax(1) - grades) <= 1))
         metrics["test"] = {**metrics["test"], "acc_within1": within}
     settings = flatten({"choices": metrics.get("choices", {}), "config": metrics.get("config", {})})
-    return Run(folder, metrics, grades, probs, settings, *held_out_of(folder))
+    chosen_by = metrics.get("config", {}).get("optimized_metric")
+    held_out = held_out_of(folder, chosen_by if isinstance(chosen_by, str) else "val/auroc")
+    return Run(folder, metrics, grades, probs, settings, *held_out)
 
 
 def run_folders(root: Path) -> list[Path]:

@@ -20,6 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mtcsnn.errors import ConfigError, MTCSNNError
+from mtcsnn.grading import metric_mode
 from mtcsnn.run.checkpoint import load_checkpoint
 from mtcsnn.run.checks import check_config
 from mtcsnn.run.files import write_json
@@ -69,7 +70,7 @@ def search(cfg: DictConfig) -> float:
     study = optuna.create_study(
         study_name=spec["study_name"],
         storage=spec.get("storage"),
-        direction=spec.get("direction", "maximize"),
+        direction="minimize" if metric_mode(metric) == "min" else "maximize",
         load_if_exists=True,
         sampler=None,
     )
