@@ -125,12 +125,12 @@ def check_config(cfg: DictConfig) -> None:
         # a callback that watches the metric must want it the way it improves (val/loss: down)
         wanted = metric_mode(metric)
         better = "lower" if wanted == "min" else "higher"
-        for name, node in (_value(cfg, "callbacks") or {}).items():
+        for callback, node in (_value(cfg, "callbacks") or {}).items():
             if isinstance(node, DictConfig) and node.get("monitor") == metric:
                 mode = node.get("mode", "min")  # Lightning's default
                 if mode != wanted:
                     raise ConfigError(
-                        f"callbacks.{name}.mode",
+                        f"callbacks.{callback}.mode",
                         mode,
                         f"optimized_metric={metric} is better {better}: use {wanted} "
                         "(the default follows optimized_metric)",
