@@ -117,7 +117,7 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(
             "optimized_metric",
             metric,
-            "it picks the checkpoint and steers searches: use a val metric, "
+            "it picks the checkpoint and steers searches: use a val metric: "
             + ", ".join(f"val/{m}" for m in MONITORABLE)
             + " or val/recall_<grade>",
         )
