@@ -157,6 +157,23 @@ def test_a_setting_added_later_does_not_split_a_configuration(sweep):
     assert len(group_runs(runs)) > 2
 
 
+def test_what_a_choice_or_the_checkpoint_metric_brings_with_it_is_not_a_setting(sweep):
+    """model/scheduler=exponential brings model.scheduler.gamma, optimized_metric=val/loss the
+    checkpoint's monitor and mode: the label names the choice and the metric only."""
+    runs, _ = collect_runs(sweep)
+    for i, run in enumerate(runs):
+        exponential, on_loss = i % 3 == 1, i % 3 == 2
+        run.settings["choices.model/scheduler"] = "exponential" if exponential else "multistep"
+        run.settings["config.model.scheduler.gamma"] = 0.955 if exponential else 0.1
+        metric = "val/loss" if on_loss else "val/auroc"
+        run.settings["config.optimized_metric"] = metric
+        for callback in ("model_checkpoint", "epoch_log"):
+            run.settings[f"config.callbacks.{callback}.monitor"] = metric
+            run.settings[f"config.callbacks.{callback}.mode"] = "min" if on_loss else "max"
+    keys = {k for config in group_runs(runs) for k, _ in config}
+    assert keys == {"choices.loss", "choices.model/scheduler", "config.optimized_metric"}
+
+
 def test_report_compares_the_score_decodings_where_runs_have_them(sweep):
     for job in range(3, 6):  # the mtcsnn runs
         path = sweep / str(job) / "metrics.json"

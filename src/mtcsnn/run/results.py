@@ -52,9 +52,12 @@ IGNORED_KEYS = {
     "keep_training_state",
     # where a run writes its val predictions: its own folder
     "callbacks.val_predictions.path",
-    # which way the checkpoint's metric improves: follows optimized_metric, which is shown
+    # what the checkpoint watches and which way: they follow optimized_metric, which is shown
+    "callbacks.model_checkpoint.monitor",
     "callbacks.model_checkpoint.mode",
+    "callbacks.epoch_log.monitor",
     "callbacks.epoch_log.mode",
+    "callbacks.early_stopping.monitor",
     "callbacks.early_stopping.mode",
 }
 IGNORED_PREFIXES = ("paths.", "logger.", "hydra.")
@@ -276,13 +279,16 @@ def varying_keys(runs: list[Run]) -> list[str]:
         or all(k in r.settings for r in runs)
     ]
     choices = [k for k in varying if k.startswith("choices.")]
+    # a chosen group's values (model/scheduler -> model.scheduler.*) come with the choice
     chosen_groups = {k.split(".", 1)[1] for k in choices}
     values = []
     for key in varying:
         if key.startswith("choices."):
             continue
-        group = key.split(".")[1]
-        if group in chosen_groups:
+        path = key.split(".", 1)[1]
+        owners = [g for g in chosen_groups if path.startswith(g.replace("/", ".") + ".")]
+        if owners:
+            group = max(owners, key=len)
             # e.g. loss.lam differs between loss=ce and loss=mtcsnn only because ce has none
             by_choice = defaultdict(set)
             for r in runs:
