@@ -70,6 +70,18 @@ def test_search_trains_each_trial_and_resumes_a_stored_study(tmp_path):
     params = [tuple(sorted(t["params"].items())) for t in resumed["trials"]]
     assert len(set(params)) == 3  # the resumed sampler does not redraw earlier points
 
+    # the stored study keeps its direction: values of another metric would be mixed in
+    other = run_train(
+        *TINY_SEARCH,
+        "hparams_search.n_trials=1",
+        f"hparams_search.storage={storage}",
+        "optimized_metric=val/loss",
+        f"hydra.run.dir={tmp_path / 'c'}",
+    )
+    assert other.returncode != 0
+    assert "error: " in other.stderr and "searched on val/auroc" in other.stderr
+    assert "Traceback" not in other.stderr and not list((tmp_path / "c").glob("trial_*"))
+
 
 @pytest.mark.slow
 def test_a_search_on_val_loss_minimises_it(tmp_path):

@@ -67,13 +67,28 @@ def search(cfg: DictConfig) -> float:
     user_overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra.")]
     outer = HydraConfig.instance().cfg  # each trial sets its own; restored at the end
 
+    direction = "minimize" if metric_mode(metric) == "min" else "maximize"
     study = optuna.create_study(
         study_name=spec["study_name"],
         storage=spec.get("storage"),
-        direction="minimize" if metric_mode(metric) == "min" else "maximize",
+        direction=direction,
         load_if_exists=True,
         sampler=None,
     )
+    # a stored study keeps its direction: trial values of another metric would be mixed with
+    # its own and the best chosen among them
+    searched_on = study.user_attrs.get("optimized_metric")
+    if study.trials and (
+        searched_on not in (None, metric) or study.direction.name.lower() != direction
+    ):
+        raise ConfigError(
+            "optimized_metric",
+            metric,
+            f"study {spec['study_name']!r} in {spec.get('storage')} was searched on "
+            f"{searched_on or 'a metric to ' + study.direction.name.lower()}: use that metric, "
+            "or another hparams_search.study_name",
+        )
+    study.set_user_attr("optimized_metric", metric)
     # A resumed study must not redraw the same start-up points: offset the seed by its size.
     study.sampler = optuna.samplers.TPESampler(seed=spec.get("sampler_seed", 0) + len(study.trials))
 
