@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from mtcsnn.grading import metric_mode
-from mtcsnn.grading.comparison import ovr_auroc, quadratic_kappa
+from mtcsnn.grading.comparison import accuracy, ovr_auroc, quadratic_kappa
 
 
 def val_halves(grades: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -31,7 +31,7 @@ def epoch_values(grades: np.ndarray, probs: np.ndarray, metric: str) -> np.ndarr
     if metric == "loss":  # the negative log-likelihood of the true grade
         return -np.log(np.clip(probs[:, np.arange(len(grades)), grades], 1e-12, None)).mean(1)
     if metric == "acc":
-        return (pred == grades).mean(1)
+        return accuracy(grades, probs)
     if metric == "mae":
         return np.abs(pred - grades).mean(1)
     if metric == "acc_within1":
