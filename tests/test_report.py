@@ -10,6 +10,7 @@ from mtcsnn.grading.selection import held_out_auroc
 from mtcsnn.report import main
 from mtcsnn.run.files import predictions_csv, val_predictions_csv
 from mtcsnn.run.results import (
+    baseline_of,
     chosen_on_val,
     collect_runs,
     group_runs,
@@ -265,6 +266,22 @@ def test_runs_tested_on_other_data_are_never_paired(sweep):
         predictions_csv(fake_predictions(other, 0.5, 2))
     )
     assert "| 1 |" in results_table(sweep).split("## MTCSNN vs CE")[1]
+
+
+def test_mtcsnn_is_paired_with_the_ce_that_shares_its_loss_options():
+    def config(loss, **values):
+        return (("choices.loss", loss), *((f"config.loss.{k}", v) for k, v in values.items()))
+
+    ce_plain = config("ce", label_smoothing=None)
+    ce_smooth = config("ce", label_smoothing=0.1)
+    groups = {ce_plain: [], ce_smooth: []}
+    assert baseline_of(config("mtcsnn", lam=0.5, label_smoothing=0.1), groups) == ce_smooth
+    assert baseline_of(config("mtcsnn", lam=0.5, label_smoothing=None), groups) == ce_plain
+    # a lambda sweep without loss=ce: lambda 0 with the same difference
+    zero_abs = config("mtcsnn", lam=0, difference="absolute")
+    zero_signed = config("mtcsnn", lam=0, difference="signed")
+    sweep = {zero_abs: [], zero_signed: []}
+    assert baseline_of(config("mtcsnn", lam=0.5, difference="signed"), sweep) == zero_signed
 
 
 def test_repeats_of_a_seed_are_not_counted_as_seeds_and_threads_do_not_split(sweep):

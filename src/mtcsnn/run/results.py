@@ -372,10 +372,13 @@ def baseline_of(config: tuple, groups: dict[tuple, list[Run]]) -> tuple | None:
         other_settings = dict(other)
         if not is_baseline(other_settings):
             continue
+        # a loss value both losses have (label_smoothing; a lambda-0 run's difference) must
+        # match too; one CE has no value for (lam, difference of loss=ce) cannot
         same = all(
             other_settings.get(k) == v
             for k, v in settings.items()
-            if k != "choices.loss" and not k.startswith("config.loss.")
+            if k not in ("choices.loss", "config.loss.lam")
+            and (not k.startswith("config.loss.") or k in other_settings)
         )
         if same:
             candidates.append(other)
