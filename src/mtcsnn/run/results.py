@@ -372,8 +372,8 @@ def baseline_of(config: tuple, groups: dict[tuple, list[Run]]) -> tuple | None:
         other_settings = dict(other)
         if not is_baseline(other_settings):
             continue
-        # a loss value both losses have (label_smoothing; a lambda-0 run's difference) must
-        # match too; one CE has no value for (lam, difference of loss=ce) cannot
+        # loss values both configurations have must match too (label_smoothing; a lambda-0
+        # run's difference); lam, and values loss=ce has none of, are left out
         same = all(
             other_settings.get(k) == v
             for k, v in settings.items()
