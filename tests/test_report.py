@@ -268,6 +268,45 @@ def test_runs_tested_on_other_data_are_never_paired(sweep):
     assert "| 1 |" in results_table(sweep).split("## MTCSNN vs CE")[1]
 
 
+def test_pooling_configurations_counts_how_the_difference_moves_between_them(tmp_path):
+    # MTCSNN far ahead of CE at one lambda and far behind at another: each row's interval over
+    # the test images excludes zero, the pooled one, which draws the pairs too, does not
+    grades = np.arange(200) % 5
+    job = 0
+    for loss, lam, skill in (("ce", None, 1.5), ("mtcsnn", 0.5, 3.0), ("mtcsnn", 1, 0.5)):
+        for seed in (1, 2, 3):
+            write_run(tmp_path / str(job), loss, seed, grades, skill, lam=lam)
+            job += 1
+    section = results_table(tmp_path).split("## MTCSNN vs CE")[1].split("\n## ")[0]
+    rows = {line.split(" | ")[0]: line for line in section.splitlines() if line.startswith("| ")}
+
+    def interval(row: str) -> tuple[float, float]:
+        low, high = row.split("|")[4].split("[")[1].rstrip("] ").split(", ")
+        return float(low), float(high)
+
+    assert interval(rows["| loss=mtcsnn, loss.lam=0.5"])[0] > 0
+    assert interval(rows["| loss=mtcsnn, loss.lam=1"])[1] < 0
+    pooled = rows["| all 2 configurations above, pooled"]
+    assert "| 6 pairs |" in pooled
+    low, high = interval(pooled)
+    assert low < 0 < high
+
+
+def test_pooled_interval_is_the_paired_one_when_every_pair_is_the_same():
+    from mtcsnn.grading.comparison import paired_difference as paired
+    from mtcsnn.grading.comparison import pooled_difference
+
+    rng = np.random.default_rng(0)
+    grades = rng.integers(0, 5, 150)
+    a, b = (rng.dirichlet(np.ones(5), 150) for _ in range(2))
+    same = [((grades, a), (grades, b))] * 4
+    assert pooled_difference(same, "auroc", 200) == paired(same, "auroc", 200)
+    # pairs that disagree widen it
+    other = [((grades, b), (grades, a))] * 4
+    low, high = pooled_difference(same + other, "auroc", 200)[1:]
+    assert low < -0.5 * abs(paired(same, "auroc", 200)[0]) and high > 0
+
+
 def test_mtcsnn_is_paired_with_the_ce_that_shares_its_loss_options():
     def config(loss, **values):
         return (("choices.loss", loss), *((f"config.loss.{k}", v) for k, v in values.items()))

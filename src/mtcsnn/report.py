@@ -13,7 +13,13 @@ import sys
 from pathlib import Path
 
 from mtcsnn.run.files import write_text_atomic
-from mtcsnn.run.results import collect_runs, comparisons, ensemble_rows, group_runs
+from mtcsnn.run.results import (
+    collect_runs,
+    comparisons,
+    ensemble_rows,
+    group_runs,
+    pooled_comparison,
+)
 from mtcsnn.run.results_figures import write_figures
 from mtcsnn.run.results_page import results_markdown
 
@@ -43,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     groups = group_runs(runs)
     compared = comparisons(groups, args.bootstrap)
     ensembles = ensemble_rows(groups, args.bootstrap)
-    markdown = results_markdown(groups, compared, skipped, root, ensembles)
+    pooled = pooled_comparison(compared, args.bootstrap)
+    markdown = results_markdown(groups, compared, skipped, root, ensembles, pooled)
     write_text_atomic(out / "results.md", markdown)
     figures = write_figures(groups, out)
     print(f"{len(runs)} run(s) in {len(groups)} configuration(s), {len(skipped)} skipped")

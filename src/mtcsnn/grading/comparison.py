@@ -37,6 +37,25 @@ def accuracy(grades: np.ndarray, probs: np.ndarray) -> np.ndarray:
 PAIRED_METRICS = {"auroc": ovr_auroc, "acc": accuracy}
 
 
+def _pair_deltas(
+    pairs: list[tuple[Predictions, Predictions]], metric: str, num_resamples: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.random.Generator]:
+    """Per pair, metric(a) - metric(b): on the test images (P,), and on each of the same
+    ``num_resamples`` resamples of them (P, R); and the generator, to draw on from."""
+    fn = PAIRED_METRICS[metric]
+    n = len(pairs[0][0][0])
+    for i, ((grades_a, _), (grades_b, _)) in enumerate(pairs):
+        if len(grades_a) != n or not np.array_equal(grades_a, grades_b):
+            raise ValueError(f"pair {i} was not tested on the same images")
+    points = np.array(
+        [fn(ga[None], pa[None])[0] - fn(gb[None], pb[None])[0] for (ga, pa), (gb, pb) in pairs]
+    )
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(num_resamples, n))
+    deltas = np.stack([fn(ga[idx], pa[idx]) - fn(ga[idx], pb[idx]) for (ga, pa), (_, pb) in pairs])
+    return points, deltas, rng
+
+
 def paired_difference(
     pairs: list[tuple[Predictions, Predictions]],
     metric: str,
@@ -48,24 +67,30 @@ def paired_difference(
     Each side of a pair is ``(grades (n,), probs (n, C))`` of one run on the same test images;
     the same resampled images are used for both runs of every pair (a paired bootstrap).
     """
-    fn = PAIRED_METRICS[metric]
-    n = len(pairs[0][0][0])
-    for i, ((grades_a, _), (grades_b, _)) in enumerate(pairs):
-        if len(grades_a) != n or not np.array_equal(grades_a, grades_b):
-            raise ValueError(f"pair {i} was not tested on the same images")
-    point = float(
-        np.mean(
-            [fn(ga[None], pa[None])[0] - fn(gb[None], pb[None])[0] for (ga, pa), (gb, pb) in pairs]
-        )
-    )
-    idx = np.random.default_rng(seed).integers(0, n, size=(num_resamples, n))
-    deltas = np.zeros(num_resamples)
-    for (grades_a, probs_a), (_, probs_b) in pairs:
-        grades = grades_a[idx]
-        deltas += fn(grades, probs_a[idx]) - fn(grades, probs_b[idx])
-    deltas /= len(pairs)
-    low, high = np.nanpercentile(deltas, [2.5, 97.5])
-    return point, float(low), float(high)
+    points, deltas, _ = _pair_deltas(pairs, metric, num_resamples, seed)
+    low, high = np.nanpercentile(deltas.sum(0) / len(pairs), [2.5, 97.5])
+    return float(np.mean(points)), float(low), float(high)
+
+
+def pooled_difference(
+    pairs: list[tuple[Predictions, Predictions]],
+    metric: str,
+    num_resamples: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Mean over pairs of metric(a) - metric(b), with a 95% CI from a bootstrap over both the
+    pairs and the test images.
+
+    For pairs from several configurations (recipes, lambdas, backbones): each resample draws
+    the pairs with replacement as well as the images, so the interval also counts how much the
+    difference moves from one seed or configuration to the next, which a bootstrap over the
+    images alone leaves out. Pairs are taken as independent draws.
+    """
+    points, deltas, rng = _pair_deltas(pairs, metric, num_resamples, seed)
+    drawn = rng.integers(0, len(pairs), size=(num_resamples, len(pairs)))
+    resampled = deltas[drawn, np.arange(num_resamples)[:, None]].mean(1)
+    low, high = np.nanpercentile(resampled, [2.5, 97.5])
+    return float(np.mean(points)), float(low), float(high)
 
 
 def quadratic_kappa(grades: np.ndarray, pred: np.ndarray, num_classes: int = 5) -> float:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mtcsnn.grading.comparison import PAIRED_METRICS, grade_scores
+from mtcsnn.grading.comparison import PAIRED_METRICS, grade_scores, pooled_difference
 from mtcsnn.grading.comparison import paired_difference as compare
 from mtcsnn.grading.selection import held_out_auroc
 from mtcsnn.run.config import flatten
@@ -398,11 +398,37 @@ def comparisons(groups: dict[tuple, list[Run]], num_resamples: int) -> list[dict
         if not pairs:
             continue
         pairs = [(a, b) for a, b in pairs if a.test_data == pairs[0][0].test_data]
-        row = {"config": config, "baseline": base, "seeds": len(pairs)}
+        row = {"config": config, "baseline": base, "seeds": len(pairs), "pairs": pairs}
         for metric in PAIRED_METRICS:
             row[metric] = paired_difference(pairs, metric, num_resamples)
         rows.append(row)
     return rows
+
+
+def pooled_comparison(compared: list[dict], num_resamples: int) -> dict | None:
+    """MTCSNN - CE over the pairs of every configuration compared, with
+    :func:`mtcsnn.grading.comparison.pooled_difference`'s CI (pairs and test images resampled).
+
+    Only pairs tested on the images most pairs share take part. None unless they come from two
+    or more configurations: for one, its own row says it all.
+    """
+    by_data: dict[str | None, list[tuple[tuple, Run, Run]]] = defaultdict(list)
+    for row in compared:
+        for a, b in row["pairs"]:
+            by_data[a.test_data].append((row["config"], a, b))
+    if not by_data:
+        return None
+    largest = max(by_data.values(), key=len)
+    images = largest[0][1].grades
+    kept = [(c, a, b) for c, a, b in largest if np.array_equal(a.grades, images)]
+    configs = {c for c, _, _ in kept}
+    if len(configs) < 2:
+        return None
+    pairs = [((a.grades, a.probs), (b.grades, b.probs)) for _, a, b in kept]
+    row: dict = {"configs": len(configs), "pairs": len(pairs)}
+    for metric in PAIRED_METRICS:
+        row[metric] = pooled_difference(pairs, metric, num_resamples)
+    return row
 
 
 def ensemble(runs: list[Run]) -> tuple[list[Run], np.ndarray, np.ndarray] | None:

@@ -38,6 +38,7 @@ def results_markdown(
     skipped: list[tuple[Path, str]],
     root: Path,
     ensembles: list[dict] | None = None,
+    pooled: dict | None = None,
 ) -> str:
     # columns every run has: off-by-one accuracy is missing from runs of older versions
     extra = [
@@ -90,6 +91,19 @@ def results_markdown(
                 + " | ".join(cells)
                 + " |"
             )
+        if pooled:
+            cells = [
+                f"{p:+.4f} [{lo:+.4f}, {hi:+.4f}]" for p, lo, hi in (pooled["auroc"], pooled["acc"])
+            ]
+            lines += [
+                f"| all {pooled['configs']} configurations above, pooled | CE | "
+                f"{pooled['pairs']} pairs | " + " | ".join(cells) + " |",
+                "",
+                "Pooled: the mean over every pair above, with a 95% CI from a bootstrap that draws "
+                "the pairs as well as the test images, so it also counts how much the difference "
+                "moves between seeds and configurations. Each pair counts once: pool only runs "
+                "that trained differently (not one sweep's runs again under another name).",
+            ]
     if ensembles:
         lines += [
             "",
