@@ -5,11 +5,12 @@ A run is a folder holding ``metrics.json`` and ``test_predictions.csv`` (what
 ``python -m mtcsnn.train`` writes). Runs are grouped into configurations by the config values
 that differ between them, seeds aside. MTCSNN configurations are compared with the CE run of the
 same backbone and seed, with a bootstrap 95% CI over test images, and all such pairs pooled (a
-bootstrap over the pairs too); each configuration's seeds are also averaged into an ensemble. Whatever is *chosen* (the best configuration, the recipe of a
-loss) is chosen on mean val AUROC: the test split never chooses anything. Where every run of
-the configurations compared kept its val predictions, the val AUROC that chooses is the
-held-out one (:func:`mtcsnn.grading.selection.held_out_auroc`), which the noise of a run's val
-curve does not lift.
+bootstrap over the pairs too); each configuration's seeds are also averaged into an ensemble.
+Whatever is *chosen* (the best configuration, the recipe of a loss) is chosen on mean val
+AUROC: the test split never chooses anything. Where every run of the configurations compared
+kept its val predictions, the val AUROC that chooses is the held-out one
+(:func:`mtcsnn.grading.selection.held_out_auroc`), which the noise of a run's val curve does not
+lift.
 """
 
 from __future__ import annotations
