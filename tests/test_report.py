@@ -175,6 +175,27 @@ def test_what_a_choice_or_the_checkpoint_metric_brings_with_it_is_not_a_setting(
     assert keys == {"choices.loss", "choices.model/scheduler", "config.optimized_metric"}
 
 
+@pytest.mark.parametrize("set_on_the_command_line", [True, False])
+def test_a_value_each_loss_was_given_by_hand_is_a_setting(sweep, set_on_the_command_line):
+    """Each loss with its own settings in one folder (CE without label smoothing, MTCSNN with):
+    a value the command line set names the configuration, though it changes with the loss."""
+    for job in range(6):
+        path = sweep / str(job) / "metrics.json"
+        metrics = json.loads(path.read_text())
+        mtcsnn = metrics["choices"]["loss"] == "mtcsnn"
+        metrics["config"]["loss"]["label_smoothing"] = 0.1 if mtcsnn else None
+        path.write_text(json.dumps(metrics))
+        overrides = [f"loss={metrics['choices']['loss']}", f"seed={metrics['seed']}"]
+        if mtcsnn and set_on_the_command_line:
+            overrides.append("loss.label_smoothing=0.1")
+        (sweep / str(job) / ".hydra" / "overrides.yaml").write_text(
+            "".join(f"- {line}\n" for line in overrides)
+        )
+    keys = {k for config in group_runs(collect_runs(sweep)[0]) for k, _ in config}
+    by_hand = {"config.loss.label_smoothing"} if set_on_the_command_line else set()
+    assert keys == {"choices.loss"} | by_hand
+
+
 def test_report_compares_the_score_decodings_where_runs_have_them(sweep):
     for job in range(3, 6):  # the mtcsnn runs
         path = sweep / str(job) / "metrics.json"

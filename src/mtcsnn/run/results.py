@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from mtcsnn.grading.comparison import PAIRED_METRICS, grade_scores, pooled_difference
 from mtcsnn.grading.comparison import paired_difference as compare
@@ -75,6 +76,11 @@ class Run:
     # val AUROC of the epoch chosen on the other half of val (None: no val_predictions.csv)
     held_out_val_auroc: float | None = None
     held_out_problem: str | None = None  # why a kept val_predictions.csv gave no figure
+    # settings keys the run's command line set (``.hydra/overrides.yaml``)
+    overridden: frozenset[str] = frozenset()
+
+    def overrode(self, key: str) -> bool:
+        return any(key == k or key.startswith(k + ".") for k in self.overridden)
 
     @property
     def seed(self) -> int:
@@ -225,7 +231,23 @@ def load_run(folder: Path) -> Run | str:
     settings = flatten({"choices": metrics.get("choices", {}), "config": metrics.get("config", {})})
     chosen_by = metrics.get("config", {}).get("optimized_metric")
     held_out = held_out_of(folder, chosen_by if isinstance(chosen_by, str) else "val/auroc")
-    return Run(folder, metrics, grades, probs, settings, *held_out)
+    overridden = overridden_keys(folder, set(metrics.get("choices", {})))
+    return Run(folder, metrics, grades, probs, settings, *held_out, overridden)
+
+
+def overridden_keys(folder: Path, groups: set[str]) -> frozenset[str]:
+    """The config values the run's command line set, as settings keys
+    (``loss.label_smoothing=0.1`` -> ``config.loss.label_smoothing``), leaving out the choices of
+    config ``groups`` (``loss=ce``); none where Hydra's ``overrides.yaml`` is missing or
+    unreadable."""
+    try:
+        lines = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return frozenset()
+    if not isinstance(lines, list):
+        return frozenset()
+    names = {line.split("=", 1)[0].lstrip("+~") for line in lines if isinstance(line, str)}
+    return frozenset(f"config.{name}" for name in names - groups if name)
 
 
 def run_folders(root: Path) -> list[Path]:
@@ -290,11 +312,16 @@ def varying_keys(runs: list[Run]) -> list[str]:
         owners = [g for g in chosen_groups if path.startswith(g.replace("/", ".") + ".")]
         if owners:
             group = max(owners, key=len)
-            # e.g. loss.lam differs between loss=ce and loss=mtcsnn only because ce has none
+            # e.g. loss.lam differs between loss=ce and loss=mtcsnn only because ce has none,
+            # model.scheduler.gamma because each schedule's file has its own; but a value every
+            # choice has and a command line set (each loss with its own label smoothing) is one
             by_choice = defaultdict(set)
             for r in runs:
                 by_choice[r.settings.get(f"choices.{group}")].add(r.settings.get(key))
-            if all(len(v) == 1 for v in by_choice.values()):
+            set_by_hand = all(key in r.settings for r in runs) and any(
+                r.overrode(key) for r in runs
+            )
+            if all(len(v) == 1 for v in by_choice.values()) and not set_by_hand:
                 continue
         values.append(key)
     return choices + values
