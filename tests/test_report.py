@@ -275,6 +275,25 @@ def test_a_metrics_json_of_another_shape_is_skipped_with_a_reason(sweep, content
     assert "another shape" in results_table(sweep)
 
 
+def test_files_nested_too_deep_to_parse_lose_no_other_run(sweep):
+    deep = "[" * 100_000 + "]" * 100_000
+    (sweep / "0" / "metrics.json").write_text(deep)
+    (sweep / "1" / ".hydra" / "overrides.yaml").write_text(deep)
+    runs, skipped = collect_runs(sweep)
+    assert len(runs) == 5  # run 1 is read as if it had no overrides
+    assert dict((p.name, why) for p, why in skipped)["0"].startswith("unreadable (RecursionError")
+    assert "unreadable" in results_table(sweep)
+
+
+@pytest.mark.parametrize("content", ["[1]", "[" * 100_000 + "]" * 100_000, "{not json"])
+def test_a_failed_json_of_another_shape_is_said_unreadable(sweep, content):
+    (sweep / "0" / "metrics.json").unlink()
+    (sweep / "0" / "failed.json").write_text(content)
+    runs, skipped = collect_runs(sweep)
+    assert len(runs) == 5
+    assert dict((p.name, why) for p, why in skipped)["0"] == "failed: unreadable failed.json"
+
+
 def test_runs_tested_on_other_data_are_never_paired(sweep):
     # the CE run of seed 1 was tested on other images: no pair for seed 1, and no crash
     metrics = json.loads((sweep / "0" / "metrics.json").read_text())

@@ -77,14 +77,19 @@ def clear_failure(out_dir: Path) -> None:
     (out_dir / FAILED).unlink(missing_ok=True)
 
 
-def read_failures(sweep_dir: Path) -> list[tuple[Path, dict]]:
-    failures = []
-    for path in sorted(sweep_dir.glob(f"*/{FAILED}")):
-        try:
-            failures.append((path.parent, json.loads(path.read_text())))
-        except (OSError, ValueError):
-            failures.append((path.parent, {"error": "unreadable failed.json"}))
-    return failures
+def failure_reason(path: Path) -> str:
+    """The reason a ``failed.json`` records; a damaged one says so instead of failing too."""
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):  # nesting too deep: RecursionError
+        recorded = None
+    if not isinstance(recorded, dict):
+        return "unreadable failed.json"
+    return str(recorded.get("error", "no reason recorded"))
+
+
+def read_failures(sweep_dir: Path) -> list[tuple[Path, str]]:
+    return [(path.parent, failure_reason(path)) for path in sorted(sweep_dir.glob(f"*/{FAILED}"))]
 
 
 class FailureSummary(Callback):
@@ -97,7 +102,7 @@ class FailureSummary(Callback):
             return
         jobs = sum(1 for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").exists())
         lines = [f"{len(failures)} of {jobs} sweep jobs failed:"]
-        for job_dir, record in failures:
-            lines.append(f"  {job_dir}: {record.get('error')}")
+        for job_dir, reason in failures:
+            lines.append(f"  {job_dir}: {reason}")
         print("\n".join(lines), file=sys.stderr)
         raise SystemExit(1)

@@ -30,6 +30,7 @@ from mtcsnn.grading.comparison import PAIRED_METRICS, grade_scores, pooled_diffe
 from mtcsnn.grading.comparison import paired_difference as compare
 from mtcsnn.grading.selection import held_out_auroc
 from mtcsnn.run.config import flatten
+from mtcsnn.run.failures import FAILED, failure_reason
 
 METRICS = ("auroc", "acc", "kappa", "mae")
 OPTIONAL_METRICS = {"acc_within1": "off-by-one accuracy"}
@@ -196,20 +197,16 @@ def shape_problem(metrics: object) -> str | None:
 def load_run(folder: Path) -> Run | str:
     """The run in ``folder``, or the reason it cannot be used."""
     metrics_path = folder / "metrics.json"
-    failed_path = folder / "failed.json"
+    failed_path = folder / FAILED
     if failed_path.exists() and not metrics_path.exists():
-        try:
-            reason = json.loads(failed_path.read_text()).get("error", "no reason recorded")
-        except (OSError, ValueError):
-            reason = "unreadable failed.json"
-        return f"failed: {reason}"
+        return f"failed: {failure_reason(failed_path)}"
     if (folder / "search.json").exists():
         return SEARCH_FOLDER
     if not metrics_path.exists():
         return "unfinished: no metrics.json"
     try:
         metrics = json.loads(metrics_path.read_text())
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RecursionError) as err:  # nesting too deep: RecursionError
         return f"unreadable ({type(err).__name__}: {err})"
     predictions_path = folder / "test_predictions.csv"
     if not predictions_path.exists():
@@ -242,7 +239,7 @@ def overridden_keys(folder: Path, groups: set[str]) -> frozenset[str]:
     unreadable."""
     try:
         lines = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
         return frozenset()
     if not isinstance(lines, list):
         return frozenset()
