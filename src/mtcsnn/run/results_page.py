@@ -28,6 +28,11 @@ def seeds_cell(runs: list[Run]) -> str:
     return f"{seeds} ({len(runs)} runs: repeats of a seed)"
 
 
+def difference_cells(row: dict) -> list[str]:
+    """AUROC and accuracy differences of a comparison row: ``+0.0034 [-0.0027, +0.0095]``."""
+    return [f"{p:+.4f} [{lo:+.4f}, {hi:+.4f}]" for p, lo, hi in (row["auroc"], row["acc"])]
+
+
 def mean_std(mean: float, std: float) -> str:
     return f"{mean:.4f}" if np.isnan(std) else f"{mean:.4f} +/- {std:.4f}"
 
@@ -85,16 +90,14 @@ def results_markdown(
             "|---|---|---|---|---|",
         ]
         for row in compared:
-            cells = [f"{p:+.4f} [{lo:+.4f}, {hi:+.4f}]" for p, lo, hi in (row["auroc"], row["acc"])]
+            cells = difference_cells(row)
             lines.append(
                 f"| {label(row['config'])} | {label(row['baseline'])} | {row['seeds']} | "
                 + " | ".join(cells)
                 + " |"
             )
         if pooled:
-            cells = [
-                f"{p:+.4f} [{lo:+.4f}, {hi:+.4f}]" for p, lo, hi in (pooled["auroc"], pooled["acc"])
-            ]
+            cells = difference_cells(pooled)
             lines += [
                 f"| all {pooled['configs']} configurations above, pooled | CE | "
                 f"{pooled['pairs']} pairs | " + " | ".join(cells) + " |",
@@ -120,9 +123,7 @@ def results_markdown(
         for row in ensembles:
             scores = [f"{row['scores'][m]:.4f}" for m in ("auroc", "acc", "kappa", "mae")]
             if "baseline" in row:
-                diffs = [label(row["baseline"])] + [
-                    f"{p:+.4f} [{lo:+.4f}, {hi:+.4f}]" for p, lo, hi in (row["auroc"], row["acc"])
-                ]
+                diffs = [label(row["baseline"]), *difference_cells(row)]
             else:
                 diffs = ["-", "-", "-"]
             lines.append(
