@@ -1,28 +1,75 @@
 """``python -m mtcsnn.eval ckpt_path=...``: re-evaluate a checkpoint on val and test.
 
-The data and model are rebuilt from the config saved in the checkpoint, so the numbers equal
-those of the run that wrote it; ``metrics.json`` and ``test_predictions.csv`` go to the
-output dir as in training.
+The model is rebuilt from the checkpoint's model spec; the data are the ones named on this
+command line (``data=...``, RetinaMNIST by default), at the image size of the spec: nothing in
+the checkpoint chooses which files are read or written. ``metrics.json`` and
+``test_predictions.csv`` go to the output dir as in training.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from mtcsnn.errors import MTCSNNError
 from mtcsnn.run.cli import EXAMPLE_CKPT, command
+
+log = logging.getLogger(__name__)
 
 # the command line printed when a mandatory argument is missing
 EXAMPLE = f"python -m mtcsnn.eval ckpt_path={EXAMPLE_CKPT}"
 
 
+class EvalDataError(MTCSNNError):
+    """The data named for eval do not fit the checkpoint's model."""
+
+
+def data_config(cfg: DictConfig, spec, data_kind: str | None) -> DictConfig:
+    """The command line's data config, at the spec's image size, checked against the spec.
+
+    ``data_kind`` is what ``cfg.data`` names (``retinamnist``, ``fundus_folder``,
+    ``synthetic``; None for another data module). A model trained on a folder of photographs
+    is evaluated on photographs the user names; its recorded labels file name is only shown.
+    """
+    data = cfg.data
+    where = f"ckpt_path={cfg.ckpt_path}"
+    if spec.trained_on == "fundus_folder":
+        named = data_kind == "fundus_folder" and not OmegaConf.is_missing(data, "labels")
+        if not named:
+            recorded = f" (its run read {spec.labels_name!r})" if spec.labels_name else ""
+            raise EvalDataError(
+                f"{where} was trained on a folder of photographs{recorded}, prepared at "
+                f"{spec.image_size} px: name the photographs to evaluate it on: "
+                "data=fundus_folder data.labels=<folder>/labels.csv"
+            )
+    elif data_kind is not None and data_kind != spec.trained_on:
+        log.warning(
+            "%s was trained on %s data; evaluating it on data=%s",
+            where,
+            spec.trained_on,
+            data_kind,
+        )
+    size = data.get("size")
+    if size is not None and size != spec.image_size:
+        raise EvalDataError(
+            f"data.size={size!r} but {where} takes {spec.image_size}x{spec.image_size} images "
+            "(its model spec says so): leave data.size out"
+        )
+    with open_dict(cfg):
+        data.size = spec.image_size
+        if cfg.get("data_root") and "root" in data:
+            data.root = str(cfg.data_root)
+    return data
+
+
 def evaluate(cfg: DictConfig) -> dict:
     """One checkpoint, or several (``ckpt_path=[a,b,...]``: an ensemble of their probabilities)."""
     # imported here, after the command line's checks (see mtcsnn.run.cli.command)
-    from mtcsnn.run.checkpoint import load_checkpoints
+    from mtcsnn.run.checkpoint import DATA_KIND, load_checkpoints
     from mtcsnn.run.console import quiet_libraries
     from mtcsnn.run.files import versions
     from mtcsnn.run.training import (
@@ -34,12 +81,10 @@ def evaluate(cfg: DictConfig) -> dict:
 
     start = time.perf_counter()
     quiet_libraries()
-    checkpoints = load_checkpoints(cfg.ckpt_path)
+    checkpoints = load_checkpoints(cfg.ckpt_path)  # one size, grades and preparation
     ckpt = checkpoints[0]
-    data_cfg = ckpt.config.data  # an ensemble is tested on its first member's data
-    if cfg.get("data_root") and "root" in data_cfg:
-        with open_dict(data_cfg):
-            data_cfg.root = str(cfg.data_root)
+    data_kind = DATA_KIND.get(str(cfg.data.get("_target_")))
+    data_cfg = data_config(cfg, ckpt.spec, data_kind)
     out_dir = Path(cfg.paths.output_dir)
     datamodule = instantiate(data_cfg)
     predictions = None
@@ -48,14 +93,19 @@ def evaluate(cfg: DictConfig) -> dict:
     else:
         modules = [c.module for c in checkpoints]
         results, predictions = ensemble_results(modules, datamodule, cfg.trainer)
+    # this command's own config (with the data size the spec gave), and each model's spec:
+    # nothing of the checkpoints' run records, which stay unread
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config["data"] = OmegaConf.to_container(data_cfg, resolve=True)  # type: ignore[index]
     results.update(
         best_epoch=ckpt.epoch if len(checkpoints) == 1 else None,
         best_checkpoint=str(ckpt.path.resolve()) if len(checkpoints) == 1 else None,
         checkpoints=[str(c.path.resolve()) for c in checkpoints],
-        seed=ckpt.config.get("seed") if len(checkpoints) == 1 else None,
+        seed=ckpt.seed if len(checkpoints) == 1 else None,
         wall_time_s={"total": round(time.perf_counter() - start, 2)},
         versions=versions(),
-        config=ckpt.module.run_config,
+        config=config,
+        model_specs=[c.spec.to_dict() for c in checkpoints],
     )
     write_outputs(out_dir, ckpt.module, results, predictions)
     log_results(results, out_dir)

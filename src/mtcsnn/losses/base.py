@@ -17,6 +17,8 @@ from torch import nn
 from mtcsnn.errors import ConfigError, check_choice, check_optional_share
 
 DIFFERENCES = ("absolute", "signed")
+# the diabetic retinopathy scale every head, metric and output of this project is built for
+NUM_GRADES = 5
 
 
 class BranchOutput(NamedTuple):
@@ -76,3 +78,14 @@ def check_difference(difference: object) -> None:
 
 def check_label_smoothing(value: object) -> None:
     check_optional_share("label_smoothing", value)
+
+
+def check_num_classes(value: object) -> None:
+    """The number of grades: 5 (0-4), the scale every output, metric and CSV column follows."""
+    if isinstance(value, bool) or not isinstance(value, int) or value != NUM_GRADES:
+        raise ConfigError(
+            "num_classes",
+            value,
+            f"mtcsnn grades diabetic retinopathy on the {NUM_GRADES}-grade scale (0-4): "
+            f"it must be {NUM_GRADES}",
+        )

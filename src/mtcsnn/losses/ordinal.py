@@ -7,6 +7,8 @@ probabilities the metrics use (``probabilities``).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from coral_pytorch.dataset import levels_from_labelbatch
@@ -14,7 +16,8 @@ from coral_pytorch.layers import CoralLayer
 from coral_pytorch.losses import coral_loss, corn_loss
 from torch import nn
 
-from mtcsnn.losses.base import BranchOutput, ProbabilityHeadLoss
+from mtcsnn.errors import ConfigError
+from mtcsnn.losses.base import BranchOutput, ProbabilityHeadLoss, check_num_classes
 from mtcsnn.losses.probabilities import (
     coral_probabilities,
     corn_probabilities,
@@ -28,6 +31,7 @@ class CoralLoss(ProbabilityHeadLoss):
 
     def __init__(self, num_classes: int = 5) -> None:
         super().__init__()
+        check_num_classes(num_classes)
         self.num_classes = num_classes
 
     def make_classifier(self, num_features: int) -> nn.Module:
@@ -51,6 +55,7 @@ class CornLoss(ProbabilityHeadLoss):
 
     def __init__(self, num_classes: int = 5) -> None:
         super().__init__()
+        check_num_classes(num_classes)
         self.num_classes = num_classes
 
     def make_classifier(self, num_features: int) -> nn.Module:
@@ -65,6 +70,13 @@ class CornLoss(ProbabilityHeadLoss):
         return {"loss": corn_a + corn_b, "corn_a": corn_a, "corn_b": corn_b}
 
 
+def check_width(width: object) -> None:
+    """The width of the Gaussian around the regressed grade: a finite number > 0."""
+    number = isinstance(width, (int, float)) and not isinstance(width, bool)
+    if not (number and math.isfinite(width) and width > 0):  # type: ignore[arg-type]
+        raise ConfigError("width", width, "it must be a finite number > 0 (in grades)")
+
+
 class GradeRegressionLoss(ProbabilityHeadLoss):
     """Plain regression of the grade by the severity-score head (MSE); predicted grade = the
     rounded score. Probabilities: :func:`mtcsnn.losses.probabilities.score_probabilities`."""
@@ -74,6 +86,8 @@ class GradeRegressionLoss(ProbabilityHeadLoss):
 
     def __init__(self, num_classes: int = 5, width: float = 0.5) -> None:
         super().__init__()
+        check_num_classes(num_classes)
+        check_width(width)
         self.num_classes, self.width = num_classes, width
 
     def probabilities(self, out: BranchOutput) -> torch.Tensor:

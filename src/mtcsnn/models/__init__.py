@@ -3,5 +3,16 @@
 from mtcsnn.losses.base import BranchOutput
 from mtcsnn.models.lit_module import MTCSNNModule
 from mtcsnn.models.siamese_resnet import BACKBONES, STEMS, SiameseResNet
+from mtcsnn.models.spec import ModelSpec, SpecError, build_from_spec, parse_spec
 
-__all__ = ["BACKBONES", "STEMS", "BranchOutput", "MTCSNNModule", "SiameseResNet"]
+__all__ = [
+    "BACKBONES",
+    "STEMS",
+    "BranchOutput",
+    "MTCSNNModule",
+    "ModelSpec",
+    "SiameseResNet",
+    "SpecError",
+    "build_from_spec",
+    "parse_spec",
+]

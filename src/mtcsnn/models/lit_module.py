@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pytorch_lightning as pl
 import torch
@@ -11,8 +12,11 @@ import torch.nn.functional as F
 
 from mtcsnn.errors import DivergenceError
 from mtcsnn.grading.metrics import grade_metrics, scalar_metrics
-from mtcsnn.losses.base import BranchOutput, PairLoss
+from mtcsnn.losses.base import BranchOutput, PairLoss, check_num_classes
 from mtcsnn.models.siamese_resnet import SiameseResNet
+
+if TYPE_CHECKING:  # spec.py builds this module
+    from mtcsnn.models.spec import ModelSpec
 
 
 def divergence_message(
@@ -96,6 +100,7 @@ class MTCSNNModule(pl.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
+        check_num_classes(num_classes)
         # Only plain values go into hparams, so checkpoints load with weights_only=True.
         self.save_hyperparameters(logger=False, ignore=["net", "loss", "optimizer", "scheduler"])
         self.net = net
@@ -109,6 +114,9 @@ class MTCSNNModule(pl.LightningModule):
         # The resolved run config (plain dict), saved in every checkpoint so that a checkpoint
         # can be rebuilt and used with its own settings.
         self.run_config: dict | None = None
+        # What the model is (mtcsnn.models.spec.ModelSpec): saved beside the run config, and
+        # the only thing a checkpoint's model is rebuilt from.
+        self.spec: ModelSpec | None = None
         self.val_metrics = grade_metrics(num_classes)
         self.test_metrics = grade_metrics(num_classes)
         self._test_outputs: list[dict[str, torch.Tensor]] = []
@@ -220,7 +228,9 @@ class MTCSNNModule(pl.LightningModule):
         self.test_predictions = {key: torch.cat([o[key] for o in outputs]) for key in outputs[0]}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["mtcsnn_config"] = self.run_config
+        checkpoint["mtcsnn_config"] = self.run_config  # the run's record: read, never built
+        if self.spec is not None:
+            checkpoint["mtcsnn_spec"] = self.spec.to_dict()
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.parameters())

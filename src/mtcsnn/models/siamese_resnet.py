@@ -9,7 +9,7 @@ import torchvision
 from torch import nn
 
 from mtcsnn.errors import MTCSNNError, check_choice, check_optional_share
-from mtcsnn.losses.base import BranchOutput
+from mtcsnn.losses.base import BranchOutput, check_num_classes
 
 BACKBONES = {
     "resnet18": torchvision.models.resnet18,
@@ -112,6 +112,7 @@ class SiameseResNet(nn.Module):
         check_backbone(backbone)
         check_stem(stem)
         check_dropout(dropout)
+        check_num_classes(num_classes)
         from_file = weights not in (None, "none", "imagenet")
         net = pretrained(backbone, None if from_file else weights)
         if stem == "cifar":  # a new 3x3 conv: random even with ImageNet weights

@@ -1,16 +1,35 @@
-"""Rebuild a trained model from an mtcsnn checkpoint, with the settings it was trained with."""
+"""Rebuild a trained model from an mtcsnn checkpoint: its weights and its model spec.
+
+A checkpoint is a file from someone else. Its model is rebuilt from the spec it stores
+(``mtcsnn_spec``, :mod:`mtcsnn.models.spec`) by plain Python: no ``_target_`` is imported, no
+interpolation resolved and no path taken from the file. The run record it also holds
+(``mtcsnn_config``) is inert data: never resolved, never built, and never chooses what the
+tools read or write (their data paths come from the user's command line).
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig
 
+from mtcsnn.data.fundus_folder import PREPARATION_VERSION
 from mtcsnn.errors import MTCSNNError
 from mtcsnn.models.lit_module import MTCSNNModule
+from mtcsnn.models.spec import (
+    SPEC_FORMAT,
+    SPEC_VERSION,
+    TRAINED_ON,
+    ModelSpec,
+    SpecError,
+    build_from_spec,
+    parse_spec,
+)
 
 
 class CheckpointError(MTCSNNError):
@@ -20,24 +39,29 @@ class CheckpointError(MTCSNNError):
 @dataclass
 class Checkpoint:
     module: MTCSNNModule  # weights loaded, in eval mode
-    config: DictConfig  # the resolved config of the run that wrote the checkpoint
+    spec: ModelSpec  # what the model is: the only thing it was rebuilt from
     epoch: int | None
     path: Path
+    seed: int | None = None  # the training seed the run record names (a plain int), if any
 
     @property
     def image_size(self) -> int:
-        return int(self.config.data.get("size", 28))
+        return self.spec.image_size
 
 
 def build_module(cfg: DictConfig) -> MTCSNNModule:
-    """The LightningModule of a (train) config: network, loss, optimiser and schedule."""
+    """The LightningModule of a (train) config: network, loss, optimiser and schedule.
+
+    For the user's own config only (training, a benchmark); a checkpoint's model is rebuilt
+    from its spec (:func:`load_checkpoint`).
+    """
     return instantiate(cfg.model, loss=instantiate(cfg.loss))
 
 
-# What a checkpoint's config may ask to be built: the project's own model, loss and data
-# classes, and the optimisers and schedules it offers. A checkpoint is a file from someone else;
-# any other ``_target_`` (``os.system``, ``builtins.exec``, ``runpy.run_path`` ...) would run
-# code while the model is rebuilt, so it is refused before anything is built.
+# What an old checkpoint's config (one written before checkpoints held a spec) may name: the
+# project's own model, loss and data classes, and the optimisers and schedules it offers. Such
+# a config is only read for plain values (it is never built), but one that names anything else
+# (``os.system``, ``builtins.exec`` ...) or holds an interpolation is refused outright.
 SAFE_TARGETS = frozenset(
     {
         "mtcsnn.models.MTCSNNModule",
@@ -59,10 +83,49 @@ SAFE_TARGETS = frozenset(
         "torch.optim.lr_scheduler.ExponentialLR",
     }
 )
-# the parts of a saved config that are rebuilt; the rest is only read
+# the parts of an old checkpoint's config that its spec is read from
 BUILT_FROM_CHECKPOINT = ("model", "loss", "data")
 # keys with a meaning to hydra.utils.instantiate: each value is checked like any other
 HYDRA_KEYS = frozenset({"_target_", "_args_", "_partial_", "_convert_", "_recursive_"})
+
+# A train config's classes as the spec names them
+HEAD_OF_LOSS = {
+    "mtcsnn.losses.PairCrossEntropyLoss": "ce",
+    "mtcsnn.losses.MultiTaskLoss": "mtcsnn",
+    "mtcsnn.losses.CoralLoss": "coral",
+    "mtcsnn.losses.CornLoss": "corn",
+    "mtcsnn.losses.GradeRegressionLoss": "regression",
+}
+# each head's constants and their defaults (the loss classes' own)
+HEAD_DEFAULTS: dict[str, dict[str, object]] = {
+    "ce": {"label_smoothing": None},
+    "mtcsnn": {"lam": 0.5, "difference": "absolute", "label_smoothing": None},
+    "coral": {},
+    "corn": {},
+    "regression": {"width": 0.5},
+}
+DATA_KIND = {
+    "mtcsnn.data.RetinaMNISTDataModule": "retinamnist",
+    "mtcsnn.data.FundusFolderDataModule": "fundus_folder",
+    "mtcsnn.data.SyntheticDataModule": "synthetic",
+}
+DEFAULT_SIZE = {"retinamnist": 28, "fundus_folder": 128, "synthetic": 28}
+PREPARATION_VERSIONS = {"medmnist": 1, "fundus_disc_square": PREPARATION_VERSION, "synthetic": 1}
+# SiameseResNet's defaults
+NET_DEFAULTS: dict[str, object] = {
+    "backbone": "resnet18",
+    "stem": "imagenet",
+    "dropout": None,
+    "mean": [0.5, 0.5, 0.5],
+    "std": [0.5, 0.5, 0.5],
+}
+# what a train config's model, net and loss may hold besides what the spec records: settings of
+# training or speed that do not change what the trained model computes
+NOT_IN_SPEC = {
+    "model": {"_target_", "net", "num_classes", "compile", "optimizer", "scheduler"},
+    "net": {"_target_", "num_classes", "channels_last", "weights"},
+    "loss": {"_target_", "num_classes"},
+}
 
 
 def unsafe_entry(node: object, key: str) -> str | None:
@@ -96,11 +159,9 @@ def unsafe_entry(node: object, key: str) -> str | None:
 
 
 def check_buildable(config: dict, path: Path) -> None:
-    """Refuse a saved config that asks for anything but the project's own classes."""
+    """Refuse an old checkpoint's config that names anything but the project's own classes."""
     for section in BUILT_FROM_CHECKPOINT:
         if section not in config:
-            if section == "data":
-                continue  # predict and explain need no data module
             raise CheckpointError(f"{path} is not an mtcsnn checkpoint: no {section} in its config")
         found = unsafe_entry(config[section], section)
         if found:
@@ -109,6 +170,96 @@ def check_buildable(config: dict, path: Path) -> None:
                 "(a checkpoint may only name the project's own model, loss and data classes and "
                 "the optimisers and schedules it offers)"
             )
+
+
+def _section(config: Mapping, key: str) -> Mapping:
+    node = config.get(key)
+    if not isinstance(node, Mapping):
+        raise SpecError(f"model spec: the run config's {key} is not a mapping")
+    return node
+
+
+def _only(node: Mapping, where: str, allowed: set[str]) -> None:
+    unknown = sorted(str(k) for k in node if k not in allowed)
+    if unknown:
+        raise SpecError(
+            f"model spec: {where}.{unknown[0]} is not a setting this mtcsnn knows "
+            f"({where} may set {', '.join(sorted(allowed))})"
+        )
+
+
+def _kind(node: Mapping, where: str, table: dict[str, str], own: bool) -> str:
+    """What the class ``node`` names is, as the spec calls it. In the user's own train config
+    (``own``) a subclass of one of the project's classes counts as that class; a checkpoint's
+    config must name the project's class itself (nothing is imported for it)."""
+    target = node.get("_target_")
+    if isinstance(target, str) and target in table:
+        return table[target]
+    if own and isinstance(target, str):
+        try:
+            named = get_class(target)
+        except Exception:  # not importable: instantiate reports it where it is built
+            named = None
+        for base, kind in table.items():
+            if isinstance(named, type) and issubclass(named, get_class(base)):
+                return kind
+    raise SpecError(
+        f"model spec: {where}._target_={target!r} is none of mtcsnn's ({', '.join(table)})"
+    )
+
+
+def spec_of_config(config: Mapping, own: bool = False) -> ModelSpec:
+    """The spec of the model a (resolved, plain-dict) train config builds, read value by value.
+
+    Training writes it into every checkpoint (``own=True``: its config's classes may be
+    subclasses of the project's); an old checkpoint's saved config is converted with it once
+    it passed :func:`check_buildable`. Nothing is instantiated: the config's classes are
+    looked up in fixed tables, and unknown settings are refused.
+    """
+    model, loss, data = (_section(config, key) for key in ("model", "loss", "data"))
+    net = _section(model, "net")
+    _kind(model, "model", {"mtcsnn.models.MTCSNNModule": "module"}, own)
+    _kind(net, "model.net", {"mtcsnn.models.SiameseResNet": "net"}, own)
+    head = _kind(loss, "loss", HEAD_OF_LOSS, own)
+    kind = _kind(data, "data", DATA_KIND, own)
+    _only(model, "model", NOT_IN_SPEC["model"])
+    _only(net, "model.net", NOT_IN_SPEC["net"] | set(NET_DEFAULTS))
+    _only(loss, "loss", NOT_IN_SPEC["loss"] | set(HEAD_DEFAULTS[head]))
+    grades = model.get("num_classes", 5)
+    for where, value in (("model.net", net), ("loss", loss)):
+        if value.get("num_classes", grades) != grades:
+            raise SpecError(
+                f"model spec: {where}.num_classes={value.get('num_classes')!r} differs from "
+                f"model.num_classes={grades!r}"
+            )
+    settings = {key: net.get(key, default) for key, default in NET_DEFAULTS.items()}
+    preparation = TRAINED_ON[kind]
+    labels = data.get("labels") if kind == "fundus_folder" else None
+    raw = {
+        "format": SPEC_FORMAT,
+        "version": SPEC_VERSION,
+        "backbone": settings["backbone"],
+        "stem": settings["stem"],
+        "grades": grades,
+        "head": {"kind": head, **{k: loss.get(k, d) for k, d in HEAD_DEFAULTS[head].items()}},
+        "dropout": settings["dropout"],
+        "image_size": data.get("size", DEFAULT_SIZE[kind]),
+        "normalisation": {"mean": settings["mean"], "std": settings["std"]},
+        "preparation": {"name": preparation, "version": PREPARATION_VERSIONS[preparation]},
+        # the file's name only, as text: shown in messages, never opened
+        "trained_on": {"data": kind, "labels": labels_name(labels)},
+    }
+    return parse_spec(raw)
+
+
+def labels_name(labels: object) -> str | None:
+    """The labels CSV's file name as printable text (at most 255 characters), or None."""
+    if not isinstance(labels, str) or not labels:
+        return None
+    name = Path(labels).name or labels
+    name = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    name = "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
+    return name.replace("${", "$ {")[:255] or None
 
 
 def initialise_from(module: MTCSNNModule, path: str | Path) -> None:
@@ -131,21 +282,87 @@ def initialise_from(module: MTCSNNModule, path: str | Path) -> None:
 
 def load_checkpoints(paths: object) -> list[Checkpoint]:
     """``ckpt_path=a.ckpt`` or ``ckpt_path=[a.ckpt,b.ckpt,...]`` (an ensemble), each loaded
-    as :func:`load_checkpoint`; an ensemble's members must take images of one size."""
+    as :func:`load_checkpoint`; an ensemble's members must take images of one size, grade on
+    one scale and have been trained on images prepared one way."""
     names = [str(paths)] if isinstance(paths, (str, Path)) else [str(p) for p in paths]  # type: ignore[union-attr]
     if not names:
         raise CheckpointError("ckpt_path is an empty list: name at least one checkpoint")
     checkpoints = [load_checkpoint(name) for name in names]
-    sizes = {c.image_size for c in checkpoints}
+    check_ensemble([c.spec for c in checkpoints])
+    return checkpoints
+
+
+def check_ensemble(specs: list[ModelSpec]) -> None:
+    """Members whose probabilities can be averaged: one image size, grades and preparation."""
+    sizes = {s.image_size for s in specs}
     if len(sizes) > 1:
         raise CheckpointError(
             f"the checkpoints of an ensemble take images of one size; these take {sorted(sizes)}"
         )
-    return checkpoints
+    grades = {s.grades for s in specs}
+    if len(grades) > 1:
+        raise CheckpointError(
+            f"the checkpoints of an ensemble grade on one scale; these have {sorted(grades)} grades"
+        )
+    preparations = {f"{s.preparation} v{s.preparation_version}" for s in specs}
+    if len(preparations) > 1:
+        raise CheckpointError(
+            "the checkpoints of an ensemble must have been trained on images prepared one way; "
+            f"these were prepared as {', '.join(sorted(preparations))}"
+        )
+
+
+def _plain_int(value: object) -> int | None:
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def checkpoint_spec(state: dict, path: Path) -> ModelSpec:
+    """The spec of a loaded checkpoint, parsed strictly.
+
+    A checkpoint written before checkpoints held a spec (only ``mtcsnn_config``) is converted
+    once, in memory, through the allow-list: its ``model``, ``loss`` and ``data`` must name
+    only the project's own classes and hold no ``${...}`` (else it is refused in one line),
+    and the spec is read from their plain values (:func:`spec_of_config`); nothing of it is
+    built or resolved. The file itself is not changed.
+    """
+    try:
+        if "mtcsnn_spec" in state:
+            return parse_spec(state["mtcsnn_spec"])
+        saved = state.get("mtcsnn_config")
+        if not isinstance(saved, dict):
+            raise CheckpointError(
+                f"{path} is not an mtcsnn checkpoint: it holds no model spec and its "
+                "mtcsnn_config is no mapping"
+            )
+        check_buildable(saved, path)
+        return spec_of_config(saved)
+    except SpecError as err:
+        raise CheckpointError(f"{path}: refused to rebuild the model: {err}") from None
+
+
+def check_normalisation(module: MTCSNNModule, spec: ModelSpec, path: Path) -> None:
+    """The normalisation the weights carry must be the spec's (finite, std bounded above 0)."""
+    for name, wanted in (("mean", spec.mean), ("std", spec.std)):
+        value = getattr(module.net, name).flatten().tolist()
+        close = len(value) == 3 and all(
+            math.isfinite(v) and math.isclose(v, w, rel_tol=1e-5, abs_tol=1e-6)
+            for v, w in zip(value, wanted, strict=True)
+        )
+        if not close:
+            raise CheckpointError(
+                f"{path}: the weights' normalisation {name} {value[:3]} differs from its spec's "
+                f"{list(wanted)}"
+            )
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Load ``path`` safely (``weights_only=True``) and rebuild its model from its own config."""
+    """Load ``path`` safely (``weights_only=True``) and rebuild its model from its spec.
+
+    The model is built by :func:`mtcsnn.models.spec.build_from_spec` from the checkpoint's
+    ``mtcsnn_spec``; an old checkpoint without one is converted once (see
+    :func:`checkpoint_spec`) or refused in one line. The run record (``mtcsnn_config``) is
+    neither resolved nor built: only its ``seed``, when it is a plain integer, is read.
+    """
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -158,32 +375,28 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             f"{path} is not a checkpoint that loads safely (torch.load with weights_only=True "
             f"failed: {type(err).__name__})"
         ) from None
-    if not isinstance(state, dict) or not state.get("mtcsnn_config") or "state_dict" not in state:
+    has_model = isinstance(state, dict) and (state.get("mtcsnn_spec") or state.get("mtcsnn_config"))
+    if not has_model or not isinstance(state.get("state_dict"), dict):
         raise CheckpointError(
-            f"{path} is not an mtcsnn checkpoint (it holds no mtcsnn_config and state_dict; "
+            f"{path} is not an mtcsnn checkpoint (it holds no model spec and state_dict; "
             "use a .ckpt from a run's checkpoints/ folder)"
         )
-    saved = state["mtcsnn_config"]
-    if not isinstance(saved, dict):
-        raise CheckpointError(f"{path} is not an mtcsnn checkpoint: mtcsnn_config is no mapping")
-    check_buildable(saved, path)
-    config = OmegaConf.create(saved)
-    if OmegaConf.select(config, "model.net.weights") is not None:
-        # the weights are in the checkpoint: no initial weights are read or downloaded
-        OmegaConf.update(config, "model.net.weights", None)
+    spec = checkpoint_spec(state, path)
     try:
-        module = build_module(config)
-    except Exception as err:  # only the project's own classes, with values they refuse
+        module = build_from_spec(spec)
+    except MTCSNNError as err:  # a spec that parses is built; this is a safety net
         raise CheckpointError(
-            f"{path}: the model cannot be rebuilt from its saved config ({type(err).__name__})"
+            f"{path}: the model cannot be rebuilt from its spec ({err})"
         ) from None
     try:
         module.load_state_dict(state["state_dict"])
-    except RuntimeError as err:
+    except Exception as err:  # missing or extra keys, other shapes, values that are no tensors
+        reason = " ".join(str(err).split())[:300] or type(err).__name__  # one line
         raise CheckpointError(
-            f"{path}: weights do not fit the saved model config ({err})"
+            f"{path}: weights do not fit the model its spec describes ({reason})"
         ) from None
-    module.run_config = state["mtcsnn_config"]
+    check_normalisation(module, spec, path)
     module.eval()
-    epoch = state.get("epoch")
-    return Checkpoint(module, config, int(epoch) if epoch is not None else None, path)
+    record = state.get("mtcsnn_config")
+    seed = _plain_int(record.get("seed")) if isinstance(record, dict) else None
+    return Checkpoint(module, spec, _plain_int(state.get("epoch")), path, seed)

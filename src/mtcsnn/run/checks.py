@@ -13,7 +13,12 @@ from mtcsnn.data.datamodule import PairDataModule, check_batch_size
 from mtcsnn.data.pairing import check_pairing
 from mtcsnn.errors import ConfigError, require
 from mtcsnn.grading import MONITORABLE, metric_mode
-from mtcsnn.losses.base import check_difference, check_label_smoothing, check_lam
+from mtcsnn.losses.base import (
+    check_difference,
+    check_label_smoothing,
+    check_lam,
+    check_num_classes,
+)
 from mtcsnn.models.siamese_resnet import check_backbone, check_dropout, check_stem
 
 _ABSENT = object()
@@ -52,6 +57,8 @@ def cost_warnings(cfg: DictConfig) -> list[str]:
 # The domain's own rule for each setting it owns (also applied when the object is built),
 # by the config key users write; run-wide settings are checked in check_config itself.
 DOMAIN_CHECKS: dict[str, Callable[[object], None]] = {
+    "model.num_classes": check_num_classes,
+    "loss.num_classes": check_num_classes,
     "model.net.backbone": check_backbone,
     "model.net.stem": check_stem,
     "loss.lam": check_lam,

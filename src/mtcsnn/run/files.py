@@ -74,7 +74,14 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 
 # what eval, predict and explain read from a checkpoint; the rest only resumes training
-WEIGHTS_KEYS = ("state_dict", "mtcsnn_config", "epoch", "global_step", "pytorch-lightning_version")
+WEIGHTS_KEYS = (
+    "state_dict",
+    "mtcsnn_spec",
+    "mtcsnn_config",
+    "epoch",
+    "global_step",
+    "pytorch-lightning_version",
+)
 
 
 def keep_weights_only(path: str | Path) -> None:

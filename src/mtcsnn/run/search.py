@@ -122,7 +122,9 @@ def test_chosen_run(run_dir: Path, trainer_cfg: DictConfig) -> dict[str, float]:
     if metrics.get("test") is not None:  # a resumed study whose best was tested before
         return metrics["test"]
     ckpt = load_checkpoint(metrics["best_checkpoint"])
-    tested = evaluation_results(ckpt.module, instantiate(ckpt.config.data), trainer_cfg)
+    # the trial's own data, from the run record this search wrote (a checkpoint's is not built)
+    data = instantiate(OmegaConf.create(metrics["config"]["data"]))
+    tested = evaluation_results(ckpt.module, data, trainer_cfg)
     metrics.update({key: value for key, value in tested.items() if key != "val"})
     write_outputs(run_dir, ckpt.module, metrics)
     log_results(metrics, run_dir)

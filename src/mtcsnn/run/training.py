@@ -26,7 +26,7 @@ from mtcsnn.grading.comparison import grade_scores
 from mtcsnn.grading.score_decoding import decode_if_trained
 from mtcsnn.models import MTCSNNModule
 from mtcsnn.run.callbacks import AtomicCheckpointIO, RunState
-from mtcsnn.run.checkpoint import build_module, initialise_from
+from mtcsnn.run.checkpoint import build_module, initialise_from, spec_of_config
 from mtcsnn.run.checks import check_config, cost_warnings
 from mtcsnn.run.config import flatten
 from mtcsnn.run.console import metrics_line, progress_bar_wanted, quiet_libraries
@@ -155,12 +155,16 @@ def fit_and_test(cfg: DictConfig, test: bool = True) -> dict:
         # a finished run of a resumed sweep: keep it as it is
         log.info("resume=true: %s already finished, kept as it is", out_dir)
         return json.loads((out_dir / "metrics.json").read_text())
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+    spec = spec_of_config(
+        run_config, own=True
+    )  # what every checkpoint says the model is; checked now
     datamodule = instantiate(cfg.data)
     model = build_module(cfg)
     if cfg.get("init_from"):
         initialise_from(model, cfg.init_from)
         log.info("initialised from %s", cfg.init_from)
-    model.run_config = OmegaConf.to_container(cfg, resolve=True)
+    model.run_config, model.spec = run_config, spec
     loggers = instantiate_loggers(cfg, out_dir)
     wandb_loggers = [lg for lg in loggers if isinstance(lg, WandbLogger)]
     for lg in wandb_loggers:
