@@ -2,7 +2,9 @@
 
 Each crafted checkpoint hides a ``_target_`` (or something else Hydra would act on) in one place
 of the saved config; the payload would write a marker file or import a module written beside
-it. Loading must refuse with the key and the target, and nothing may be written or imported.
+it. A checkpoint with a model spec is rebuilt from the spec alone, so its saved config is inert
+data; an old checkpoint (a saved config and no spec) must be refused with the key and the
+target. Either way nothing may be written or imported.
 """
 
 from __future__ import annotations
@@ -55,10 +57,14 @@ def set_at(config: dict, place: str, value: object) -> None:
     node[last] = value
 
 
-def craft(source: Path, place: str, value: object, out: Path) -> Path:
+def craft(source: Path, place: str, value: object, out: Path, old: bool = True) -> Path:
+    """``source`` with ``value`` at ``place`` of its saved config; ``old``: without its spec,
+    as checkpoints were written before they held one."""
     state = torch.load(source, weights_only=True)
     state["mtcsnn_config"] = copy.deepcopy(state["mtcsnn_config"])
     set_at(state["mtcsnn_config"], place, value)
+    if old:
+        del state["mtcsnn_spec"]
     torch.save(state, out)
     return out
 
@@ -82,6 +88,20 @@ def test_a_crafted_checkpoint_is_refused_before_anything_is_built(
     with pytest.raises(CheckpointError, match="refused to rebuild the model") as err:
         load_checkpoint(crafted)
     assert place.split(".")[0] in str(err.value)
+    assert not marker.exists()
+    assert "evil_module" not in sys.modules
+
+
+@pytest.mark.parametrize("case", list(payloads(Path("m"), Path("f"))))
+def test_a_payload_in_the_saved_config_of_a_checkpoint_with_a_spec_is_inert(
+    tiny_checkpoint, tmp_path, bait, case
+):
+    marker, module_file = bait
+    place, value = payloads(marker, module_file)[case]
+    crafted = craft(tiny_checkpoint, place, value, tmp_path / "crafted.ckpt", old=False)
+    loaded = load_checkpoint(crafted)
+    expected = load_checkpoint(tiny_checkpoint)
+    assert loaded.spec == expected.spec
     assert not marker.exists()
     assert "evil_module" not in sys.modules
 
@@ -117,6 +137,7 @@ def test_the_commands_refuse_a_crafted_checkpoint_in_one_line(
         "loss",
         {"_target_": "shutil.copyfile", "_args_": [str(module_file), str(marker)]},
         tmp_path / "crafted.ckpt",
+        old=True,
     )
     image = tmp_path / "eye.png"
     Image.fromarray(np.zeros((28, 28, 3), dtype=np.uint8)).save(image)

@@ -11,9 +11,9 @@ import torch
 from cli import run_module
 from conftest import TINY, TINY_SYNTHETIC, compose_train
 from hydra.core.global_hydra import GlobalHydra
-from hydra.utils import instantiate
 from sklearn.metrics import roc_auc_score
 
+from mtcsnn.data import SyntheticDataModule
 from mtcsnn.inference.batch import predict_batch
 from mtcsnn.run.checkpoint import CheckpointError, load_checkpoint, load_checkpoints
 
@@ -58,7 +58,11 @@ def test_an_ensemble_of_other_image_sizes_is_refused(two_seeds, tmp_path):
 @pytest.mark.slow
 def test_eval_of_an_ensemble_scores_the_averaged_probabilities(two_seeds, tmp_path):
     result = run_module(
-        "mtcsnn.eval", f"ckpt_path=[{two_seeds[0]},{two_seeds[1]}]", f"hydra.run.dir={tmp_path}"
+        "mtcsnn.eval",
+        f"ckpt_path=[{two_seeds[0]},{two_seeds[1]}]",
+        "data=synthetic",  # the data come from the command line, not from the checkpoints
+        *TINY_SYNTHETIC,
+        f"hydra.run.dir={tmp_path}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -72,7 +76,7 @@ def test_eval_of_an_ensemble_scores_the_averaged_probabilities(two_seeds, tmp_pa
     )
     # the averaged probabilities are the members' own, on the same test images
     first = load_checkpoint(two_seeds[0])
-    data = instantiate(first.config.data)
+    data = SyntheticDataModule(num_train=40, num_val=20, num_test=20, batch_size=16)
     data.setup()
     images, test_grades = data.splits["test"]
     members = [first.module, load_checkpoint(two_seeds[1]).module]

@@ -141,7 +141,13 @@ def test_train_eval_and_predict_on_a_folder_of_photographs(tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["config"]["data"]["size"] == 64 and 0 <= metrics["test"]["auroc"] <= 1
     (ckpt,) = (tmp_path / "run" / "checkpoints").glob("epoch_*.ckpt")
-    evaluated = run_module("mtcsnn.eval", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'e'}")
+    evaluated = run_module(
+        "mtcsnn.eval",
+        f"ckpt_path={ckpt}",
+        "data=fundus_folder",  # a folder-trained model is evaluated on photographs named here
+        f"data.labels={labels}",
+        f"hydra.run.dir={tmp_path / 'e'}",
+    )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     again = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert again["test"] == pytest.approx(metrics["test"])
