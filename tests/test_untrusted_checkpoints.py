@@ -26,7 +26,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from mtcsnn.errors import ConfigError, MTCSNNError
 from mtcsnn.losses import CoralLoss, CornLoss, GradeRegressionLoss
 from mtcsnn.models import MTCSNNModule, SiameseResNet
-from mtcsnn.models.spec import SpecError, build_from_spec, parse_spec
+from mtcsnn.models.build import build_from_spec
+from mtcsnn.models.spec import SpecError, parse_spec
 from mtcsnn.run.checkpoint import (
     CheckpointError,
     build_module,
@@ -486,3 +487,11 @@ def test_eval_of_a_hostile_checkpoint_on_the_command_lines_data(tiny_checkpoint,
 
 def test_spec_errors_are_errors_the_commands_print_in_one_line():
     assert issubclass(SpecError, MTCSNNError) and issubclass(CheckpointError, MTCSNNError)
+
+
+def test_the_spec_knows_the_preparation_the_folder_data_use_now():
+    from mtcsnn.data.fundus_folder import PREPARATION_VERSION
+    from mtcsnn.models.spec import PREPARATIONS
+
+    # bumping the preparation must say which versions a spec may name (older ones differ)
+    assert max(PREPARATIONS["fundus_disc_square"]) == PREPARATION_VERSION

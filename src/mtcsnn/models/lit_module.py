@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import pytorch_lightning as pl
 import torch
@@ -14,9 +13,7 @@ from mtcsnn.errors import DivergenceError
 from mtcsnn.grading.metrics import grade_metrics, scalar_metrics
 from mtcsnn.losses.base import BranchOutput, PairLoss, check_num_classes
 from mtcsnn.models.siamese_resnet import SiameseResNet
-
-if TYPE_CHECKING:  # spec.py builds this module
-    from mtcsnn.models.spec import ModelSpec
+from mtcsnn.models.spec import ModelSpec
 
 
 def divergence_message(

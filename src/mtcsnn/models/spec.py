@@ -1,9 +1,10 @@
 """What a checkpoint says about its model: a small, versioned, typed description.
 
 A checkpoint is a file from someone else. Its model is rebuilt from this spec alone, by plain
-Python: the backbone and stem by name, the loss head from a fixed table, each constant checked
-and bounded. Nothing in it names a class to import, a path to read or an expression to
-evaluate, so a spec can only ask for a model this project could have trained.
+Python (:func:`mtcsnn.models.build.build_from_spec`): the backbone and stem by name, the loss
+head from a fixed table, each constant checked and bounded. Nothing in it names a class to
+import, a path to read or an expression to evaluate, so a spec can only ask for a model this
+project could have trained.
 
 Its plain-dict form (what a checkpoint stores under ``mtcsnn_spec``)::
 
@@ -23,8 +24,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from mtcsnn.errors import MTCSNNError
 from mtcsnn.losses import (
     DIFFERENCES,
@@ -36,8 +35,7 @@ from mtcsnn.losses import (
     PairLoss,
 )
 from mtcsnn.losses.base import NUM_GRADES
-from mtcsnn.models.lit_module import MTCSNNModule
-from mtcsnn.models.siamese_resnet import BACKBONES, STEMS, SiameseResNet
+from mtcsnn.models.siamese_resnet import BACKBONES, STEMS
 
 SPEC_FORMAT = "mtcsnn-model-spec"
 SPEC_VERSION = 1
@@ -187,7 +185,7 @@ def _labels_name(value: object) -> str | None:
             "trained_on.labels",
             value,
             f"it must be null or a printable name of at most {MAX_LABELS_NAME} characters "
-            "without \"${\"",
+            'without "${"',
         )
     return value  # type: ignore[return-value]
 
@@ -284,32 +282,3 @@ def parse_spec(raw: object) -> ModelSpec:
         trained_on=trained_on,
         labels_name=_labels_name(origin["labels"]),
     )
-
-
-def no_training(*args: object, **kwargs: object) -> torch.optim.Optimizer:
-    """The optimiser of a model rebuilt from a spec: it is evaluated, never trained further."""
-    raise SpecError("a model rebuilt from a checkpoint's spec is not trained further")
-
-
-def build_from_spec(spec: ModelSpec) -> MTCSNNModule:
-    """The LightningModule a spec describes (random weights; load the checkpoint's into it)."""
-    net = SiameseResNet(
-        backbone=spec.backbone,
-        stem=spec.stem,
-        num_classes=spec.grades,
-        mean=spec.mean,
-        std=spec.std,
-        weights=None,  # the weights come from the checkpoint: nothing read or downloaded
-        dropout=spec.dropout,
-    )
-    constants = dict(spec.head.constants)
-    if spec.head.kind in TAKES_GRADES:
-        constants["grades"] = spec.grades
-    module = MTCSNNModule(
-        net=net,
-        loss=LOSSES[spec.head.kind](**constants),
-        optimizer=no_training,
-        num_classes=spec.grades,
-    )
-    module.spec = spec
-    return module

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from mtcsnn.data.fundus_folder import PREPARATION_VERSION
 from mtcsnn.errors import MTCSNNError
+from mtcsnn.models.build import build_from_spec
 from mtcsnn.models.lit_module import MTCSNNModule
 from mtcsnn.models.spec import (
     SPEC_FORMAT,
@@ -27,7 +28,6 @@ from mtcsnn.models.spec import (
     TRAINED_ON,
     ModelSpec,
     SpecError,
-    build_from_spec,
     parse_spec,
 )
 
