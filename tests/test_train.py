@@ -221,12 +221,13 @@ def test_a_finished_run_keeps_only_the_best_weights(tiny_cfg, tmp_path):
     state = torch.load(best, weights_only=True)
     assert set(state) <= {
         "state_dict",
+        "mtcsnn_spec",
         "mtcsnn_config",
         "epoch",
         "global_step",
         "pytorch-lightning_version",
     }
-    assert "optimizer_states" not in state
+    assert "optimizer_states" not in state and "mtcsnn_spec" in state
     # what eval and predict need still loads and gives the run's own test numbers
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["best_checkpoint"] == str(best)
