@@ -495,3 +495,18 @@ def test_the_spec_knows_the_preparation_the_folder_data_use_now():
 
     # bumping the preparation must say which versions a spec may name (older ones differ)
     assert max(PREPARATIONS["fundus_disc_square"]) == PREPARATION_VERSION
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["data.size=600"], "data.size=600"),
+        (["loss=regression", "loss.width=0"], "loss.width=0"),
+        (["model.net.backbone=resnet1000"], "model.net.backbone='resnet1000'"),
+    ],
+)
+def test_a_run_whose_model_no_spec_could_describe_is_a_config_error(tmp_path, overrides, key):
+    cfg = compose_train(["data=synthetic", *overrides], tmp_path)
+    GlobalHydra.instance().clear()
+    with pytest.raises(ConfigError, match="config error: " + key.replace("(", r"\(")):
+        spec_of_config(OmegaConf.to_container(cfg, resolve=True), own=True)

@@ -64,7 +64,14 @@ MAX_STD, MIN_STD = 10.0, 1e-3
 
 
 class SpecError(MTCSNNError):
-    """A model spec that this code does not build: unknown, ill-typed or out of bounds."""
+    """A model spec that this code does not build: unknown, ill-typed or out of bounds.
+
+    ``key``, ``value`` and ``wanted`` name the one value at fault, where there is one.
+    """
+
+    def __init__(self, message: str, key: str = "", value: object = None, wanted: str = "") -> None:
+        super().__init__(message)
+        self.key, self.value, self.wanted = key, value, wanted
 
 
 @dataclass(frozen=True)
@@ -120,7 +127,7 @@ def _fail(key: str, value: object, wanted: str) -> SpecError:
     shown = repr(value)
     if len(shown) > 80:
         shown = shown[:77] + "..."
-    return SpecError(f"model spec: {key}={shown} is not allowed; {wanted}")
+    return SpecError(f"model spec: {key}={shown} is not allowed; {wanted}", key, value, wanted)
 
 
 def _choice(key: str, value: object, allowed: tuple | Mapping) -> str:

@@ -19,7 +19,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 
 from mtcsnn.data.fundus_folder import PREPARATION_VERSION
-from mtcsnn.errors import MTCSNNError
+from mtcsnn.errors import ConfigError, MTCSNNError
 from mtcsnn.models.build import build_from_spec
 from mtcsnn.models.lit_module import MTCSNNModule
 from mtcsnn.models.spec import (
@@ -208,14 +208,40 @@ def _kind(node: Mapping, where: str, table: dict[str, str], own: bool) -> str:
     )
 
 
+# where a train config sets what a spec key records (for errors in the user's own config)
+CONFIG_KEY_OF_SPEC = {
+    "image_size": "data.size",
+    "grades": "model.num_classes",
+    "backbone": "model.net.backbone",
+    "stem": "model.net.stem",
+    "dropout": "model.net.dropout",
+    "normalisation.mean": "model.net.mean",
+    "normalisation.std": "model.net.std",
+}
+
+
 def spec_of_config(config: Mapping, own: bool = False) -> ModelSpec:
     """The spec of the model a (resolved, plain-dict) train config builds, read value by value.
 
     Training writes it into every checkpoint (``own=True``: its config's classes may be
-    subclasses of the project's); an old checkpoint's saved config is converted with it once
-    it passed :func:`check_buildable`. Nothing is instantiated: the config's classes are
-    looked up in fixed tables, and unknown settings are refused.
+    subclasses of the project's, and a value out of the spec's bounds is a ConfigError naming
+    the config key); an old checkpoint's saved config is converted with it once it passed
+    :func:`check_buildable`. Nothing is instantiated: the config's classes are looked up in
+    fixed tables, and unknown settings are refused.
     """
+    try:
+        return _spec_of_config(config, own)
+    except SpecError as err:
+        if not (own and err.key):
+            raise
+        base = err.key.split("[")[0]
+        key = CONFIG_KEY_OF_SPEC.get(base) or (
+            "loss." + base.removeprefix("head.") if base.startswith("head.") else base
+        )
+        raise ConfigError(key, err.value, err.wanted) from None
+
+
+def _spec_of_config(config: Mapping, own: bool) -> ModelSpec:
     model, loss, data = (_section(config, key) for key in ("model", "loss", "data"))
     net = _section(model, "net")
     _kind(model, "model", {"mtcsnn.models.MTCSNNModule": "module"}, own)
