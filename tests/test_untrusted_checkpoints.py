@@ -392,7 +392,8 @@ def test_a_folder_trained_model_needs_the_photographs_named_on_the_command_line(
             evaluate(crafted, tmp_path / "out", *data)
         message = str(err.value)
         assert "data=fundus_folder data.labels=" in message and "\n" not in message
-        assert "clinic_labels.csv" in message  # the recorded name, shown as text
+        # the recorded name, shown as text
+        assert "data=fundus_folder data.labels=<folder>/clinic_labels.csv" in message
     assert not (tmp_path / "out" / "metrics.json").exists()
 
 
@@ -510,3 +511,27 @@ def test_a_run_whose_model_no_spec_could_describe_is_a_config_error(tmp_path, ov
     GlobalHydra.instance().clear()
     with pytest.raises(ConfigError, match="config error: " + key.replace("(", r"\(")):
         spec_of_config(OmegaConf.to_container(cfg, resolve=True), own=True)
+
+
+@pytest.mark.parametrize(
+    ("recorded", "shown"),
+    [
+        ("/data/clinic/labels.csv", "labels.csv"),
+        ("/x/evil\nerror: fake line.csv", "evil\\nerror: fake line.csv"),
+        ("/x/${oc.env:MTCSNN_TEST_SECRET}.csv", "$ {oc.env:MTCSNN_TEST_SECRET}.csv"),
+        (12, None),
+    ],
+)
+def test_an_old_checkpoints_labels_path_becomes_a_printable_name(recorded, shown):
+    from mtcsnn.run.checkpoint import labels_name
+
+    name = labels_name(recorded)
+    assert name == shown
+    if name is not None:
+        assert parse_spec_labels(name) == name
+
+
+def parse_spec_labels(name: str) -> str | None:
+    from mtcsnn.models.spec import _labels_name
+
+    return _labels_name(name)

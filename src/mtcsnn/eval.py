@@ -40,11 +40,12 @@ def data_config(cfg: DictConfig, spec, data_kind: str | None) -> DictConfig:
     if spec.trained_on == "fundus_folder":
         named = data_kind == "fundus_folder" and not OmegaConf.is_missing(data, "labels")
         if not named:
-            recorded = f" (its run read {spec.labels_name!r})" if spec.labels_name else ""
+            # the name its run recorded, as text only: the user says where the file is
+            name = spec.labels_name or "labels.csv"
             raise EvalDataError(
-                f"{where} was trained on a folder of photographs{recorded}, prepared at "
-                f"{spec.image_size} px: name the photographs to evaluate it on: "
-                "data=fundus_folder data.labels=<folder>/labels.csv"
+                f"{where} was trained on a folder of photographs (labels {name!r}, prepared at "
+                f"{spec.image_size} px): name the photographs to evaluate it on: "
+                f"data=fundus_folder data.labels=<folder>/{name}"
             )
     elif data_kind is not None and data_kind != spec.trained_on:
         log.warning(
