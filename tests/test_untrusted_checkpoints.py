@@ -128,7 +128,7 @@ def good_spec(tiny_checkpoint) -> dict:
 
 BAD_SPECS = {
     "unknown top key": ({"extra": 1}, "unknown key"),
-    "unknown head key": ({"head": {"kind": "ce", "label_smoothing": None, "x": 1}}, "head.x"),
+    "unknown head key": ({"head": {"kind": "ce", "label_smoothing": None, "x": 1}}, "head.'x'"),
     "unknown version": ({"version": 2}, "version"),
     "version as text": ({"version": "1"}, "version"),
     "other format": ({"format": "pickle"}, "format"),

@@ -170,10 +170,13 @@ def _mapping(key: str, value: object, keys: set[str]) -> Mapping:
     """A dict with exactly ``keys`` (string keys): unknown and missing keys are named."""
     if not isinstance(value, Mapping):
         raise _fail(key, value, f"it must be a mapping with the keys {sorted(keys)}")
-    unknown = sorted(str(k) for k in value if k not in keys)
+    unknown = sorted(
+        repr(k)[:40] if not isinstance(k, str) else k[:40] for k in value if k not in keys
+    )
     if unknown:
+        more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""  # one short line
         raise SpecError(
-            f"model spec: unknown key(s) {', '.join(f'{key}.{k}' for k in unknown)}; "
+            f"model spec: unknown key(s) {', '.join(f'{key}.{k!r}' for k in unknown[:3])}{more}; "
             f"this version knows {', '.join(sorted(keys))}"
         )
     missing = sorted(keys - set(value))
