@@ -535,3 +535,25 @@ def parse_spec_labels(name: str) -> str | None:
     from mtcsnn.models.spec import _labels_name
 
     return _labels_name(name)
+
+
+def test_an_old_checkpoint_nested_too_deep_is_one_error_line(tiny_checkpoint, tmp_path):
+    state = state_of(tiny_checkpoint)
+    del state["mtcsnn_spec"]
+    deep: dict = {}
+    node = deep
+    for _ in range(1500):  # deeper than Python's recursion limit allows a walk to go
+        node["a"] = {}
+        node = node["a"]
+    state["mtcsnn_config"]["loss"]["nested"] = deep
+    import sys
+
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(20000)
+    try:
+        torch.save(state, tmp_path / "deep.ckpt")
+    finally:
+        sys.setrecursionlimit(limit)
+    with pytest.raises(CheckpointError, match="nested too deep") as err:
+        load_checkpoint(tmp_path / "deep.ckpt")
+    assert "\n" not in str(err.value)

@@ -364,6 +364,10 @@ def checkpoint_spec(state: dict, path: Path) -> ModelSpec:
         return spec_of_config(saved)
     except SpecError as err:
         raise CheckpointError(f"{path}: refused to rebuild the model: {err}") from None
+    except RecursionError:  # a saved config nested deeper than any config is
+        raise CheckpointError(
+            f"{path}: refused to rebuild the model: its saved config is nested too deep"
+        ) from None
 
 
 def check_normalisation(module: MTCSNNModule, spec: ModelSpec, path: Path) -> None:
