@@ -12,6 +12,7 @@ import csv
 import json
 import logging
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -546,8 +547,6 @@ def test_an_old_checkpoint_nested_too_deep_is_one_error_line(tiny_checkpoint, tm
         node["a"] = {}
         node = node["a"]
     state["mtcsnn_config"]["loss"]["nested"] = deep
-    import sys
-
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(20000)
     try:
