@@ -327,3 +327,17 @@ def test_predict_and_eval_of_a_nan_checkpoint_fail_in_one_line(nan_checkpoint, t
     (line,) = [line for line in output.splitlines() if line.startswith("error:")]
     assert "non-finite outputs" in line
     assert not (tmp_path / "e" / "metrics.json").exists()
+
+
+def test_training_stops_when_val_outputs_are_not_finite(tiny_checkpoint, tiny_cfg, tmp_path):
+    """Weights that train but give NaN in eval mode (a batch-norm running mean of NaN)."""
+    from mtcsnn.models.lit_module import NonFiniteOutputError
+    from mtcsnn.run.training import train
+
+    state = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    name = next(k for k in state["state_dict"] if k.endswith("running_mean"))
+    state["state_dict"][name].fill_(float("nan"))
+    torch.save(state, tmp_path / "eval_nan.ckpt")
+    with pytest.raises(NonFiniteOutputError, match="val images.*at epoch 0; the best checkpoint"):
+        train(tiny_cfg(f"init_from={tmp_path / 'eval_nan.ckpt'}"))
+    assert not (tmp_path / "metrics.json").exists()

@@ -187,9 +187,9 @@ class MTCSNNModule(pl.LightningModule):
 
     def _count_non_finite(self, stage: str, probs: torch.Tensor, score: torch.Tensor) -> None:
         """Count (on the device, no sync) the images whose outputs are NaN or infinite."""
-        finite = torch.isfinite(probs).all(-1) & torch.isfinite(score.reshape(len(probs), -1)).all(
-            -1
-        )
+        finite = torch.isfinite(probs).all(-1)
+        finite &= torch.isfinite(score.reshape(len(probs), -1)).all(-1)
+        # {stage: (images not finite, images)}, made on first use
         counts = self.__dict__.setdefault("_non_finite", {})
         seen = counts.get(stage, (0, 0))
         counts[stage] = (seen[0] + (~finite).sum(), seen[1] + len(probs))
@@ -200,16 +200,24 @@ class MTCSNNModule(pl.LightningModule):
         bad, total = self.__dict__.get("_non_finite", {}).pop(stage, (0, 0))
         bad = torch.as_tensor(bad, device=self.device)
         total = torch.as_tensor(total, device=self.device)
+        fitting = False
         if self._trainer is not None:  # every process's share, so all raise together
             bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
             total = self.trainer.strategy.reduce(total, reduce_op="sum")
+            fitting = self.trainer.state.fn == "fit"
         if int(bad) > 0:
             self.val_metrics.reset()
             self.test_metrics.reset()
+            hint = (
+                f"at epoch {self.current_epoch}; the best checkpoint so far is kept; try a lower "
+                "model.optimizer.lr"
+                if fitting
+                else "(are the checkpoint's weights diverged or damaged?)"
+            )
             raise NonFiniteOutputError(
                 f"the model gave non-finite outputs (NaN or infinite) for {int(bad)} of "
                 f"{int(total)} {stage} images; they are not graded and no metrics are written "
-                "from them (are the checkpoint's weights diverged or damaged?)"
+                f"from them {hint}"
             )
 
     def validation_step(
