@@ -46,10 +46,10 @@ def main(cfg: DictConfig) -> None:
             result.skipped,
         )
     for name, reason in result.failures:
-        log.warning("could not read %s: %s", name, reason)
+        log.warning("could not read or explain %s: %s", name, reason)
     log.info("wrote %d Grad-CAM overlays to %s", len(result.written), cfg.output_dir)
     if result.failures or not result.written:
-        raise SystemExit(f"error: {len(result.failures)} input(s) could not be read")
+        raise SystemExit(f"error: {len(result.failures)} input(s) could not be read or explained")
 
 
 if __name__ == "__main__":

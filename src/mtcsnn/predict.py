@@ -59,14 +59,17 @@ def main(cfg: DictConfig) -> None:
     rows, failures = predict(cfg)
     failures_path = write_results(rows, failures, Path(cfg.output))
     for name, reason in failures:
-        log.warning("could not read %s: %s", name, reason)
+        log.warning("could not read or grade %s: %s", name, reason)
     if not rows:
-        raise SystemExit(f"error: no image could be read from inputs={input_list(cfg.inputs)}")
+        raise SystemExit(
+            f"error: no image could be read and graded from inputs={input_list(cfg.inputs)}"
+        )
     log.info("predicted %d images: %s", len(rows), cfg.output)
     log.info("%s", INTENDED_USE)
     if failures:
         raise SystemExit(
-            f"error: {len(failures)} input(s) could not be read; listed in {failures_path}"
+            f"error: {len(failures)} input(s) could not be read or graded; "
+            f"listed in {failures_path}"
         )
 
 

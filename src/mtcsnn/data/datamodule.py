@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
@@ -11,12 +13,41 @@ from torch.utils.data import DataLoader
 from mtcsnn.data.augment import augment, check_augment
 from mtcsnn.data.datasets import ImageDataset, PairDataset
 from mtcsnn.data.pairing import PairSampler, check_pairing
-from mtcsnn.errors import ConfigError
+from mtcsnn.errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")
 # A split up to this size is copied once to the training device (a GPU), so that a step
 # gathers its images there instead of copying them from the host; RetinaMNIST is 2.5 MB.
 RESIDENT_MAX_BYTES = 2 * 1024**3
+
+
+# the splits every run scores (AUROC, and val chooses the checkpoint): each needs images of at
+# least this many grades, as one-vs-rest AUROC is undefined on a split of one grade
+SCORED_SPLITS = ("val", "test")
+MIN_GRADES = 2
+
+
+def check_scorable(
+    grades_of: dict[str, Sequence[int] | np.ndarray | torch.Tensor], where: str, advice: str
+) -> None:
+    """A DataError when val or test is too small to score or to choose a checkpoint on: it
+    must hold images of at least two grades (else AUROC is undefined and every epoch ties).
+
+    ``grades_of``: each split's grades; ``where`` names the data; ``advice`` says what to do.
+    """
+    for split in SCORED_SPLITS:
+        grades = np.asarray(grades_of.get(split, []), dtype=np.int64).reshape(-1)
+        present = np.unique(grades)
+        if len(present) >= MIN_GRADES:
+            continue
+        holds = f"{len(grades)} image{'s' if len(grades) != 1 else ''}"
+        if len(present):
+            holds += f", all of grade {int(present[0])}"
+        raise DataError(
+            f"{where}: the {split} split holds {holds}: too few to score"
+            f"{' or to choose a checkpoint on' if split == 'val' else ''}; val and test each "
+            f"need images of at least {MIN_GRADES} grades for AUROC. {advice}"
+        )
 
 
 def check_batch_size(batch_size: object) -> None:
@@ -76,9 +107,16 @@ class PairDataModule(pl.LightningDataModule):
         raise NotImplementedError
 
     def setup(self, stage: str | None = None) -> None:
+        if all(split in self.splits for split in SPLITS):
+            return
         for split in SPLITS:
             if split not in self.splits:
                 self.splits[split] = self.load_split(split)
+        check_scorable(
+            {split: grades for split, (_, grades) in self.splits.items()},
+            type(self).__name__,
+            "Use more val and test images.",
+        )
 
     def _rank(self) -> tuple[int, int]:
         """(rank, world size) of this process; (0, 1) outside data-parallel training."""

@@ -6,6 +6,11 @@ written beside the cache, so it can be kept and reused. Each photograph is prepa
 ``predict`` prepares images (:func:`mtcsnn.data.fundus.prepare_image`, at ``size``) and the
 result is cached as a uint8 ``.npz`` keyed by the CSV's contents, ``size`` and each file's size
 and modification time: the second run reads one file.
+
+A photograph is listed once: the same file under two spellings (``a.jpg``, ``./a.jpg``) or
+byte-identical files under two names are one error naming the CSV lines, whatever their
+grades (else it trains and is tested on itself). Val and test must each hold photographs of at
+least two grades (:func:`~mtcsnn.data.datamodule.check_scorable`).
 """
 
 from __future__ import annotations
@@ -21,14 +26,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtcsnn.data.datamodule import SPLITS, PairDataModule
+from mtcsnn.data.datamodule import SPLITS, PairDataModule, check_scorable
 from mtcsnn.data.fundus import open_photo, prepare_image
 from mtcsnn.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 NUM_GRADES = 5
-# bump when prepare_image changes: older caches then no longer match
-PREPARATION_VERSION = 1
+# duplicate groups named in full in the error; more are counted
+SHOWN_DUPLICATES = 5
+# bump when prepare_image changes: older caches then no longer match. 2: a cache is written
+# only once no two rows hold identical files (older ones were not checked)
+PREPARATION_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -77,7 +85,45 @@ def read_labels(csv_path: Path, columns: Columns = Columns()) -> list[dict[str, 
         rows.append({"path": path, "grade": grade, "split": split, "line": str(number)})
     if not rows:
         raise DataError(f"{csv_path} lists no images")
+    # one file however it is written: ./a.jpg, photos/../a.jpg, a symlink to it
+    where = [os.path.realpath(csv_path.parent / row["path"]) for row in rows]
+    check_duplicates(csv_path, rows, where, "the same photograph")
     return rows
+
+
+def check_duplicates(
+    csv_path: Path, rows: list[dict[str, str]], keys: list[object], what: str
+) -> None:
+    """One DataError naming the lines of every group of rows with the same key."""
+    groups: dict[object, list[dict[str, str]]] = {}
+    for row, key in zip(rows, keys, strict=True):
+        groups.setdefault(key, []).append(row)
+    repeated = [group for group in groups.values() if len(group) > 1]
+    if not repeated:
+        return
+    described = [
+        "lines "
+        + ", ".join(row["line"] for row in group)
+        + " ("
+        + ", ".join(repr(row["path"]) for row in group)
+        + ")"
+        for group in repeated[:SHOWN_DUPLICATES]
+    ]
+    if len(repeated) > SHOWN_DUPLICATES:
+        described.append(f"and {len(repeated) - SHOWN_DUPLICATES} more groups")
+    raise DataError(
+        f"{csv_path}: {what} is listed more than once: {'; '.join(described)}. List each "
+        "photograph once, with its one grade (else it can be trained and tested on itself)"
+    )
+
+
+def file_digest(path: Path) -> bytes:
+    """SHA-256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.digest()
 
 
 def stratified_split(
@@ -164,44 +210,68 @@ class FundusFolderDataModule(PairDataModule):
         return digest.hexdigest()[:16]
 
     def prepare(self, rows: list[dict[str, str]]) -> dict[str, np.ndarray]:
-        """Every photograph read and prepared, or one DataError naming the row."""
+        """Every photograph read and prepared, or one DataError naming the row (an unreadable
+        photograph, or byte-identical photographs on several rows)."""
         images = np.empty((len(rows), self.size, self.size, 3), dtype=np.uint8)
+        contents = []
         for i, row in enumerate(rows):
+            path = self.labels.parent / row["path"]
             try:
-                images[i] = np.asarray(
-                    prepare_image(open_photo(self.labels.parent / row["path"]), self.size)
-                )
+                contents.append(file_digest(path))
+                images[i] = np.asarray(prepare_image(open_photo(path), self.size))
             except Exception as err:  # any reason one photograph cannot be read
                 raise DataError(
                     f"{self.labels} line {row['line']}: cannot read {row['path']} "
                     f"({type(err).__name__}: {err})"
                 ) from None
+        check_duplicates(self.labels, rows, contents, "the same photograph (identical files)")
         grades = np.array([int(row["grade"]) for row in rows], dtype=np.int64)
-        if all(row["split"] for row in rows):
-            splits = np.array([row["split"] for row in rows], dtype=object)
-        else:
-            splits = stratified_split(
-                grades, self.val_fraction, self.test_fraction, self.split_seed
-            )
         return {
             "images": images,
             "grades": grades,
-            "splits": splits.astype(str),
+            "splits": self.splits_of(rows).astype(str),
             "paths": np.array([row["path"] for row in rows]),
         }
+
+    def splits_of(self, rows: list[dict[str, str]]) -> np.ndarray:
+        """Each row's split: the CSV's split column, else drawn from ``split_seed``."""
+        if all(row["split"] for row in rows):
+            return np.array([row["split"] for row in rows], dtype=object)
+        grades = np.array([int(row["grade"]) for row in rows], dtype=np.int64)
+        return stratified_split(grades, self.val_fraction, self.test_fraction, self.split_seed)
+
+    def check_splits(self, arrays: dict[str, np.ndarray], from_csv: bool) -> None:
+        """Val and test each hold photographs of two grades or more: one line saying what to do."""
+        advice = (
+            "Change the CSV's split column so that they do, or add photographs"
+            if from_csv
+            else "Add photographs, raise data.val_fraction / data.test_fraction, or give the CSV "
+            f"a {self.columns.split} column (train/val/test) that puts at least two grades in "
+            "each of val and test"
+        )
+        check_scorable(
+            {split: arrays["grades"][arrays["splits"] == split] for split in SPLITS},
+            str(self.labels),
+            advice,
+        )
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The prepared data set: from the cache when the CSV and files are unchanged."""
         if self._arrays is not None:
             return self._arrays
         rows = read_labels(self.labels, self.columns)
+        from_csv = all(row["split"] for row in rows)
         cache = self.cache_dir / f"{self.labels.stem}_{self.size}px_{self.cache_key(rows)}.npz"
         if cache.exists():
             with np.load(cache, allow_pickle=False) as npz:
-                self._arrays = {key: npz[key] for key in npz.files}
+                arrays = {key: npz[key] for key in npz.files}
+            self.check_splits(arrays, from_csv)
+            self._arrays = arrays
             log.info("read %d prepared photographs from %s", len(rows), cache)
-            return self._arrays
+            return arrays
         arrays = self.prepare(rows)
+        # before the cache is written: a split that cannot be scored leaves nothing behind
+        self.check_splits(arrays, from_csv)
         self._arrays = arrays
         try:
             self.write_cache(cache, arrays)

@@ -14,20 +14,51 @@ def ovr_auroc(grades: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """Macro one-vs-rest AUROC (MedMNIST's definition) of each row of a batch of resamples.
 
     ``grades``: (B, n) ints, ``probs``: (B, n, C). Uses the rank-sum form of the AUROC, with
-    ties counted as half, so B resamples cost one sort each.
+    ties counted as half, so B resamples cost one sort each. The mean is over the grades
+    present in each row (a grade without images has no AUROC); NaN where fewer than two
+    grades are present, as AUROC is then undefined.
     """
     grades, probs = np.atleast_2d(grades), probs.reshape(-1, *probs.shape[-2:])
     total = np.zeros(grades.shape[0])
+    counted = np.zeros(grades.shape[0])
     num_classes = probs.shape[-1]
     for c in range(num_classes):
         positive = grades == c
         n_pos = positive.sum(1)
         n_neg = positive.shape[1] - n_pos
+        defined = (n_pos > 0) & (n_neg > 0)
         ranks = rankdata(probs[..., c], axis=1)
         rank_sum = (ranks * positive).sum(1)
         with np.errstate(divide="ignore", invalid="ignore"):
-            total += (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-    return total / num_classes
+            auroc = (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+        total += np.where(defined, auroc, 0.0)
+        counted += defined
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(counted > 1, total / counted, np.nan)
+
+
+def absent_grades(grades: np.ndarray, num_classes: int) -> tuple[int, ...]:
+    """The grades 0..num_classes-1 without any image in ``grades``."""
+    present = set(np.unique(np.asarray(grades)).tolist())
+    return tuple(c for c in range(num_classes) if c not in present)
+
+
+def absent_grades_message(split: str, absent: tuple[int, ...], num_classes: int) -> str | None:
+    """What AUROC means on a split that lacks grades (``absent``); None when none is absent."""
+    if not absent:
+        return None
+    present = [c for c in range(num_classes) if c not in absent]
+    listed = ", ".join(map(str, absent))
+    if len(present) < 2:
+        has = f"grade {present[0]} only" if present else "no images"
+        return (
+            f"{split}: {has}; AUROC needs images of at least two grades, so it is undefined "
+            "(NaN), not a score"
+        )
+    return (
+        f"{split}: no images of grade {listed}; AUROC is the mean over the {len(present)} grades "
+        f"present ({', '.join(map(str, present))})"
+    )
 
 
 def accuracy(grades: np.ndarray, probs: np.ndarray) -> np.ndarray:
@@ -105,7 +136,10 @@ def quadratic_kappa(grades: np.ndarray, pred: np.ndarray, num_classes: int = 5) 
 
 
 def grade_scores(grades: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    """AUROC, accuracy, quadratic kappa and MAE of class probabilities (N x C)."""
+    """AUROC, accuracy, quadratic kappa and MAE of class probabilities (N x C).
+
+    AUROC is the mean over the grades present (NaN with fewer than two, see :func:`ovr_auroc`).
+    """
     pred = probs.argmax(-1)
     return {
         "auroc": float(ovr_auroc(grades[None], probs[None])[0]),

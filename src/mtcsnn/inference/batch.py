@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -76,6 +77,17 @@ def predict_batch(
     return probs.cpu(), scores.cpu()
 
 
+def non_finite_reason(values: torch.Tensor, outcome: str = "not graded") -> str | None:
+    """Why an image's outputs (its probabilities and score) cannot be used: NaN or infinite
+    values, which would otherwise become grade 0 (``argmax`` of NaN); None when all are finite."""
+    kinds = {
+        "nan" if math.isnan(v) else "inf" for v in values.flatten().tolist() if not math.isfinite(v)
+    }
+    if not kinds:
+        return None
+    return f"the model gave non-finite outputs ({', '.join(sorted(kinds))}); {outcome}"
+
+
 def predict_inputs(
     modules: MTCSNNModule | Sequence[MTCSNNModule],
     inputs: Iterable[str],
@@ -86,8 +98,9 @@ def predict_inputs(
 ) -> tuple[list[list], list[tuple[str, str]]]:
     """Predict every readable image of ``inputs`` (files, folders, ``.npz`` files).
 
-    Returns the CSV rows (:data:`PREDICTION_HEADER`) and ``(input, reason)`` failures. Several
-    modules: an ensemble, whose probabilities and scores are averaged.
+    Returns the CSV rows (:data:`PREDICTION_HEADER`) and ``(input, reason)`` failures: inputs
+    that cannot be read, and images whose probabilities or score are NaN or infinite (never
+    graded). Several modules: an ensemble, whose probabilities and scores are averaged.
     """
     members = [modules] if isinstance(modules, MTCSNNModule) else list(modules)
     members = [module.to(device).eval() for module in members]
@@ -100,6 +113,10 @@ def predict_inputs(
             return
         probs, scores = predict_batch(members, [image for _, image in pending], device)
         for (source, _), p, s in zip(pending, probs, scores, strict=True):
+            reason = non_finite_reason(torch.cat([p.flatten(), s.flatten()]))
+            if reason:
+                failures.append((source.name, reason))
+                continue
             rows.append(
                 [source.name, int(p.argmax()), *[f"{v:.7g}" for v in p.tolist()], f"{s:.6f}"]
             )

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from mtcsnn.errors import check_choice, require
+from mtcsnn.inference.batch import non_finite_reason
 from mtcsnn.inference.images import expand_inputs, read_all
 from mtcsnn.models import MTCSNNModule, SiameseResNet
 
@@ -139,6 +140,10 @@ def explain_inputs(
         x = image.unsqueeze(0).to(device).float().div(255)
         with torch.no_grad():
             probs = module.probabilities(module.net(x))[0]
+        reason = non_finite_reason(probs, "not explained")
+        if reason:  # argmax of NaN is grade 0: no overlay titled with a grade it was not given
+            result.failures.append((source.name, reason))
+            continue
         grade = int(probs.argmax())
         cam = grad_cam(module.class_scores, x, torch.tensor([grade], device=device), target_layer)
         path = unique_path(out_dir, source.name, taken)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mtcsnn.errors import DivergenceError
-from mtcsnn.grading.metrics import grade_metrics, scalar_metrics
+from mtcsnn.grading.metrics import grade_metrics, scalar_metrics, warn_absent_grades
 from mtcsnn.losses.base import BranchOutput, PairLoss, check_num_classes
 from mtcsnn.models.siamese_resnet import SiameseResNet
 from mtcsnn.models.spec import ModelSpec
@@ -34,6 +34,10 @@ def divergence_message(
         f"(batch {batch_idx}; term {culprit} = {values.get(culprit, float('nan'))}); {kept}; "
         f"{knob}"
     )
+
+
+class NonFiniteOutputError(DivergenceError):
+    """The model gave NaN or infinite outputs on images it was to grade: none is graded."""
 
 
 class DivergenceWatch:
@@ -176,6 +180,7 @@ class MTCSNNModule(pl.LightningModule):
     def _evaluate(self, batch: dict[str, torch.Tensor], stage: str):
         out = self.net(batch["image"])
         probs = self.probabilities(out)
+        self._count_non_finite(stage, probs, out.score)
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         metrics.update(probs, batch["grade"])
         # negative log-likelihood of the true grade: the same measure for every head
@@ -185,6 +190,41 @@ class MTCSNNModule(pl.LightningModule):
         )
         return out, probs
 
+    def _count_non_finite(self, stage: str, probs: torch.Tensor, score: torch.Tensor) -> None:
+        """Count (on the device, no sync) the images whose outputs are NaN or infinite."""
+        finite = torch.isfinite(probs).all(-1)
+        finite &= torch.isfinite(score.reshape(len(probs), -1)).all(-1)
+        # {stage: (images not finite, images)}, made on first use
+        counts = self.__dict__.setdefault("_non_finite", {})
+        seen = counts.get(stage, (0, 0))
+        counts[stage] = (seen[0] + (~finite).sum(), seen[1] + len(probs))
+
+    def _refuse_non_finite(self, stage: str) -> None:
+        """Non-finite outputs are never graded: an error instead of metrics made from them
+        (torchmetrics scores NaN probabilities without a word). One sync per epoch."""
+        bad, total = self.__dict__.get("_non_finite", {}).pop(stage, (0, 0))
+        bad = torch.as_tensor(bad, device=self.device)
+        total = torch.as_tensor(total, device=self.device)
+        fitting = False
+        if self._trainer is not None:  # every process's share, so all raise together
+            bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
+            total = self.trainer.strategy.reduce(total, reduce_op="sum")
+            fitting = self.trainer.state.fn == "fit"
+        if int(bad) > 0:
+            self.val_metrics.reset()
+            self.test_metrics.reset()
+            hint = (
+                f"at epoch {self.current_epoch}; the best checkpoint so far is kept; try a lower "
+                "model.optimizer.lr"
+                if fitting
+                else "(are the checkpoint's weights diverged or damaged?)"
+            )
+            raise NonFiniteOutputError(
+                f"the model gave non-finite outputs (NaN or infinite) for {int(bad)} of "
+                f"{int(total)} {stage} images; they are not graded and no metrics are written "
+                f"from them {hint}"
+            )
+
     def validation_step(
         self, batch: dict[str, torch.Tensor], batch_idx: int
     ) -> dict[str, torch.Tensor]:
@@ -192,13 +232,22 @@ class MTCSNNModule(pl.LightningModule):
         # what callbacks such as the val prediction log read
         return {"index": batch["index"], "grade": batch["grade"], "probs": probs.detach()}
 
+    def on_validation_epoch_start(self) -> None:
+        self.__dict__.get("_non_finite", {}).pop("val", None)
+
     def on_validation_epoch_end(self) -> None:
-        for name, value in scalar_metrics(self.val_metrics.compute(), "val/").items():
+        self._refuse_non_finite("val")
+        values = self.val_metrics.compute()
+        if not self.trainer.sanity_checking and self.trainer.is_global_zero:
+            # the sanity check sees only a few batches: grades missing there may be in val
+            warn_absent_grades(self.val_metrics, "val")
+        for name, value in scalar_metrics(values, "val/").items():
             self.log(name, value, prog_bar=name == "val/auroc")
         self.val_metrics.reset()
 
     def on_test_epoch_start(self) -> None:
         self._test_outputs = []
+        self.__dict__.get("_non_finite", {}).pop("test", None)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out, probs = self._evaluate(batch, "test")
@@ -212,7 +261,10 @@ class MTCSNNModule(pl.LightningModule):
         )
 
     def on_test_epoch_end(self) -> None:
+        self._refuse_non_finite("test")
         values = self.test_metrics.compute()
+        if self.trainer.is_global_zero:
+            warn_absent_grades(self.test_metrics, "test")
         self.log_dict(scalar_metrics(values, "test/"))
         self.test_confusion = values["confusion"].int().tolist()
         self.test_metrics.reset()

@@ -23,8 +23,10 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from mtcsnn.data import PairDataModule, PairingFeedback
 from mtcsnn.errors import StoppedError
 from mtcsnn.grading.comparison import grade_scores
+from mtcsnn.grading.metrics import warn_once_together
 from mtcsnn.grading.score_decoding import decode_if_trained
 from mtcsnn.models import MTCSNNModule
+from mtcsnn.models.lit_module import NonFiniteOutputError
 from mtcsnn.run.callbacks import AtomicCheckpointIO, RunState
 from mtcsnn.run.checkpoint import build_module, initialise_from, spec_of_config
 from mtcsnn.run.checks import check_config, cost_warnings
@@ -246,6 +248,8 @@ def evaluation_results(
     search (its chosen trial). ``test=False`` stops after val.
     """
     val, test_metrics = validate_and_test(model, datamodule, trainer_cfg, loggers, test=test)
+    if test:  # the test pass refuses them already; nothing graded from NaN reaches metrics.json
+        refuse_non_finite(model.test_predictions, "test")
     results: dict = {
         "val": val,
         "test": test_metrics,
@@ -269,6 +273,9 @@ def ensemble_results(
     Each member is evaluated as :func:`evaluation_results` does; the ensemble's test metrics
     come from the averaged probabilities. Returns the results and the averaged predictions.
     """
+    # the members see the same val and test images: grades absent there are named once
+    warn_once_together([module.val_metrics for module in modules])
+    warn_once_together([module.test_metrics for module in modules])
     members = [evaluation_results(module, datamodule, trainer_cfg) for module in modules]
     predictions = [module.test_predictions for module in modules]
     order = [p["index"].argsort() for p in predictions]
@@ -283,6 +290,7 @@ def ensemble_results(
             0
         ),
     }
+    refuse_non_finite(averaged, f"test (ensemble of {len(modules)})")
     probs = averaged["probs"].double().numpy()
     pred = probs.argmax(1)
     confusion = torch.zeros(probs.shape[1], probs.shape[1], dtype=torch.long)
@@ -297,6 +305,17 @@ def ensemble_results(
         "members": [{"val": m["val"], "test": m["test"]} for m in members],
     }
     return results, averaged
+
+
+def refuse_non_finite(predictions: dict[str, torch.Tensor], split: str) -> None:
+    """An error when any probability or score is NaN or infinite: such images are not graded."""
+    values = [predictions[key].reshape(len(predictions[key]), -1) for key in ("probs", "score")]
+    bad = int((~torch.cat([torch.isfinite(v) for v in values], dim=1).all(1)).sum())
+    if bad:
+        raise NonFiniteOutputError(
+            f"non-finite probabilities or scores (NaN or infinite) for {bad} of "
+            f"{len(values[0])} {split} images; they are not graded and no metrics are written"
+        )
 
 
 def validate_and_test(
