@@ -14,7 +14,6 @@ import csv
 import hashlib
 import io
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch
 from mtcsnn.data.datamodule import SPLITS, PairDataModule
 from mtcsnn.data.fundus import open_photo, prepare_image
 from mtcsnn.errors import ConfigError, DataError
+from mtcsnn.writing import spreadsheet_row, write_atomic
 
 log = logging.getLogger(__name__)
 NUM_GRADES = 5
@@ -212,18 +212,18 @@ class FundusFolderDataModule(PairDataModule):
     @staticmethod
     def write_cache(cache: Path, arrays: dict[str, np.ndarray]) -> None:
         """The prepared arrays (whole or not at all) and the split of each photograph."""
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache.with_name(f".{cache.stem}.partial.npz")
-        try:
-            np.savez(partial, **arrays)
-            os.replace(partial, cache)
-        finally:
-            partial.unlink(missing_ok=True)
+        # whole or not at all, never through a symlink planted in the cache folder; paths
+        # that a spreadsheet would run as formulas are escaped in the CSV
+        write_atomic(cache, lambda f: np.savez(f, **arrays), binary=True)
         split_csv = cache.with_suffix(".splits.csv")
-        with open(split_csv, "w", newline="") as f:
+        rows = zip(arrays["paths"], arrays["grades"], arrays["splits"], strict=True)
+
+        def write_splits(f) -> None:
             writer = csv.writer(f, lineterminator="\n")
             writer.writerow(["path", "grade", "split"])
-            writer.writerows(zip(arrays["paths"], arrays["grades"], arrays["splits"], strict=True))
+            writer.writerows(spreadsheet_row(row) for row in rows)
+
+        write_atomic(split_csv, write_splits)
         log.info(
             "prepared %d photographs into %s (splits: %s)", len(arrays["grades"]), cache, split_csv
         )

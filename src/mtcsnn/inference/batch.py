@@ -15,6 +15,7 @@ from torch import nn
 from mtcsnn.errors import ConfigError
 from mtcsnn.inference.images import ImageSource, expand_inputs, read_all
 from mtcsnn.models import MTCSNNModule
+from mtcsnn.writing import spreadsheet_row
 
 PREDICTION_HEADER = ["path", "pred", *[f"prob_{c}" for c in range(5)], "score"]
 FAILURE_HEADER = ["input", "reason"]
@@ -117,8 +118,11 @@ def predict_inputs(
 
 
 def csv_text(header: list[str], rows: Iterable) -> str:
+    """CSV text; each text cell that a spreadsheet would run as a formula (an input named
+    ``=HYPERLINK(...)``, ``-2+3``, ``@SUM(...)``) starts with ``'`` (OWASP's advice), numbers
+    stay numbers, and commas, quotes and line breaks are quoted by the csv module."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
+    writer.writerow(spreadsheet_row(header))
+    writer.writerows(spreadsheet_row(row) for row in rows)
     return buf.getvalue()
