@@ -188,12 +188,13 @@ def _plain(value: object) -> object:
     return list(value) if isinstance(value, tuple) else value
 
 
-# what predict, explain, the folder data module and export use
+# what predict, explain, the folder data module and export use (read at each call, never
+# copied, so that one value changed here changes all of them)
 PREPARATION = Preparation()
 
 
 def disc_box(
-    rgb: np.ndarray, preparation: Preparation = PREPARATION
+    rgb: np.ndarray, preparation: Preparation | None = None
 ) -> tuple[int, int, int, int] | None:
     """``(left, top, right, bottom)`` of the fundus disc: the bright region on the dark border.
 
@@ -201,8 +202,10 @@ def disc_box(
     brightest value (and ``bright_floor``); rows and columns count as disc when over
     ``line_fraction`` of their pixels are bright, which ignores specks of noise in the border.
     None when nothing stands out (a uniformly dark image), or when the box covers less than
-    ``min_disc_fraction`` of the short side. (Values: :class:`Preparation`.)
+    ``min_disc_fraction`` of the short side. (Values: ``preparation``, by default
+    :data:`PREPARATION`.)
     """
+    preparation = preparation or PREPARATION
     brightest = rgb.max(axis=2) if rgb.ndim == 3 else rgb
     peak = int(brightest.max()) if brightest.size else 0
     bright = brightest > max(preparation.bright_floor, preparation.bright_fraction * peak)
@@ -218,16 +221,18 @@ def disc_box(
 
 
 def prepare_image(
-    image: Image.Image, size: int, preparation: Preparation = PREPARATION
+    image: Image.Image, size: int, preparation: Preparation | None = None
 ) -> Image.Image:
     """A fundus photograph as the models see it: 8-bit RGB, ``size`` x ``size``.
 
     An image of that size already (a dataset image) is used as it is. Otherwise the disc is
     found (:func:`disc_box`) and cropped to, padded to a square (so a disc wider than the
     frame keeps its edges), and resized. Without a disc to find, the centre square is taken,
-    as MedMNIST made RetinaMNIST. Every value is ``preparation``'s, which also writes the
-    exported model's description of this (:meth:`Preparation.steps`).
+    as MedMNIST made RetinaMNIST. Every value is ``preparation``'s (by default
+    :data:`PREPARATION`, read at each call), which also writes the exported model's
+    description of this (:meth:`Preparation.steps`).
     """
+    preparation = preparation or PREPARATION
     image = to_rgb(image)
     width, height = image.size
     if preparation.keep_model_size and width == height == size:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from mtcsnn.data.fundus import PREPARATION, Preparation
+from mtcsnn.data import fundus
+from mtcsnn.data.fundus import Preparation
 from mtcsnn.errors import check_choice, require
 from mtcsnn.inference.batch import INTENDED_USE, Grader
 from mtcsnn.models import MTCSNNModule
@@ -64,13 +65,15 @@ def model_description(
     image_size: int,
     checkpoints: Sequence[str],
     file_name: str,
-    preparation: Preparation = PREPARATION,
+    preparation: Preparation | None = None,
 ) -> dict:
     """The JSON written beside an exported model: what goes in, what comes out, for what.
 
-    ``preprocessing`` is written from ``preparation``, the object ``predict`` prepares images
-    with, step by step with its values: following it gives the model what ``predict`` gives.
+    ``preprocessing`` is written from ``preparation`` (by default
+    :data:`mtcsnn.data.fundus.PREPARATION`, the object ``predict`` prepares images with), step
+    by step with its values: following it gives the model what ``predict`` gives it.
     """
+    preparation = preparation or fundus.PREPARATION
     return {
         "model": file_name,
         "format": fmt,
