@@ -8,12 +8,14 @@ side files.
   created new (``O_EXCL | O_NOFOLLOW``: never an existing file, never through a symlink) and
   then renamed over the target. A symlink planted at the target's name is replaced by the
   file; the file it pointed to is never written.
-- :func:`spreadsheet_text`: a CSV cell that a spreadsheet would run as a formula is escaped as
-  OWASP advises for CSV injection.
+- :func:`spreadsheet_text`, :func:`csv_text`: a CSV cell that a spreadsheet would run as a
+  formula is escaped as OWASP advises for CSV injection.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import re
 import secrets
@@ -26,6 +28,7 @@ from mtcsnn.errors import WriteError
 __all__ = [
     "FILE_MODE",
     "create_new",
+    "csv_text",
     "spreadsheet_row",
     "spreadsheet_text",
     "write_atomic",
@@ -130,3 +133,22 @@ def spreadsheet_text(cell: object) -> object:
 def spreadsheet_row(row: Iterable) -> list:
     """Every cell of a CSV row through :func:`spreadsheet_text`."""
     return [spreadsheet_text(cell) for cell in row]
+
+
+def csv_text(header: Iterable, rows: Iterable[Iterable]) -> str:
+    """CSV text (rows end in ``\\n``) that a spreadsheet shows as it is: each text cell through
+    :func:`spreadsheet_text`, and each cell holding a delimiter, a quote or any line break
+    quoted, a lone carriage return included (which ``csv.writer`` leaves bare when rows end in
+    ``\\n``, and which a spreadsheet reads as a new row whose first cell could be a formula).
+    """
+    buf = io.StringIO()
+    # "\r\n" as the terminator makes the writer quote cells that hold either character; each
+    # row's own terminator is then written as "\n"
+    writer = csv.writer(buf, lineterminator="\r\n")
+    lines = []
+    for row in (header, *rows):
+        buf.seek(0)
+        buf.truncate()
+        writer.writerow(spreadsheet_row(row))
+        lines.append(buf.getvalue()[:-2] + "\n")
+    return "".join(lines)

@@ -23,7 +23,7 @@ import torch
 from mtcsnn.data.datamodule import SPLITS, PairDataModule
 from mtcsnn.data.fundus import open_photo, prepare_image
 from mtcsnn.errors import ConfigError, DataError
-from mtcsnn.writing import spreadsheet_row, write_atomic
+from mtcsnn.writing import csv_text, write_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 NUM_GRADES = 5
@@ -217,13 +217,7 @@ class FundusFolderDataModule(PairDataModule):
         write_atomic(cache, lambda f: np.savez(f, **arrays), binary=True)
         split_csv = cache.with_suffix(".splits.csv")
         rows = zip(arrays["paths"], arrays["grades"], arrays["splits"], strict=True)
-
-        def write_splits(f) -> None:
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(["path", "grade", "split"])
-            writer.writerows(spreadsheet_row(row) for row in rows)
-
-        write_atomic(split_csv, write_splits)
+        write_text_atomic(split_csv, csv_text(["path", "grade", "split"], rows))
         log.info(
             "prepared %d photographs into %s (splits: %s)", len(arrays["grades"]), cache, split_csv
         )

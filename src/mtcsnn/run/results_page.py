@@ -45,15 +45,6 @@ def md(value: object) -> str:
     return _BLOCK_START.sub(lambda m: "\\".join(g for g in m.groups() if g is not None), text)
 
 
-def code(value: object) -> str:
-    """A path as a code span, shown as it is whatever backticks or line breaks it holds."""
-    text = _BREAKS.sub(" ", str(value))
-    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
-    fence = "`" * (longest + 1)
-    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
-    return f"{fence}{pad}{text}{pad}{fence}"
-
-
 def seeds_cell(runs: list[Run]) -> str:
     """The number of seeds; runs that repeat a seed are said to be repeats, not more seeds."""
     seeds = len({r.seed for r in runs})
@@ -179,7 +170,7 @@ def held_out_problem_lines(groups: dict[tuple, list[Run]]) -> list[str]:
         return []
     lines = ["", "## Runs counted without a held-out val AUROC", ""]
     listed.sort(key=lambda r: r.path)
-    lines += [f"- {code(r.path)}: {md(r.held_out_problem)}" for r in listed]
+    lines += [f"- {md(r.path)}: {md(r.held_out_problem)}" for r in listed]
     return lines
 
 
@@ -200,7 +191,7 @@ def skipped_lines(skipped: list[tuple[Path, str]]) -> list[str]:
             for path, why in listed:
                 reason = why.removeprefix("failed: ")
                 said = "" if why in (DEBUG_RUN, UNTESTED_TRIAL) else f": {md(reason)}"
-                lines.append(f"- {code(path)}{said}")
+                lines.append(f"- {md(path)}{said}")
     return lines
 
 
