@@ -202,6 +202,31 @@ def test_results_md_shows_folder_names_and_config_values_as_text(tmp_path):
     assert "\\| &lt;script&gt;x&lt;/script&gt; \\# heading \\`run\\`: unfinished" in skipped
 
 
+def test_results_md_rendered_has_no_html_headings_links_or_broken_tables(tmp_path):
+    """Rendered as a Markdown viewer renders it (CommonMark with tables, raw HTML allowed)."""
+    markdown_it = pytest.importorskip("markdown_it")
+    from mtcsnn.report import main
+
+    root = evil_sweep(tmp_path / EVIL)
+    assert main([str(root), "--bootstrap", "20"]) == 0
+    text = (root / "results.md").read_text()
+    renderer = markdown_it.MarkdownIt("commonmark", {"html": True}).enable("table")
+    html = renderer.render(text)
+    assert "<script" not in html and "<em>" not in html and "<a " not in html
+    headings = re.findall(r"<h(\d)>(.*?)</h\1>", html)
+    assert [
+        h
+        for _, h in headings
+        if not h.startswith(("Results: ", "MTCSNN vs", "Seed ", "Chosen ", "Unfinished"))
+    ] == []
+    assert f"Results: {root}".replace("<", "&lt;").replace(">", "&gt;") in html
+    for table in re.findall(r"<table>(.*?)</table>", html, re.S):
+        rows = re.findall(r"<tr>(.*?)</tr>", table, re.S)
+        widths = {row.count("<td") + row.count("<th") for row in rows}
+        assert len(widths) == 1, rows
+    assert html.count("&lt;script&gt;x&lt;/script&gt;") >= 8
+
+
 def test_a_dollar_sign_in_a_label_does_not_stop_the_figures(tmp_path):
     from test_report import write_run
 
