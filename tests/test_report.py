@@ -9,6 +9,7 @@ from mtcsnn.grading.comparison import ovr_auroc
 from mtcsnn.grading.selection import held_out_auroc
 from mtcsnn.report import main
 from mtcsnn.run.files import predictions_csv, val_predictions_csv
+from mtcsnn.run.results_page import md
 from mtcsnn.run.results import (
     baseline_of,
     chosen_on_val,
@@ -555,7 +556,7 @@ def test_a_damaged_val_predictions_file_leaves_the_choice_to_the_best_epoch(tmp_
     assert damaged.held_out_problem.startswith("val_predictions.csv unusable (")
     assert main([str(tmp_path)]) == 0
     listed = (tmp_path / "results.md").read_text().split("## Runs counted without a held-out")[1]
-    assert f"- `{path.parent}`: val_predictions.csv unusable (" in listed
+    assert f"- {md(path.parent)}: val_predictions.csv unusable (" in listed
     assert "\n- " not in listed.split(damaged.held_out_problem)[1]  # that run alone
 
 
