@@ -9,7 +9,6 @@ from mtcsnn.grading.comparison import ovr_auroc
 from mtcsnn.grading.selection import held_out_auroc
 from mtcsnn.report import main
 from mtcsnn.run.files import predictions_csv, val_predictions_csv
-from mtcsnn.run.results_page import md
 from mtcsnn.run.results import (
     baseline_of,
     chosen_on_val,
@@ -19,6 +18,7 @@ from mtcsnn.run.results import (
     paired_difference,
     read_val_predictions,
 )
+from mtcsnn.run.results_page import md
 
 TEST_AUROC = {
     ("ce", 1): 0.70,

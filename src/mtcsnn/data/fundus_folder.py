@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mtcsnn.data import fundus
 from mtcsnn.data.datamodule import SPLITS, PairDataModule
 from mtcsnn.data.fundus import open_photo, prepare_image
 from mtcsnn.errors import ConfigError, DataError
@@ -149,7 +150,8 @@ class FundusFolderDataModule(PairDataModule):
     def cache_key(self, rows: list[dict[str, str]]) -> str:
         digest = hashlib.sha256()
         digest.update(self.labels.read_bytes())
-        digest.update(f"{self.size} {PREPARATION_VERSION}".encode())
+        # the preparation's values too: a cache prepared with other values is not used
+        digest.update(f"{self.size} {PREPARATION_VERSION} {fundus.PREPARATION.as_dict()}".encode())
         if not any(row["split"] for row in rows):
             digest.update(f"{self.val_fraction} {self.test_fraction} {self.split_seed}".encode())
         for row in rows:

@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING
 
 # the one way the framework writes a file (whole or not at all, never through a planted
 # symlink), kept importable from here where the run plumbing has always found it
-from mtcsnn.writing import FILE_MODE, write_atomic, write_text_atomic
+from mtcsnn.writing import FILE_MODE, create_new, write_atomic, write_text_atomic
 
 if TYPE_CHECKING:  # every command loads this module (the sweep's failure callback): no torch
     import torch
 
 __all__ = [
     "FILE_MODE",
+    "create_new",
     "data_fingerprint",
     "keep_weights_only",
     "predictions_csv",
