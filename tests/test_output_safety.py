@@ -339,6 +339,17 @@ def test_grad_cam_never_writes_through_a_link_planted_at_an_overlay_name(module,
         assert not path.is_symlink() and path.read_bytes().startswith(b"\x89PNG")
 
 
+def test_a_dollar_sign_in_a_photographs_name_does_not_stop_grad_cam(module, tmp_path):
+    from mtcsnn.inference.gradcam import explain_inputs
+
+    pytest.importorskip("captum")
+    photo(1).save(tmp_path / "$\\frac{1}{0$.png")
+    result = explain_inputs(
+        module, [str(tmp_path)], 32, torch.device("cpu"), tmp_path / "cams", progress=False
+    )
+    assert len(result.written) == 1 and not result.failures
+
+
 def test_export_never_writes_through_links_planted_at_the_model_or_its_old_partial_name(
     module, tmp_path, outside
 ):

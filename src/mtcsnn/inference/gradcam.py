@@ -84,7 +84,9 @@ def overlay_png(image: torch.Tensor, cam: torch.Tensor, title: str, path: Path) 
     axes[1].imshow(cam.cpu().numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
     for ax in axes:
         ax.axis("off")
-    fig.suptitle(title, fontsize=9)
+    # a "$" in a file name is shown as itself, not read as the start of a formula (an
+    # unfinished one stops the drawing)
+    fig.suptitle(title.replace("$", r"\$"), fontsize=9)
     fig.tight_layout()
     # whole or not at all, and never through a symlink planted at the overlay's name
     write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=100), binary=True)
