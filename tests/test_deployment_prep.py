@@ -227,9 +227,22 @@ def test_predict_and_export_read_the_same_preparation(monkeypatch, module, tmp_p
 
 
 def test_a_preparation_with_values_no_reader_could_follow_is_refused():
-    for bad in ({"resample": "magic"}, {"pad_value": (0, 0)}, {"bright_fraction": 2.0}):
+    bad_values = [
+        {"resample": "magic"},
+        {"resample": ["bicubic"]},
+        {"pad_value": (0, 0)},
+        {"pad_value": (0, 0, 256)},
+        {"pad_value": "red"},
+        {"bright_fraction": 2.0},
+        {"bright_fraction": float("nan")},
+        {"bright_floor": "12"},
+        {"bright_floor": True},
+        {"keep_model_size": "yes"},
+    ]
+    for bad in bad_values:
         with pytest.raises(ValueError):
             Preparation(**bad)
+    assert Preparation(pad_value=[1, 2, 3]).pad_value == (1, 2, 3)  # as JSON gives it
 
 
 @pytest.mark.slow

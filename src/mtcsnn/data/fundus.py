@@ -102,13 +102,25 @@ class Preparation:
     resample: str = "bicubic"
 
     def __post_init__(self) -> None:
-        if self.resample not in RESAMPLING:
+        # values may come from a file (a checkpoint's spec): each checked for type and range
+        if not isinstance(self.keep_model_size, bool):
+            raise ValueError(f"keep_model_size={self.keep_model_size!r} is not true or false")
+        if not isinstance(self.resample, str) or self.resample not in RESAMPLING:
             raise ValueError(f"resample={self.resample!r}; choose one of {sorted(RESAMPLING)}")
-        if len(self.pad_value) != 3 or not all(0 <= int(v) <= 255 for v in self.pad_value):
-            raise ValueError(f"pad_value={self.pad_value!r} is not an RGB colour of 0-255")
+        pad = self.pad_value
+        if not (
+            isinstance(pad, (tuple, list))
+            and len(pad) == 3
+            and all(_whole(v) and 0 <= v <= 255 for v in pad)
+        ):
+            raise ValueError(f"pad_value={pad!r} is not an RGB colour of 0-255")
+        object.__setattr__(self, "pad_value", tuple(int(v) for v in pad))
+        if not (_whole(self.bright_floor) and 0 <= self.bright_floor <= 255):
+            raise ValueError(f"bright_floor={self.bright_floor!r} is not a value of 0-255")
         for name in ("bright_fraction", "line_fraction", "min_disc_fraction"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not a share from 0 to 1")
+            value = getattr(self, name)
+            if not (_number(value) and 0 <= value <= 1):
+                raise ValueError(f"{name}={value!r} is not a share from 0 to 1")
 
     def as_dict(self) -> dict:
         """The values, as JSON holds them (the pad colour as a list)."""
@@ -182,6 +194,14 @@ class Preparation:
             f"({self.resample}); where no disc stands out, the centre square is taken instead. "
             "Fed to the model as uint8, normalised inside it."
         )
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _plain(value: object) -> object:
