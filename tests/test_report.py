@@ -18,6 +18,7 @@ from mtcsnn.run.results import (
     paired_difference,
     read_val_predictions,
 )
+from mtcsnn.run.results_page import md
 
 TEST_AUROC = {
     ("ce", 1): 0.70,
@@ -555,7 +556,7 @@ def test_a_damaged_val_predictions_file_leaves_the_choice_to_the_best_epoch(tmp_
     assert damaged.held_out_problem.startswith("val_predictions.csv unusable (")
     assert main([str(tmp_path)]) == 0
     listed = (tmp_path / "results.md").read_text().split("## Runs counted without a held-out")[1]
-    assert f"- `{path.parent}`: val_predictions.csv unusable (" in listed
+    assert f"- {md(path.parent)}: val_predictions.csv unusable (" in listed
     assert "\n- " not in listed.split(damaged.held_out_problem)[1]  # that run alone
 
 

@@ -4,8 +4,9 @@
 probabilities and scores.
 
 Writes ``model.onnx`` or ``model.pt`` (uint8 images in, class probabilities and severity score
-out, normalisation inside) and ``model.json`` (its input, preprocessing, outputs and intended
-use) into the output dir.
+out, normalisation inside) and ``model.json`` (its input, outputs and intended use, and the
+preprocessing step by step with its values, written from the values ``predict`` prepares
+images with) into the output dir. Neither is ever written through a symlink found there.
 """
 
 from __future__ import annotations

@@ -19,16 +19,17 @@ import csv
 import hashlib
 import io
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from mtcsnn.data import fundus
 from mtcsnn.data.datamodule import SPLITS, PairDataModule, check_scorable
 from mtcsnn.data.fundus import open_photo, prepare_image
 from mtcsnn.errors import ConfigError, DataError
+from mtcsnn.writing import csv_text, write_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 NUM_GRADES = 5
@@ -195,7 +196,8 @@ class FundusFolderDataModule(PairDataModule):
     def cache_key(self, rows: list[dict[str, str]]) -> str:
         digest = hashlib.sha256()
         digest.update(self.labels.read_bytes())
-        digest.update(f"{self.size} {PREPARATION_VERSION}".encode())
+        # the preparation's values too: a cache prepared with other values is not used
+        digest.update(f"{self.size} {PREPARATION_VERSION} {fundus.PREPARATION.as_dict()}".encode())
         if not any(row["split"] for row in rows):
             digest.update(f"{self.val_fraction} {self.test_fraction} {self.split_seed}".encode())
         for row in rows:
@@ -282,18 +284,12 @@ class FundusFolderDataModule(PairDataModule):
     @staticmethod
     def write_cache(cache: Path, arrays: dict[str, np.ndarray]) -> None:
         """The prepared arrays (whole or not at all) and the split of each photograph."""
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache.with_name(f".{cache.stem}.partial.npz")
-        try:
-            np.savez(partial, **arrays)
-            os.replace(partial, cache)
-        finally:
-            partial.unlink(missing_ok=True)
+        # whole or not at all, never through a symlink planted in the cache folder; paths
+        # that a spreadsheet would run as formulas are escaped in the CSV
+        write_atomic(cache, lambda f: np.savez(f, **arrays), binary=True)
         split_csv = cache.with_suffix(".splits.csv")
-        with open(split_csv, "w", newline="") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(["path", "grade", "split"])
-            writer.writerows(zip(arrays["paths"], arrays["grades"], arrays["splits"], strict=True))
+        rows = zip(arrays["paths"], arrays["grades"], arrays["splits"], strict=True)
+        write_text_atomic(split_csv, csv_text(["path", "grade", "split"], rows))
         log.info(
             "prepared %d photographs into %s (splits: %s)", len(arrays["grades"]), cache, split_csv
         )

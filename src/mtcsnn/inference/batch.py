@@ -5,8 +5,6 @@ Inputs that cannot be read are returned with the reason; the others are still pr
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Iterable, Sequence
 
@@ -16,6 +14,7 @@ from torch import nn
 from mtcsnn.errors import ConfigError
 from mtcsnn.inference.images import ImageSource, expand_inputs, read_all
 from mtcsnn.models import MTCSNNModule
+from mtcsnn.writing import csv_text as safe_csv_text
 
 PREDICTION_HEADER = ["path", "pred", *[f"prob_{c}" for c in range(5)], "score"]
 FAILURE_HEADER = ["input", "reason"]
@@ -134,8 +133,8 @@ def predict_inputs(
 
 
 def csv_text(header: list[str], rows: Iterable) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buf.getvalue()
+    """CSV text; each text cell that a spreadsheet would run as a formula (an input named
+    ``=HYPERLINK(...)``, ``-2+3``, ``@SUM(...)``) starts with ``'`` (OWASP's advice), numbers
+    stay numbers, and commas, quotes and line breaks are quoted (see
+    :func:`mtcsnn.writing.csv_text`)."""
+    return safe_csv_text(header, rows)

@@ -1,8 +1,9 @@
 """A trained model outside the framework: ONNX or TorchScript, normalisation inside.
 
-The exported model takes what ``predict`` feeds the network, uint8 RGB images
-N x 3 x S x S (S: the model's input size, images prepared as ``preprocessing`` in the JSON
-beside it says), and returns the 5 class probabilities (N x 5, as the model's loss defines
+The exported model takes what ``predict`` feeds the network, uint8 RGB images N x 3 x S x S
+(S: the model's input size), prepared as ``preprocessing`` in the JSON beside it says; that
+section is written from :data:`mtcsnn.data.fundus.PREPARATION`, the values ``predict``
+prepares images with. It returns the 5 class probabilities (N x 5, as the model's loss defines
 them) and the severity score (N). An ensemble's members are exported as one model that averages
 them, as ``predict`` does.
 """
@@ -14,9 +15,12 @@ from pathlib import Path
 
 import torch
 
+from mtcsnn.data import fundus
+from mtcsnn.data.fundus import Preparation
 from mtcsnn.errors import check_choice, require
 from mtcsnn.inference.batch import INTENDED_USE, Grader
 from mtcsnn.models import MTCSNNModule
+from mtcsnn.writing import write_atomic
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -30,39 +34,46 @@ def export_model(
     modules: MTCSNNModule | Sequence[MTCSNNModule], image_size: int, fmt: str, path: Path
 ) -> Path:
     """Write ``modules`` (one, or an ensemble averaged) as ``fmt`` to ``path``, written whole or
-    not at all; returns ``path``."""
+    not at all, and never through a symlink planted at ``path``; returns ``path``."""
     check_format(fmt)
     grader = Grader(modules).cpu().eval()
     example = torch.zeros(2, 3, image_size, image_size, dtype=torch.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        with torch.no_grad():
-            if fmt == "torchscript":
-                torch.jit.trace(grader, example).save(str(partial))
-            else:
-                require(("onnx", "onnxscript"), "export", "format=onnx")
-                batch = torch.export.Dim("batch", min=1)
-                program = torch.onnx.export(
-                    grader,
-                    (example,),
-                    input_names=["images"],
-                    output_names=["probabilities", "score"],
-                    dynamic_shapes={"images": {0: batch}},
-                    dynamo=True,
-                    verbose=False,
-                )
-                program.save(str(partial))
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)
+    with torch.no_grad():
+        if fmt == "torchscript":
+            traced = torch.jit.trace(grader, example)
+            write_atomic(path, lambda f: torch.jit.save(traced, f), binary=True)
+        else:
+            require(("onnx", "onnxscript"), "export", "format=onnx")
+            batch = torch.export.Dim("batch", min=1)
+            program = torch.onnx.export(
+                grader,
+                (example,),
+                input_names=["images"],
+                output_names=["probabilities", "score"],
+                dynamic_shapes={"images": {0: batch}},
+                dynamo=True,
+                verbose=False,
+            )
+            # the bytes, written by the one safe writer (ONNXProgram.save opens a path itself)
+            model = program.model_proto.SerializeToString()
+            write_atomic(path, lambda f: f.write(model), binary=True)
     return path
 
 
 def model_description(
-    fmt: str, image_size: int, checkpoints: Sequence[str], file_name: str
+    fmt: str,
+    image_size: int,
+    checkpoints: Sequence[str],
+    file_name: str,
+    preparation: Preparation | None = None,
 ) -> dict:
-    """The JSON written beside an exported model: what goes in, what comes out, for what."""
+    """The JSON written beside an exported model: what goes in, what comes out, for what.
+
+    ``preprocessing`` is written from ``preparation`` (by default
+    :data:`mtcsnn.data.fundus.PREPARATION`, the object ``predict`` prepares images with), step
+    by step with its values: following it gives the model what ``predict`` gives it.
+    """
+    preparation = preparation or fundus.PREPARATION
     return {
         "model": file_name,
         "format": fmt,
@@ -77,9 +88,10 @@ def model_description(
             "range": [0, 255],
         },
         "preprocessing": {
+            "summary": preparation.summary(image_size),
             "size": image_size,
-            "crop": "centre crop to the short side, then bicubic resize to size x size "
-            "(an image already size x size is used as it is); RGB, 8 bits per channel",
+            "parameters": preparation.as_dict(),
+            "steps": preparation.steps(image_size),
             "normalisation": "inside the model",
         },
         "outputs": {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from mtcsnn.errors import check_choice, require
 from mtcsnn.inference.batch import non_finite_reason
 from mtcsnn.inference.images import expand_inputs, read_all
 from mtcsnn.models import MTCSNNModule, SiameseResNet
+from mtcsnn.writing import write_atomic
 
 RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
 
@@ -83,10 +85,12 @@ def overlay_png(image: torch.Tensor, cam: torch.Tensor, title: str, path: Path) 
     axes[1].imshow(cam.cpu().numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
     for ax in axes:
         ax.axis("off")
-    fig.suptitle(title, fontsize=9)
+    # a "$" in a file name is shown as itself, not read as the start of a formula (an
+    # unfinished one stops the drawing)
+    fig.suptitle(title.replace("$", r"\$"), fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    # whole or not at all, and never through a symlink planted at the overlay's name
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=100), binary=True)
 
 
 def file_stem(name: str) -> str:
@@ -101,7 +105,8 @@ def unique_path(out_dir: Path, name: str, taken: set[Path]) -> Path:
     """
     stem = file_stem(name)
     path, number = out_dir / f"{stem}_gradcam.png", 1
-    while path in taken or path.exists():
+    # lexists: a name held by a link (even one to nothing) is taken too, and left alone
+    while path in taken or os.path.lexists(path):
         number += 1
         path = out_dir / f"{stem}_{number}_gradcam.png"
     taken.add(path)

@@ -1,4 +1,5 @@
-"""What a run leaves in its output dir, written atomically so a kill never leaves half a file."""
+"""What a run leaves in its output dir, written atomically so a kill never leaves half a file
+and a symlink planted in the folder never redirects a write (see :mod:`mtcsnn.writing`)."""
 
 from __future__ import annotations
 
@@ -6,18 +7,30 @@ import csv
 import hashlib
 import io
 import json
-import os
 import platform
-import tempfile
-from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
-from mtcsnn.errors import WriteError
+# the one way the framework writes a file (whole or not at all, never through a planted
+# symlink), kept importable from here where the run plumbing has always found it
+from mtcsnn.writing import FILE_MODE, create_new, write_atomic, write_text_atomic
 
 if TYPE_CHECKING:  # every command loads this module (the sweep's failure callback): no torch
     import torch
+
+__all__ = [
+    "FILE_MODE",
+    "create_new",
+    "data_fingerprint",
+    "keep_weights_only",
+    "predictions_csv",
+    "val_predictions_csv",
+    "versions",
+    "write_atomic",
+    "write_json",
+    "write_text_atomic",
+]
 
 PACKAGES = (
     "mtcsnn",
@@ -30,47 +43,6 @@ PACKAGES = (
     "omegaconf",
     "wandb",
 )
-
-
-def _file_mode() -> int:
-    """The mode a new file gets here (0o666 less the umask); mkstemp would make it 0o600."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-FILE_MODE = _file_mode()
-
-
-def write_atomic(path: str | Path, write: Callable[[IO], object], binary: bool = False) -> None:
-    """``write(file)`` into a temporary file beside ``path``, then rename it to ``path``.
-
-    A kill or a full disk never leaves half a file: the old one stays until the new one is whole.
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as err:
-        raise WriteError(f"cannot write {path}: {err.strerror or err}") from None
-    try:
-        os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, "wb" if binary else "w", newline=None if binary else "") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
-        kept = " (the previous file is kept)" if path.exists() else ""
-        raise WriteError(f"cannot write {path}: {err.strerror or err}{kept}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    write_atomic(path, lambda f: f.write(text))
 
 
 # what eval, predict and explain read from a checkpoint; the rest only resumes training

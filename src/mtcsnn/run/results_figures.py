@@ -9,6 +9,19 @@ from pathlib import Path
 import numpy as np
 
 from mtcsnn.run.results import Run, best_configuration, label, val_curve
+from mtcsnn.writing import write_atomic
+
+
+def shown(text: str) -> str:
+    """A label as figure text: a ``$`` in a config value or folder name is shown as a dollar
+    sign, not read by matplotlib as the start of a formula (which can stop the report)."""
+    return text.replace("$", r"\$")
+
+
+def save(fig, path: Path) -> Path:
+    """The figure as a PNG, whole or not at all, never through a symlink planted at ``path``."""
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=120), binary=True)
+    return path
 
 
 def write_figures(groups: dict[tuple, list[Run]], out: Path) -> list[Path]:
@@ -22,7 +35,7 @@ def write_figures(groups: dict[tuple, list[Run]], out: Path) -> list[Path]:
     written = []
     best = best_configuration(groups)
     best_runs = groups[best]
-    title = f"{label(best)} ({len(best_runs)} seed(s), best mean val AUROC)"
+    title = f"{shown(label(best))} ({len(best_runs)} seed(s), best mean val AUROC)"
 
     confusion = sum(np.array(r.metrics["test_confusion"]) for r in best_runs)
     fig = Figure(figsize=(5, 4.5))
@@ -40,8 +53,7 @@ def write_figures(groups: dict[tuple, list[Run]], out: Path) -> list[Path]:
     ax.set(xlabel="predicted grade", ylabel="true grade", title="test confusion, summed over seeds")
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    written.append(out / "confusion_matrix.png")
-    fig.savefig(written[-1], dpi=120)
+    written.append(save(fig, out / "confusion_matrix.png"))
 
     grades = torch.from_numpy(np.concatenate([r.grades for r in best_runs]))
     probs = torch.from_numpy(np.concatenate([r.probs for r in best_runs])).float()
@@ -59,15 +71,14 @@ def write_figures(groups: dict[tuple, list[Run]], out: Path) -> list[Path]:
     ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    written.append(out / "roc_curves.png")
-    fig.savefig(written[-1], dpi=120)
+    written.append(save(fig, out / "roc_curves.png"))
 
     curves = {}
     for config, runs in sorted(groups.items(), key=lambda kv: label(kv[0])):
         found = [c for c in (val_curve(r) for r in runs) if c is not None]
         if found:
             length = min(len(c[1]) for c in found)
-            curves[label(config)] = (
+            curves[shown(label(config))] = (
                 found[0][0][:length],
                 np.mean([c[1][:length] for c in found], 0),
             )
@@ -80,8 +91,7 @@ def write_figures(groups: dict[tuple, list[Run]], out: Path) -> list[Path]:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.legend(fontsize=7)
         fig.tight_layout()
-        written.append(out / "val_curves.png")
-        fig.savefig(written[-1], dpi=120)
+        written.append(save(fig, out / "val_curves.png"))
 
     lam_figure = lambda_figure(groups, out)
     if lam_figure:
@@ -104,7 +114,7 @@ def lambda_figure(groups: dict[tuple, list[Run]], out: Path) -> Path | None:
                 for k, v in settings.items()
                 if k != "choices.loss" and not k.startswith("config.loss.")
             )
-            series[label(rest)][float(lam)].append(run.metrics["test"]["auroc"])
+            series[shown(label(rest))][float(lam)].append(run.metrics["test"]["auroc"])
     if not any(len(points) > 1 for points in series.values()):
         return None
     from matplotlib.figure import Figure
@@ -121,6 +131,4 @@ def lambda_figure(groups: dict[tuple, list[Run]], out: Path) -> Path | None:
     )
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path = out / "auroc_vs_lambda.png"
-    fig.savefig(path, dpi=120)
-    return path
+    return save(fig, out / "auroc_vs_lambda.png")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,30 @@ from mtcsnn.run.results import (
     label,
     summarise,
 )
+
+# control characters and line breaks of every kind: a line break would end a table row or
+# start a new block (a heading, a list) on the page
+_BREAKS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+# Markdown's inline punctuation, a backslash before each shows it as itself
+_INLINE = re.compile(r"([\\`*|\[\]{}~!#$^])")
+# an underscore that opens or closes emphasis (not one inside a word, as in batch_size)
+_EMPHASIS_UNDERSCORE = re.compile(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+# what starts a block at the start of a line: a list item, a quote, a heading, a rule
+_BLOCK_START = re.compile(r"^(\s*)([-+=])|^(\s*\d+)([.)])(?=\s|$)")
+# what a renderer would turn into a link by itself: a URL's scheme, www., an e-mail's @
+_AUTOLINK = re.compile(r"(?i)(?<=[a-z])(:)(?=//)|(?<=\bwww)(\.)|(@)")
+
+
+def md(value: object) -> str:
+    """Text from a run folder (a config value, a label, a folder name, a reason) as Markdown
+    that shows it as it is: nothing in it makes a table column, HTML, a heading, emphasis, a
+    link or a new line on the page."""
+    text = _BREAKS.sub(" ", str(value))
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = _INLINE.sub(r"\\\1", text)
+    text = _EMPHASIS_UNDERSCORE.sub(r"\\_", text)
+    text = _AUTOLINK.sub(lambda m: "\\" + m.group(0), text)
+    return _BLOCK_START.sub(lambda m: "\\".join(g for g in m.groups() if g is not None), text)
 
 
 def seeds_cell(runs: list[Run]) -> str:
@@ -53,7 +78,7 @@ def results_markdown(
     ]
     held_out = any(HELD_OUT in summarise(runs) for runs in groups.values())
     lines = [
-        f"# Results: {root}",
+        f"# Results: {md(root)}",
         "",
         "Test metrics of the best-val checkpoint of each run, mean +/- std over seeds.",
         "",
@@ -69,7 +94,7 @@ def results_markdown(
         cells = [mean_std(*s[f"test/{m}"]) for m in (*METRICS, *extra)]
         columns = ("val/auroc", HELD_OUT) if held_out else ("val/auroc",)
         cells += [mean_std(*s[key]) if key in s else "-" for key in columns]
-        lines.append(f"| {label(config)} | {seeds_cell(runs)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {md(label(config))} | {seeds_cell(runs)} | " + " | ".join(cells) + " |")
     if held_out:
         lines += [
             "",
@@ -92,7 +117,7 @@ def results_markdown(
         for row in compared:
             cells = difference_cells(row)
             lines.append(
-                f"| {label(row['config'])} | {label(row['baseline'])} | {row['seeds']} | "
+                f"| {md(label(row['config']))} | {md(label(row['baseline']))} | {row['seeds']} | "
                 + " | ".join(cells)
                 + " |"
             )
@@ -123,11 +148,13 @@ def results_markdown(
         for row in ensembles:
             scores = [f"{row['scores'][m]:.4f}" for m in ("auroc", "acc", "kappa", "mae")]
             if "baseline" in row:
-                diffs = [label(row["baseline"]), *difference_cells(row)]
+                diffs = [md(label(row["baseline"])), *difference_cells(row)]
             else:
                 diffs = ["-", "-", "-"]
             lines.append(
-                f"| {label(row['config'])} | {row['seeds']} | " + " | ".join(scores + diffs) + " |"
+                f"| {md(label(row['config']))} | {row['seeds']} | "
+                + " | ".join(scores + diffs)
+                + " |"
             )
     lines += chosen_on_val_lines(groups)
     lines += score_decoding_lines(groups)
@@ -142,7 +169,8 @@ def held_out_problem_lines(groups: dict[tuple, list[Run]]) -> list[str]:
     if not listed:
         return []
     lines = ["", "## Runs counted without a held-out val AUROC", ""]
-    lines += [f"- `{r.path}`: {r.held_out_problem}" for r in sorted(listed, key=lambda r: r.path)]
+    listed.sort(key=lambda r: r.path)
+    lines += [f"- {md(r.path)}: {md(r.held_out_problem)}" for r in listed]
     return lines
 
 
@@ -162,8 +190,8 @@ def skipped_lines(skipped: list[tuple[Path, str]]) -> list[str]:
             lines += ["", f"## {title}", ""]
             for path, why in listed:
                 reason = why.removeprefix("failed: ")
-                said = "" if why in (DEBUG_RUN, UNTESTED_TRIAL) else f": {reason}"
-                lines.append(f"- `{path}`{said}")
+                said = "" if why in (DEBUG_RUN, UNTESTED_TRIAL) else f": {md(reason)}"
+                lines.append(f"- {md(path)}{said}")
     return lines
 
 
@@ -185,7 +213,7 @@ def score_decoding_lines(groups: dict[tuple, list[Run]]) -> list[str]:
                 ]
                 std = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
                 cells.append(mean_std(float(np.mean(values)), std))
-        rows.append(f"| {label(config)} | {len(decoded)} | " + " | ".join(cells) + " |")
+        rows.append(f"| {md(label(config))} | {len(decoded)} | " + " | ".join(cells) + " |")
     if not rows:
         return []
     head = " | ".join(
@@ -229,10 +257,10 @@ def chosen_on_val_lines(groups: dict[tuple, list[Run]]) -> list[str]:
         listed += [("-", c) for c in row["too_few"]]
         for rank, config in listed:
             s = summarise(groups[config])
-            name = f"**{label(config)}**" if rank == "1" else label(config)
+            name = f"**{md(label(config))}**" if rank == "1" else md(label(config))
             held_out = mean_std(*s[HELD_OUT]) if HELD_OUT in s else "-"
             lines.append(
-                f"| {row['loss']} | {by} | {rank} | {name} | {seeds_cell(groups[config])} | "
+                f"| {md(row['loss'])} | {by} | {rank} | {name} | {seeds_cell(groups[config])} | "
                 f"{mean_std(*s['val/auroc'])} | {held_out} | {mean_std(*s['test/auroc'])} |"
             )
     return lines
