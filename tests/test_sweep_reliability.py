@@ -72,25 +72,24 @@ def test_a_config_error_fails_only_its_job_and_the_ended_sweep_resumes(tmp_path)
     assert (sweep / "1" / "metrics.json").read_text() == metrics
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    ("args", "key"),
-    [
-        (SMALL + ["model.net.dropout=2"], "model.net.dropout=2"),  # a range check
-        # raised by the data module while it is built (Hydra wraps it): named by its config key
-        (
-            ["data=fundus_folder", "data.labels=absent.csv", "data.val_fraction=2", "trainer=cpu"],
-            "data.val_fraction=2",
-        ),
-    ],
-    ids=["range-check", "while-built"],
-)
-def test_a_single_run_stopped_by_a_config_error_says_why_in_its_folder(tmp_path, args, key):
-    line = one_error_line(run_train(*args, f"hydra.run.dir={tmp_path}"))
-    assert key in line
+@pytest.mark.parametrize("value", ["loss.lam=-1", "model.net.dropout=2"])
+def test_a_single_run_stopped_by_a_range_error_says_why_in_its_folder(tiny_cfg, tmp_path, value):
+    from mtcsnn.train import main
+
+    with pytest.raises(ConfigError, match=value.split("=")[0]):
+        main.__wrapped__(tiny_cfg(value))  # the command's task; its wrapper prints the line
     failed = json.loads((tmp_path / "failed.json").read_text())
-    assert failed["type"] == "ConfigError" and key in failed["error"]
+    assert failed["type"] == "ConfigError" and value in failed["error"]
     assert "traceback" not in failed  # an error of ours: the line says it all
+
+
+@pytest.mark.slow
+def test_a_config_error_raised_while_the_data_is_built_is_one_line_and_recorded(tmp_path):
+    args = ["data=fundus_folder", "data.labels=absent.csv", "data.val_fraction=2", "trainer=cpu"]
+    line = one_error_line(run_train(*args, f"hydra.run.dir={tmp_path}"))
+    assert "data.val_fraction=2" in line  # named by its config key, not the class's argument
+    failed = json.loads((tmp_path / "failed.json").read_text())
+    assert failed["type"] == "ConfigError" and "data.val_fraction=2" in failed["error"]
 
 
 def test_an_error_of_another_library_while_building_is_one_line_with_its_traceback_kept():
@@ -250,19 +249,18 @@ def test_a_damaged_last_ckpt_alone_starts_from_scratch_with_a_warning(tmp_path, 
     assert "starting from scratch" in caplog.text
 
 
-@pytest.mark.slow
-def test_a_run_resumes_past_a_truncated_last_ckpt_without_a_traceback(tmp_path):
-    run = [*SMALL, "keep_training_state=true", "callbacks.last_checkpoint.every_n_epochs=1"]
-    assert run_train(*run, f"hydra.run.dir={tmp_path}").returncode == 0
+def test_a_run_resumes_past_a_truncated_last_ckpt_without_a_traceback(tiny_cfg, tmp_path, caplog):
+    from mtcsnn.run.training import train
+
+    run = ["trainer.max_epochs=1", "keep_training_state=true"]
+    train(tiny_cfg(*run, "callbacks.last_checkpoint.every_n_epochs=1"))
     (tmp_path / "metrics.json").unlink()  # as if killed after its last checkpoints
     last = tmp_path / "checkpoints" / "last.ckpt"
     last.write_bytes(last.read_bytes()[:1000])
-    proc = run_train(*run, f"hydra.run.dir={tmp_path}", "resume=true")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stdout + proc.stderr
-    assert "last.ckpt cannot be read" in proc.stdout + proc.stderr
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    with caplog.at_level(logging.WARNING):
+        metrics = train(tiny_cfg(*run, "callbacks.last_checkpoint.every_n_epochs=1", "resume=true"))
     assert metrics["resumed_from"].endswith("epoch_000.ckpt")
+    assert "last.ckpt cannot be read" in caplog.text and "epoch_000.ckpt" in caplog.text
 
 
 # --- links planted in the run folder ----------------------------------------------------------
