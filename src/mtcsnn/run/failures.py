@@ -164,10 +164,14 @@ class SweepHold(Callback):
     so a sweep that ended or was killed leaves no stale hold, and ``resume=true`` works."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
         try:
-            hold(Path(config.hydra.sweep.dir), what="sweep")
+            hold(sweep_dir, what="sweep")
         except RunDirError as err:
             print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(1) from None
+        except OSError as err:
+            print(f"error: cannot create {sweep_dir}: {err.strerror or err}", file=sys.stderr)
             raise SystemExit(1) from None
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

@@ -107,13 +107,15 @@ def remove_leftovers(out_dir: Path) -> list[Path]:
         where = Path(out_dir) / folder
         if where.is_symlink() or not where.is_dir():
             continue
-        for entry in os.scandir(where):
-            if LEFTOVER.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
-                try:
-                    os.unlink(entry.path)
-                except FileNotFoundError:
-                    continue
-                removed.append(Path(entry.path))
+        with os.scandir(where) as entries:
+            leftovers = [
+                Path(entry.path)
+                for entry in entries
+                if LEFTOVER.fullmatch(entry.name) and entry.is_file(follow_symlinks=False)
+            ]
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+            removed.append(path)
     if removed:
         names = ", ".join(str(p.relative_to(out_dir)) for p in sorted(removed))
         log.info("removed %d temporary file(s) an interrupted write left: %s", len(removed), names)
