@@ -23,6 +23,7 @@ from mtcsnn.run.config import NOT_TRAINING_KEYS, changes_training
 from mtcsnn.run.failures import BuildError, our_error
 from mtcsnn.run.run_dir import (
     RunDirError,
+    check_resume,
     config_differences,
     hold,
     keep_original,
@@ -302,7 +303,7 @@ def test_a_link_planted_in_the_original_record_is_replaced_not_written_through(t
     ).read_text() == "overrides.yaml: now\n"
 
 
-@pytest.mark.parametrize("planted", ["folder", "source"])
+@pytest.mark.parametrize("planted", ["folder", "source", "compared"])
 def test_a_linked_record_folder_or_source_is_refused(tmp_path, planted):
     run_dir, outside = run_with_record(tmp_path)
     original = run_dir / ".hydra" / "original"
@@ -314,6 +315,9 @@ def test_a_linked_record_folder_or_source_is_refused(tmp_path, planted):
         original.mkdir()
         (original / "config.yaml").symlink_to(outside)  # would be copied into the record
     with pytest.raises(RunDirError, match="symbolic link"):
-        (keep_original if planted == "folder" else restore_original)(run_dir)
+        if planted == "compared":  # what a resume compares its settings with
+            check_resume(run_dir, OmegaConf.create({"seed": 1}), in_sweep=False)
+        else:
+            (keep_original if planted == "folder" else restore_original)(run_dir)
     assert list(elsewhere.iterdir()) == [] and outside.read_text() == "keep: me\n"
     assert (run_dir / ".hydra" / "config.yaml").read_text() == "config.yaml: now\n"

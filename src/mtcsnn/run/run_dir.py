@@ -145,16 +145,12 @@ def _open_dir(parent: int, name: str, path: Path, create: bool = False) -> int:
         raise
 
 
-def _copy(src_dir: int, dst_dir: int, name: str, where: Path) -> bool:
-    """``name`` from one folder to the other, as a new file renamed over the old one.
-
-    A link planted at either end is never followed: it is refused as the source and replaced
-    (not written through) as the target. False when there is no such source file.
-    """
+def _read(folder: int, name: str, where: Path) -> tuple[bytes, os.stat_result] | None:
+    """A file of the run's record, never through a link; None when there is none."""
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=src_dir)
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
     except FileNotFoundError:
-        return False
+        return None
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise RunDirError(
@@ -163,15 +159,28 @@ def _copy(src_dir: int, dst_dir: int, name: str, where: Path) -> bool:
             ) from None
         raise
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # a FIFO would hang the read
             raise RunDirError(f"{where / name} is not a regular file: remove it")
-        data, times = f.read(), os.fstat(f.fileno())
+        return f.read(), os.fstat(f.fileno())
+
+
+def _copy(src_dir: int, dst_dir: int, name: str, where: Path) -> bool:
+    """``name`` from one folder to the other, as a new file renamed over the old one.
+
+    A link planted at either end is never followed: it is refused as the source and replaced
+    (not written through) as the target. False when there is no such source file.
+    """
+    read = _read(src_dir, name, where)
+    if read is None:
+        return False
+    data, times = read
     tmp = f".{name}.{secrets.token_hex(4)}.tmp"  # LEFTOVER's pattern: a kill leaves no stray
     out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=dst_dir)
     try:
         with os.fdopen(out, "wb") as f:
             f.write(data)
-            os.utime(f.fileno(), ns=(times.st_atime_ns, times.st_mtime_ns))
+            f.flush()
+            os.utime(f.fileno(), ns=(times.st_atime_ns, times.st_mtime_ns))  # as copy2 kept
         os.replace(tmp, name, src_dir_fd=dst_dir, dst_dir_fd=dst_dir)
     except BaseException:
         os.unlink(tmp, dir_fd=dst_dir)
@@ -196,6 +205,19 @@ def _copy_all(out_dir: Path, src: str, dst: str, create: bool = False) -> None:
     finally:
         for fd in opened:
             os.close(fd)
+
+
+def _read_original(out_dir: Path, name: str) -> bytes | None:
+    """``.hydra/original/<name>``, read without following a link planted on the way."""
+    opened = [os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY)]
+    try:
+        for sub, path in ((".hydra", out_dir / ".hydra"), ("original", out_dir / ORIGINAL)):
+            opened.append(_open_dir(opened[-1], sub, path))
+        read = _read(opened[-1], name, out_dir / ORIGINAL)
+    finally:
+        for fd in opened:
+            os.close(fd)
+    return None if read is None else read[0]
 
 
 def keep_original(out_dir: Path) -> None:
@@ -238,7 +260,8 @@ def check_resume(out_dir: Path, cfg: DictConfig, in_sweep: bool) -> None:
             f"resume=true but nothing was started in {out_dir} (no checkpoints/last.ckpt, no "
             "earlier run): check the path, or leave out resume=true to start a new run"
         )
-    saved = OmegaConf.to_container(OmegaConf.load(original), resolve=False)
+    text = _read_original(out_dir, "config.yaml") or b""
+    saved = OmegaConf.to_container(OmegaConf.create(text.decode(errors="replace")), resolve=False)
     current = OmegaConf.to_container(cfg, resolve=False)
     differences = config_differences(saved, current)
     if differences:
