@@ -62,8 +62,11 @@ def start_and_kill(run_dir: Path, signum: int, after_epoch: int) -> tuple[int, s
     return code, log.read_text()
 
 
-def resume_and_compare(run_dir: Path, uninterrupted: dict) -> None:
-    resumed = run_train(*RUN, f"hydra.run.dir={run_dir}", "resume=true", env=ENV)
+def resume_and_compare(
+    run_dir: Path, uninterrupted: dict, *same: str, env: dict | None = None
+) -> None:
+    """Resume with the command that started the run (``same``: its extra overrides)."""
+    resumed = run_train(*RUN, *same, f"hydra.run.dir={run_dir}", "resume=true", env=env or ENV)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["resumed_from"].endswith("last.ckpt")
@@ -100,22 +103,22 @@ def test_sigterm_inside_an_epoch_stops_at_its_end(tmp_path, uninterrupted, point
     # Ctrl-C (SIGINT) stops the same way: last.ckpt at the epoch end, one line to resume.
     batch, val, signal_name = point
     run_dir = tmp_path / "run"
-    stopped = run_train(
-        *RUN,
-        f"hydra.run.dir={run_dir}",
+    # callbacks change training, so a resume must name the same ones (this one fires in epoch 2)
+    interrupt = (
         "+callbacks.interrupt._target_=interrupt.SigtermAt",
         "+callbacks.interrupt.epoch=2",
         f"+callbacks.interrupt.batch={batch}",
         f"+callbacks.interrupt.val={val}",
         f"+callbacks.interrupt.signal_name={signal_name}",
-        env={**ENV, "PYTHONPATH": str(Path(__file__).parent)},
     )
+    env = {**ENV, "PYTHONPATH": str(Path(__file__).parent)}
+    stopped = run_train(*RUN, f"hydra.run.dir={run_dir}", *interrupt, env=env)
     assert stopped.returncode != 0
     assert f"stopped by {signal_name} after epoch 2" in stopped.stderr
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
     assert "Traceback" not in stopped.stdout + stopped.stderr
     assert not (run_dir / "metrics.json").exists()
-    resume_and_compare(run_dir, uninterrupted)
+    resume_and_compare(run_dir, uninterrupted, *interrupt, env=env)
 
 
 def test_resuming_a_finished_run_keeps_it(tmp_path):

@@ -18,11 +18,13 @@ def main(cfg: DictConfig) -> float | None:
     from mtcsnn.run.failures import recorded
     from mtcsnn.run.training import train
 
-    check_config(cfg)  # before anything is built for it
     if cfg.get("hparams_search"):
         from mtcsnn.run.search import search  # optuna is imported only for a search
 
+        check_config(cfg)  # before anything is built for it
         return search(cfg)
+    # train checks the config first, inside recorded: a bad value fails only its own job of a
+    # sweep, and a single run's folder says why it stopped (failed.json)
     results = recorded(train, cfg)
     metric = cfg.get("optimized_metric")
     if results is None or not metric:

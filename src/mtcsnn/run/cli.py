@@ -19,10 +19,12 @@ from typing import Any
 import hydra
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from mtcsnn.errors import MTCSNNError
 from mtcsnn.run.config import CONFIG_PATH
+from mtcsnn.run.failures import BuildError, our_error
 
 # the checkpoint named in the example command lines the checkpoint tools print
 EXAMPLE_CKPT = "logs/train/runs/<date>_<time>/checkpoints/epoch_012.ckpt"
@@ -193,6 +195,12 @@ def command(
                 return task(cfg)
             except MTCSNNError as err:
                 raise SystemExit(f"error: {err}") from None
+            except InstantiationException as err:
+                # Hydra wraps an error of ours raised while an object of the config is built
+                inner = our_error(err)
+                if isinstance(inner, MTCSNNError) and not isinstance(inner, BuildError):
+                    raise SystemExit(f"error: {inner}") from None
+                raise
 
         run = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)(
             one_line_errors

@@ -61,3 +61,45 @@ def flatten(tree: dict, prefix: str = "") -> dict:
         else:
             out[name] = tuple(value) if isinstance(value, list) else value
     return out
+
+
+# Settings that cannot change what a run trains nor the numbers it reports: where files go,
+# what is logged or shown, how many threads and loader workers do the work (the augmentation
+# and the pairing draw in the main process), whether a run resumes and what it keeps on disk.
+# A resume may differ in them (mtcsnn.run.run_dir) and the report does not tell configurations
+# apart by them (mtcsnn.run.results). Everything else, callbacks included (early stopping, EMA,
+# which checkpoint is kept), changes training and must match.
+NOT_TRAINING_KEYS = frozenset(
+    {
+        "resume",
+        "threads",
+        "keep_training_state",
+        "data.root",
+        "data.num_workers",
+        "data.download",
+        "data.cache_dir",
+        "data.eval_batch_size",
+        "trainer.enable_progress_bar",
+        "trainer.enable_model_summary",
+        "trainer.log_every_n_steps",
+        # how often last.ckpt is written: a run resumed from any epoch end gives the same numbers
+        "callbacks.last_checkpoint.every_n_epochs",
+        # a record of every epoch's val predictions, and where it goes
+        "callbacks.val_predictions.path",
+    }
+)
+# whole sections (and the choice of their config file: `logger=wandb`)
+NOT_TRAINING_SECTIONS = ("paths", "logger", "hydra")
+# folders files are written to, wherever they appear (a checkpoint callback's dirpath)
+NOT_TRAINING_SUFFIXES = (".dirpath", ".save_dir", "default_root_dir")
+
+
+def changes_training(key: str) -> bool:
+    """Whether the setting ``key`` (``model.optimizer.lr``) can change what a run trains."""
+    section = key.split(".", 1)[0]
+    return not (
+        key in NOT_TRAINING_KEYS
+        or section in NOT_TRAINING_SECTIONS
+        or section.startswith("hydra/")  # a choice of Hydra's own groups (hydra/launcher)
+        or key.endswith(NOT_TRAINING_SUFFIXES)
+    )

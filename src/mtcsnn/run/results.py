@@ -29,32 +29,27 @@ import yaml
 from mtcsnn.grading.comparison import PAIRED_METRICS, grade_scores, pooled_difference
 from mtcsnn.grading.comparison import paired_difference as compare
 from mtcsnn.grading.selection import held_out_auroc
-from mtcsnn.run.config import flatten
+from mtcsnn.run.config import (
+    NOT_TRAINING_KEYS,
+    NOT_TRAINING_SECTIONS,
+    NOT_TRAINING_SUFFIXES,
+    changes_training,
+    flatten,
+)
 from mtcsnn.run.failures import FAILED, failure_reason
 
 METRICS = ("auroc", "acc", "kappa", "mae")
 OPTIONAL_METRICS = {"acc_within1": "off-by-one accuracy"}
 HELD_OUT = "val/auroc_held_out"  # summarise's key for the held-out val AUROC
-# config keys that differ between runs without making them different configurations
-IGNORED_KEYS = {
+# config keys that differ between runs without making them different configurations: every
+# setting that cannot change training (the list a resume uses too), and these
+IGNORED_KEYS = NOT_TRAINING_KEYS | {
     # names of a sweep and its folder, not settings: what an experiment sets shows in the config
     "experiment",
     "task_name",
+    # repeats of a configuration differ in their seeds
     "seed",
     "data.seed",
-    "data.root",
-    "data.num_workers",
-    "data.eval_batch_size",
-    "trainer.enable_progress_bar",
-    "trainer.enable_model_summary",
-    "trainer.log_every_n_steps",
-    # how a run was executed, not what was trained: thread count (null = all cores), resuming,
-    # what is kept on disk
-    "threads",
-    "resume",
-    "keep_training_state",
-    # where a run writes its val predictions: its own folder
-    "callbacks.val_predictions.path",
     # what the checkpoint watches and which way: they follow optimized_metric, which is shown
     "callbacks.model_checkpoint.monitor",
     "callbacks.model_checkpoint.mode",
@@ -63,8 +58,8 @@ IGNORED_KEYS = {
     "callbacks.early_stopping.monitor",
     "callbacks.early_stopping.mode",
 }
-IGNORED_PREFIXES = ("paths.", "logger.", "hydra.")
-IGNORED_SUFFIXES = (".dirpath", ".save_dir", "default_root_dir")
+IGNORED_PREFIXES = tuple(f"{section}." for section in NOT_TRAINING_SECTIONS)
+IGNORED_SUFFIXES = NOT_TRAINING_SUFFIXES
 
 
 @dataclass
@@ -280,10 +275,8 @@ def collect_runs(root: Path) -> tuple[list[Run], list[tuple[Path, str]]]:
 
 
 def _ignored(key: str) -> bool:
-    name = key.split(".", 1)[1]
-    return (
-        name in IGNORED_KEYS or name.startswith(IGNORED_PREFIXES) or name.endswith(IGNORED_SUFFIXES)
-    )
+    name = key.split(".", 1)[1]  # choices.logger -> logger, config.loss.lam -> loss.lam
+    return name in IGNORED_KEYS or not changes_training(name)
 
 
 def varying_keys(runs: list[Run]) -> list[str]:

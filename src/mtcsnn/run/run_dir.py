@@ -8,59 +8,118 @@ the one the run started with and, whatever it decides, puts the original files b
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import logging
 import os
-import shutil
+import re
+import secrets
+import stat
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from mtcsnn.errors import MTCSNNError
-from mtcsnn.run.config import flatten
+from mtcsnn.run.config import changes_training, flatten
+
+log = logging.getLogger(__name__)
 
 LOCK = ".lock"
 ORIGINAL = Path(".hydra") / "original"
 HYDRA_FILES = ("config.yaml", "overrides.yaml", "hydra.yaml")
-# settings that cannot change a run's numbers: a resume may differ in them
-FREE_TO_CHANGE = ("logger.", "paths.", "hydra.", "callbacks.", "trainer.enable_progress_bar")
-FREE_KEYS = {"resume", "threads", "keep_training_state", "data.root", "data.num_workers"}
+# what a write that never finished leaves beside its file: mtcsnn.run.files.write_atomic's
+# temporary ``.<name>.<8 random characters>.tmp`` (tempfile.mkstemp's), and this module's own
+LEFTOVER = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp")
+# the folders of a run that such writes go to
+WRITTEN_FOLDERS = (".", "checkpoints", ".hydra", str(ORIGINAL), ".hydra/resumed")
 
-_held: dict[Path, int] = {}  # lock files this process holds, by run dir
+_held: dict[Path, list[int]] = {}  # lock file and depth of each dir this process holds
 
 
 class RunDirError(MTCSNNError):
     """The output dir belongs to another run, or holds nothing to resume."""
 
 
-def hold(out_dir: Path) -> None:
-    """Hold ``out_dir`` for this process: a second run there is refused with one line.
+class ResumeError(MTCSNNError):
+    """The run cannot go on from what its dir holds (a failure of this run: it is recorded)."""
 
-    ``flock`` dies with the process, so a killed run leaves no stale lock behind.
+
+def hold(out_dir: Path, what: str = "run") -> None:
+    """Hold ``out_dir`` for this process: a second run (or sweep) there is refused with one line.
+
+    ``flock`` dies with the process, so a killed run leaves no stale lock behind. Holding a dir
+    this process already holds nests: it is let go by as many :func:`release`.
+    ``what`` names the holder in the message: ``"run"`` or ``"sweep"``.
     """
     out_dir = Path(out_dir).resolve()
     if out_dir in _held:
+        _held[out_dir][1] += 1
         return
     out_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    lock = out_dir / LOCK
+    try:
+        # never through a link planted there, and never blocking on a FIFO
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise RunDirError(
+                f"{lock} is a symbolic link; a run never writes through one: remove it"
+            ) from None
+        raise RunDirError(f"cannot create {lock}: {err.strerror or err}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RunDirError(f"{lock} is not a regular file: remove it")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         owner = os.read(fd, 32).decode(errors="replace").strip() or "another process"
         os.close(fd)
+        option = "hydra.sweep.dir" if what == "sweep" else "hydra.run.dir"
         raise RunDirError(
-            f"{out_dir} is in use by another run (pid {owner}); wait for it to end, or give this "
-            "run its own folder (hydra.run.dir=...)"
+            f"{out_dir} is in use by another {what} (pid {owner}); wait for it to end, or give "
+            f"this {what} its own folder ({option}=...)"
         ) from None
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
-    _held[out_dir] = fd
+    _held[out_dir] = [fd, 1]
 
 
 def release(out_dir: Path) -> None:
     """Let ``out_dir`` go (the next job of a sweep in this process takes its own dir)."""
-    fd = _held.pop(Path(out_dir).resolve(), None)
-    if fd is not None:
-        os.close(fd)
+    out_dir = Path(out_dir).resolve()
+    held = _held.get(out_dir)
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1] <= 0:
+        del _held[out_dir]
+        os.close(held[0])
+
+
+def remove_leftovers(out_dir: Path) -> list[Path]:
+    """Remove the temporary files that writes cut short (a kill) left in ``out_dir``.
+
+    Only regular files named as this project names its temporary files, in the folders a run
+    writes to; a run holds the dir (:func:`hold`) first, so none is being written now.
+    """
+    removed = []
+    for folder in WRITTEN_FOLDERS:
+        where = Path(out_dir) / folder
+        if where.is_symlink() or not where.is_dir():
+            continue
+        with os.scandir(where) as entries:
+            leftovers = [
+                Path(entry.path)
+                for entry in entries
+                if LEFTOVER.fullmatch(entry.name) and entry.is_file(follow_symlinks=False)
+            ]
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    if removed:
+        names = ", ".join(str(p.relative_to(out_dir)) for p in sorted(removed))
+        log.info("removed %d temporary file(s) an interrupted write left: %s", len(removed), names)
+    return removed
 
 
 def started_before(out_dir: Path) -> bool:
@@ -68,39 +127,119 @@ def started_before(out_dir: Path) -> bool:
     return (Path(out_dir) / ORIGINAL / "config.yaml").exists()
 
 
+def _open_dir(parent: int, name: str, path: Path, create: bool = False) -> int:
+    """A folder of the run's ``.hydra`` record (``path``), opened without following a link."""
+    if create:
+        try:
+            os.mkdir(name, 0o755, dir_fd=parent)
+        except FileExistsError:
+            pass
+    try:
+        return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise RunDirError(
+                f"{path} is a symbolic link or not a folder; a run keeps its record in its own "
+                "folder only: remove it"
+            ) from None
+        raise
+
+
+def _read(folder: int, name: str, where: Path) -> tuple[bytes, os.stat_result] | None:
+    """A file of the run's record, never through a link; None when there is none."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise RunDirError(
+                f"{where / name} is a symbolic link; a run reads its record only from its own "
+                "folder: remove it"
+            ) from None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # a FIFO would hang the read
+            raise RunDirError(f"{where / name} is not a regular file: remove it")
+        return f.read(), os.fstat(f.fileno())
+
+
+def _copy(src_dir: int, dst_dir: int, name: str, where: Path) -> bool:
+    """``name`` from one folder to the other, as a new file renamed over the old one.
+
+    A link planted at either end is never followed: it is refused as the source and replaced
+    (not written through) as the target. False when there is no such source file.
+    """
+    read = _read(src_dir, name, where)
+    if read is None:
+        return False
+    data, times = read
+    tmp = f".{name}.{secrets.token_hex(4)}.tmp"  # LEFTOVER's pattern: a kill leaves no stray
+    out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=dst_dir)
+    try:
+        with os.fdopen(out, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.utime(f.fileno(), ns=(times.st_atime_ns, times.st_mtime_ns))  # as copy2 kept
+        os.replace(tmp, name, src_dir_fd=dst_dir, dst_dir_fd=dst_dir)
+    except BaseException:
+        os.unlink(tmp, dir_fd=dst_dir)
+        raise
+    return True
+
+
+def _copy_all(out_dir: Path, src: str, dst: str, create: bool = False) -> None:
+    """Hydra's files from ``.hydra/<src>`` to ``.hydra/<dst>`` (``""``: ``.hydra`` itself)."""
+    hydra = Path(out_dir) / ".hydra"
+    top = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY)  # the run dir: a link the user chose
+    opened = [top]
+    try:
+        opened.append(_open_dir(top, ".hydra", hydra))
+        ends = []
+        for sub, make in ((src, False), (dst, create)):
+            if sub:
+                opened.append(_open_dir(opened[1], sub, hydra / sub, create=make))
+            ends.append(opened[-1] if sub else opened[1])
+        for name in HYDRA_FILES:
+            _copy(ends[0], ends[1], name, hydra / src)
+    finally:
+        for fd in opened:
+            os.close(fd)
+
+
+def _read_original(out_dir: Path, name: str) -> bytes | None:
+    """``.hydra/original/<name>``, read without following a link planted on the way."""
+    opened = [os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY)]
+    try:
+        for sub, path in ((".hydra", out_dir / ".hydra"), ("original", out_dir / ORIGINAL)):
+            opened.append(_open_dir(opened[-1], sub, path))
+        read = _read(opened[-1], name, out_dir / ORIGINAL)
+    finally:
+        for fd in opened:
+            os.close(fd)
+    return None if read is None else read[0]
+
+
 def keep_original(out_dir: Path) -> None:
     """A new start: keep Hydra's record of this run where a resume cannot overwrite it."""
-    hydra_dir, original = Path(out_dir) / ".hydra", Path(out_dir) / ORIGINAL
-    if not hydra_dir.exists():
+    if not (Path(out_dir) / ".hydra").exists() and not (Path(out_dir) / ".hydra").is_symlink():
         return
-    original.mkdir(parents=True, exist_ok=True)
-    for name in HYDRA_FILES:
-        if (hydra_dir / name).exists():
-            shutil.copy2(hydra_dir / name, original / name)
+    _copy_all(out_dir, "", "original", create=True)
 
 
 def restore_original(out_dir: Path) -> None:
     """Put the run's original ``.hydra`` files back; the resume's go to ``.hydra/resumed/``."""
-    hydra_dir, original = Path(out_dir) / ".hydra", Path(out_dir) / ORIGINAL
-    if not original.exists():
+    original = Path(out_dir) / ORIGINAL
+    if not original.exists() and not original.is_symlink():
         return
-    resumed = hydra_dir / "resumed"
-    resumed.mkdir(exist_ok=True)
-    for name in HYDRA_FILES:
-        if (hydra_dir / name).exists():
-            shutil.copy2(hydra_dir / name, resumed / name)
-        if (original / name).exists():
-            shutil.copy2(original / name, hydra_dir / name)
-
-
-def _free(key: str) -> bool:
-    return key in FREE_KEYS or key.startswith(FREE_TO_CHANGE)
+    _copy_all(out_dir, "", "resumed", create=True)
+    _copy_all(out_dir, "original", "")
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
     """``key: saved -> now`` for each setting that differs and could change the numbers."""
     before, after = flatten(saved), flatten(current)
-    keys = sorted(k for k in set(before) | set(after) if not _free(k))
+    keys = sorted(k for k in set(before) | set(after) if changes_training(k))
     return [
         f"{k}: {before.get(k, '(absent)')!r} -> {after.get(k, '(absent)')!r}"
         for k in keys
@@ -121,7 +260,8 @@ def check_resume(out_dir: Path, cfg: DictConfig, in_sweep: bool) -> None:
             f"resume=true but nothing was started in {out_dir} (no checkpoints/last.ckpt, no "
             "earlier run): check the path, or leave out resume=true to start a new run"
         )
-    saved = OmegaConf.to_container(OmegaConf.load(original), resolve=False)
+    text = _read_original(out_dir, "config.yaml") or b""
+    saved = OmegaConf.to_container(OmegaConf.create(text.decode(errors="replace")), resolve=False)
     current = OmegaConf.to_container(cfg, resolve=False)
     differences = config_differences(saved, current)
     if differences:

@@ -42,7 +42,15 @@ from mtcsnn.run.files import (
     write_json,
     write_text_atomic,
 )
-from mtcsnn.run.run_dir import check_resume, hold, keep_original, release, restore_original
+from mtcsnn.run.run_dir import (
+    ResumeError,
+    check_resume,
+    hold,
+    keep_original,
+    release,
+    remove_leftovers,
+    restore_original,
+)
 from mtcsnn.run.wandb_logging import (
     finish_wandb,
     is_wandb,
@@ -125,9 +133,14 @@ def train(cfg: DictConfig, test: bool = True) -> dict:
 
 
 def claim_run_dir(cfg: DictConfig, out_dir: Path) -> None:
-    """This run's dir, held by this process; a resume must continue the run that is there."""
+    """This run's dir, held by this process; a resume must continue the run that is there.
+
+    Temporary files that a killed write left there are removed first (none is being written:
+    the dir is held).
+    """
     hold(out_dir)
     try:
+        remove_leftovers(out_dir)
         if cfg.get("resume"):
             check_resume(out_dir, cfg, in_sweep=in_multirun())
             restore_original(out_dir)
@@ -139,14 +152,65 @@ def claim_run_dir(cfg: DictConfig, out_dir: Path) -> None:
 
 
 def resume_point(cfg: DictConfig, out_dir: Path) -> Path | None:
-    """``checkpoints/last.ckpt`` of this output dir when ``resume=true`` and it exists."""
+    """The checkpoint a ``resume=true`` run goes on from: ``checkpoints/last.ckpt``, or where
+    that one is damaged (a copy cut short), the newest whole ``epoch_*.ckpt`` that holds the
+    training state, with one warning line. None: no checkpoint, the run starts from scratch."""
     if not cfg.get("resume"):
         return None
-    last = out_dir / "checkpoints" / "last.ckpt"
-    if last.exists():
+    folder = out_dir / "checkpoints"
+    last = folder / "last.ckpt"
+    if not last.exists():
+        log.info("resume=true but %s does not exist: starting from scratch", last)
+        return None
+    problem = _unresumable(last)
+    if problem is None:
         log.info("resuming from %s", last)
         return last
-    log.info("resume=true but %s does not exist: starting from scratch", last)
+    weights_only = []
+    for candidate in sorted(folder.glob("epoch_*.ckpt"), key=_newest_first):
+        reason = _unresumable(candidate)
+        if reason is None:
+            log.warning(
+                "%s cannot be read (%s): resuming from %s, the newest whole checkpoint",
+                last,
+                problem,
+                candidate,
+            )
+            return candidate
+        if reason == NO_TRAINING_STATE:
+            weights_only.append(candidate.name)
+    if weights_only:
+        raise ResumeError(
+            f"{last} cannot be read ({problem}) and {', '.join(weights_only)} holds weights but "
+            "no optimiser state (keep_training_state=false), so training cannot go on from it: "
+            "start a new run, e.g. with init_from=<that checkpoint>"
+        )
+    log.warning(
+        "%s cannot be read (%s) and no other checkpoint can: starting from scratch", last, problem
+    )
+    return None
+
+
+NO_TRAINING_STATE = "no optimiser state"
+
+
+def _newest_first(path: Path) -> tuple[float, str]:
+    try:
+        return (-path.stat().st_mtime, path.name)
+    except OSError:
+        return (0.0, path.name)
+
+
+def _unresumable(path: Path) -> str | None:
+    """Why training cannot go on from the checkpoint ``path``; None when it can."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # cut short: zip reader errors, EOFError, UnpicklingError
+        return " ".join(f"{type(err).__name__}: {err}".split())[:200]
+    if not isinstance(state, dict) or "state_dict" not in state:
+        return "not a training checkpoint"
+    if "optimizer_states" not in state or "loops" not in state:
+        return NO_TRAINING_STATE
     return None
 
 
