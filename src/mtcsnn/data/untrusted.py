@@ -24,6 +24,8 @@ from mtcsnn.errors import DataError
 
 __all__ = [
     "MAX_NPZ_BYTES",
+    "MAX_RECORD_BYTES",
+    "MAX_TABLE_BYTES",
     "NpzError",
     "UnreadableFile",
     "check_npz",
@@ -37,6 +39,10 @@ __all__ = [
 # the arrays of one .npz read at a time: RetinaMNIST at 224 px is about 0.24 GB, a folder of
 # 10,000 photographs at 224 px 1.5 GB
 MAX_NPZ_BYTES = 4 * 1024**3
+# a table read whole (a labels CSV, a run's predictions): a million rows take about 100 MB
+MAX_TABLE_BYTES = 512 * 1024**2
+# a small file of settings or results (metrics.json, failed.json, overrides.yaml)
+MAX_RECORD_BYTES = 64 * 1024**2
 KINDS = {
     stat.S_IFIFO: "a FIFO (named pipe)",
     stat.S_IFCHR: "a character device",
@@ -88,9 +94,7 @@ def file_problem(path: str | Path, max_bytes: int | None = None) -> str | None:
     None. Looks with ``stat`` (a link is followed to what it names) and never opens it."""
     try:
         info = os.stat(path)
-    except FileNotFoundError:
-        return "no such file"
-    except OSError as err:
+    except OSError as err:  # missing, no permission to search a folder, a link loop
         return err.strerror or str(err)
     return _problem(info, max_bytes)
 
