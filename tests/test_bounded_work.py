@@ -27,9 +27,14 @@ from mtcsnn.grading.score_decoding import pairwise_grades
 from mtcsnn.inference.images import expand_inputs, read_all
 from mtcsnn.report import main as report
 from mtcsnn.run.files import predictions_csv
-from mtcsnn.run.results import collect_runs, comparisons, ensemble, group_runs
+from mtcsnn.run.results import NUM_CLASSES, collect_runs, comparisons, ensemble, group_runs
 
 # --- helpers ------------------------------------------------------------------------------
+
+
+class Blocked(BaseException):
+    """Not an OSError nor an Exception: code that reads files cannot take it for a failure of
+    one file and go on."""
 
 
 @contextlib.contextmanager
@@ -37,14 +42,15 @@ def within(seconds: int):
     """Fails the test instead of hanging it (a FIFO opened for reading waits for a writer)."""
 
     def stop(*_):
-        raise TimeoutError(f"still blocked after {seconds} s")
+        raise Blocked(f"still blocked after {seconds} s")
 
     previous = signal.signal(signal.SIGALRM, stop)
-    signal.alarm(seconds)
+    # and again each second: code that catches the first one must not block for good
+    signal.setitimer(signal.ITIMER_REAL, seconds, 1)
     try:
         yield
     finally:
-        signal.alarm(0)
+        signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
 
 
@@ -283,18 +289,19 @@ def test_the_retinamnist_module_never_opens_a_fifo(tmp_path):
 # --- the report ---------------------------------------------------------------------------
 
 
-def write_run(folder: Path, loss: str, seed: int, grades: np.ndarray, test_data=None) -> Path:
+def write_run(
+    folder: Path, loss: str, seed: int, grades: np.ndarray, test_data=None, classes: int = 5
+) -> Path:
     rng = np.random.default_rng(seed)
-    logits = (
-        rng.normal(size=(len(grades), 5)) + (2.0 if loss == "mtcsnn" else 0.5) * np.eye(5)[grades]
-    )
+    skill = 2.0 if loss == "mtcsnn" else 0.5
+    logits = rng.normal(size=(len(grades), classes)) + skill * np.eye(classes)[grades]
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "config.yaml").write_text(f"seed: {seed}\n")
     metrics = {
         "val": {"auroc": 0.7, "acc": 0.5, "kappa": 0.5, "mae": 0.8},
         "test": {"auroc": 0.7, "acc": 0.5, "kappa": 0.4, "mae": 0.9},
-        "test_confusion": np.eye(5, dtype=int).tolist(),
+        "test_confusion": np.eye(classes, dtype=int).tolist(),
         "seed": seed,
         "choices": {"loss": loss},
         "config": {"seed": seed, "loss": {"lam": 0.5} if loss == "mtcsnn" else {}},
@@ -379,22 +386,33 @@ def test_a_run_whose_rows_are_shifted_against_the_others_is_set_apart(sweep):
     assert report([str(sweep), "--bootstrap", "50"]) == 0
 
 
-def test_runs_pair_and_ensemble_only_on_the_same_rows(sweep):
-    # no fingerprint recorded (older runs): the shifted run stays, but pairs with nothing
+def test_runs_pair_and_ensemble_only_on_the_same_rows_and_grades(sweep):
+    # no fingerprint recorded (older runs): a run of shifted rows and runs of 7 grades stay,
+    # but pair with nothing and join no ensemble (listed first, so they are what a group sees
+    # first)
     for job in range(6):
         metrics = json.loads((sweep / str(job) / "metrics.json").read_text())
         del metrics["test_data"]
         (sweep / str(job) / "metrics.json").write_text(json.dumps(metrics))
-    write_run(sweep / "6", "mtcsnn", 4, np.roll(GRADES, 1))
+    write_run(sweep / "00", "mtcsnn", 4, np.roll(GRADES, 1))
+    write_run(sweep / "01", "ce", 4, GRADES, classes=7)
+    write_run(sweep / "02", "mtcsnn", 4, GRADES, classes=7)
     runs, skipped = collect_runs(sweep)
-    assert len(runs) == 7 and not skipped
+    assert len(runs) == 9 and not skipped
     groups = group_runs(runs)
-    (row,) = comparisons(groups, 20)
-    assert row["seeds"] == 3 and all(a.path.name != "6" for a, _ in row["pairs"])
-    mtcsnn = next(r for c, r in groups.items() if dict(c).get("choices.loss") == "mtcsnn")
-    members, grades, _ = ensemble(mtcsnn)
-    assert sorted(r.path.name for r in members) == ["3", "4", "5"]
-    assert np.array_equal(grades, GRADES)
+    # runs of 7 grades are a configuration of their own, compared with their own CE
+    five, seven = (
+        {dict(c)["choices.loss"]: r for c, r in groups.items() if (NUM_CLASSES, k) in c}
+        for k in (5, 7)
+    )
+    assert [r.path.name for r in seven["ce"] + seven["mtcsnn"]] == ["01", "02"]
+    rows = {len(row["pairs"][0][0].probs[0]): row for row in comparisons(groups, 20)}
+    assert rows[7]["seeds"] == 1
+    assert rows[5]["seeds"] == 3 and {a.path.name for a, _ in rows[5]["pairs"]} == {"3", "4", "5"}
+    for loss, names in (("mtcsnn", ["3", "4", "5"]), ("ce", ["0", "1", "2"])):
+        members, grades, probs = ensemble(five[loss])
+        assert sorted(r.path.name for r in members) == names
+        assert np.array_equal(grades, GRADES) and probs.shape == (len(GRADES), 5)
     assert report([str(sweep), "--bootstrap", "50"]) == 0
 
 

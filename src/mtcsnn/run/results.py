@@ -21,7 +21,7 @@ import io
 import json
 import math
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -494,12 +494,20 @@ def label(config: tuple) -> str:
     return ", ".join(f"{short(k)}={v}" for k, v in config) or "all runs"
 
 
+NUM_CLASSES = "config.model.num_classes"
+
+
 def group_runs(runs: list[Run]) -> dict[tuple, list[Run]]:
     keys = varying_keys(runs)
+    # runs of other numbers of grades are never one configuration, whatever their config says
+    by_grades = len({r.probs.shape[1] for r in runs}) > 1 and NUM_CLASSES not in keys
     groups: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
         # a key the run has no value for (loss.lam of loss=ce) is left out of its label
-        groups[tuple((k, run.settings[k]) for k in keys if k in run.settings)].append(run)
+        config = tuple((k, run.settings[k]) for k in keys if k in run.settings)
+        if by_grades:
+            config += ((NUM_CLASSES, run.probs.shape[1]),)
+        groups[config].append(run)
     return dict(groups)
 
 
@@ -583,7 +591,10 @@ def comparisons(groups: dict[tuple, list[Run]], num_resamples: int) -> list[dict
         pairs = [(r, by_key[r.seed, r.tested_on]) for r in runs if (r.seed, r.tested_on) in by_key]
         if not pairs:
             continue
-        pairs = [(a, b) for a, b in pairs if a.tested_on == pairs[0][0].tested_on]
+        # the test set most pairs share (the first of equals)
+        counts = Counter(a.tested_on for a, _ in pairs)
+        most = max(counts, key=counts.__getitem__)
+        pairs = [(a, b) for a, b in pairs if a.tested_on == most]
         row = {"config": config, "baseline": base, "seeds": len(pairs), "pairs": pairs}
         for metric in PAIRED_METRICS:
             row[metric] = paired_difference(pairs, metric, num_resamples)
