@@ -28,6 +28,7 @@ import torch
 from mtcsnn.data import fundus
 from mtcsnn.data.datamodule import SPLITS, PairDataModule, check_scorable
 from mtcsnn.data.fundus import open_photo, prepare_image
+from mtcsnn.data.untrusted import MAX_TABLE_BYTES, read_text
 from mtcsnn.errors import ConfigError, DataError
 from mtcsnn.writing import csv_text, write_atomic, write_text_atomic
 
@@ -56,9 +57,12 @@ class Columns:
 
 
 def read_labels(csv_path: Path, columns: Columns = Columns()) -> list[dict[str, str]]:
-    """The rows of the labels CSV, checked: one DataError naming the first bad row."""
+    """The rows of the labels CSV, checked: one DataError naming the first bad row.
+
+    Read only if it is a regular file of at most MAX_TABLE_BYTES (``/dev/zero`` or a FIFO
+    would never end)."""
     try:
-        text = csv_path.read_text(encoding="utf-8-sig")
+        text = read_text(csv_path, MAX_TABLE_BYTES, encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else err
         raise DataError(f"cannot read the labels file {csv_path}: {reason}") from None

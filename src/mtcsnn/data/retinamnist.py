@@ -5,16 +5,20 @@ from __future__ import annotations
 import hashlib
 import zipfile
 from pathlib import Path
+from typing import BinaryIO
 
 import medmnist
 import numpy as np
 import torch
 
 from mtcsnn.data.datamodule import SPLITS, PairDataModule
+from mtcsnn.data.untrusted import NpzError, UnreadableFile, check_npz, open_regular
 from mtcsnn.errors import DataError, check_choice
 
 IMAGE_SIZES = (28, 64, 128, 224)
 DATA_DIR_ENV = "MTCSNN_DATA_DIR"
+# what the module reads of the file; together bounded by MAX_NPZ_BYTES decompressed
+ARRAYS = tuple(f"{s}_{k}" for s in SPLITS for k in ("images", "labels"))
 
 
 def npz_name(size: int) -> str:
@@ -88,7 +92,7 @@ class RetinaMNISTDataModule(PairDataModule):
             key = "MD5" if self.size == 28 else f"MD5_{self.size}"
             expected = medmnist.INFO["retinamnist"][key]
             try:
-                digest = hashlib.md5(self.path.read_bytes()).hexdigest()
+                digest = self._md5()
             except OSError as err:  # no read permission, a folder of that name, ...
                 raise DataError(self._unreadable(err)) from None
             if digest != expected:
@@ -98,9 +102,16 @@ class RetinaMNISTDataModule(PairDataModule):
                     "data.verify_md5=false for a file made on purpose."
                 )
         try:
-            with np.load(self.path) as npz:
-                contents = {k: (npz[k].shape, npz[k].dtype) for k in npz.files}
-                labels = {s: npz[f"{s}_labels"] for s in SPLITS if f"{s}_labels" in npz.files}
+            with self._open() as f:
+                # from the headers: all the arrays together are bounded before any is read
+                contents = check_npz(f, ARRAYS)
+                labels = {
+                    s: self._read(f, f"{s}_labels") for s in SPLITS if f"{s}_labels" in contents
+                }
+        except UnreadableFile as err:
+            raise DataError(self._unreadable(err)) from None
+        except NpzError as err:
+            raise DataError(f"{self.path}: {err}") from None
         except (PermissionError, IsADirectoryError) as err:
             raise DataError(self._unreadable(err)) from None
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
@@ -140,10 +151,33 @@ class RetinaMNISTDataModule(PairDataModule):
                 )
         self._checked = True
 
+    def _open(self) -> BinaryIO:
+        """The file, opened only if it is a regular file (a FIFO would block the read)."""
+        return open_regular(self.path)
+
+    def _md5(self) -> str:
+        digest = hashlib.md5()
+        with self._open() as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
+    @staticmethod
+    def _read(f: BinaryIO, key: str) -> np.ndarray:
+        f.seek(0)
+        with np.load(f, allow_pickle=False) as npz:
+            return npz[key]
+
     def load_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         self.prepare_data()
         self.check_file()
-        dataset = medmnist.RetinaMNIST(split=split, root=str(self.root), size=self.size)
-        images = torch.from_numpy(dataset.imgs).permute(0, 3, 1, 2).contiguous()
-        grades = torch.from_numpy(dataset.labels).reshape(-1).long()
+        keys = (f"{split}_images", f"{split}_labels")
+        try:
+            with self._open() as f:
+                check_npz(f, ARRAYS)  # the file checked may have been replaced since
+                imgs, labels = (self._read(f, key) for key in keys)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise DataError(f"{self.path} cannot be read as a .npz file ({err})") from None
+        images = torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous()
+        grades = torch.from_numpy(labels).reshape(-1).long()
         return images, grades

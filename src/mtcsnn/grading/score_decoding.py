@@ -55,31 +55,114 @@ def apply_thresholds(scores: torch.Tensor, direction: float, thresholds: torch.T
     return torch.searchsorted(thresholds.double(), (direction * scores.double()).contiguous())
 
 
+# the most (image, reference) differences held at once where they are computed one by one: a
+# fixed 8 MB per intermediate tensor (of doubles), whatever the number of images
+CHUNK_ELEMENTS = 1 << 20
+
+
 def pairwise_grades(
     scores: torch.Tensor,
     ref_scores: torch.Tensor,
     ref_grades: torch.Tensor,
     num_classes: int = 5,
     difference: str = "absolute",
+    chunk_elements: int = CHUNK_ELEMENTS,
 ) -> torch.Tensor:
     """Each image's grade from its score differences to reference images of known grade.
 
     The grade y minimising the mean over references of (score difference - grade difference)^2,
     with differences as the multi-task loss compared them (``absolute`` or ``signed``).
+
+    Memory is linear in the images and references: the costs come from sums over the sorted
+    references (:func:`pairwise_costs`), never from an images x references matrix. An image
+    whose two best grades are closer than the rounding of either way of computing lies within
+    is decided by the direct sum (:func:`direct_costs`), ``chunk_elements`` differences at a
+    time, so every grade is the one the direct sum gives.
     """
     candidates = torch.arange(num_classes, dtype=torch.double)
-    d_score = scores.double().unsqueeze(1) - ref_scores.double().unsqueeze(0)  # N x R
-    d_grade = candidates.unsqueeze(1) - ref_grades.double().unsqueeze(0)  # K x R
+    scores, ref_scores = scores.double().reshape(-1), ref_scores.double().reshape(-1)
+    ref_grades = ref_grades.double().reshape(-1)
+    if len(scores) == 0:
+        return torch.zeros(0, dtype=torch.long)
+    cost = pairwise_costs(scores, ref_scores, ref_grades, candidates, difference)
+    # the rounding of either sum is at most (references x epsilon) times its largest term
+    size = scores.abs().max() + (ref_scores.abs().max() if len(ref_scores) else 0) + num_classes
+    epsilon = torch.finfo(torch.double).eps
+    tolerance = 8 * epsilon * max(1000, len(ref_scores)) * float(size**2)
+    if num_classes > 1:
+        best_two = cost.topk(2, dim=1, largest=False).values
+        close = ~(best_two[:, 1] - best_two[:, 0] > tolerance)  # NaN included
+    else:
+        close = torch.zeros(len(scores), dtype=torch.bool)
+    pred = cost.argmin(1)
+    rows = close.nonzero().reshape(-1)
+    step = max(1, chunk_elements // max(1, len(ref_scores)))
+    for chunk in rows.split(step):
+        exact = direct_costs(scores[chunk], ref_scores, ref_grades, candidates, difference)
+        pred[chunk] = exact.argmin(1)
+    return pred
+
+
+def pairwise_costs(
+    scores: torch.Tensor,
+    ref_scores: torch.Tensor,
+    ref_grades: torch.Tensor,
+    candidates: torch.Tensor,
+    difference: str = "absolute",
+) -> torch.Tensor:
+    """N x K: mean over references of (score difference - grade difference)^2 for each image
+    and candidate grade, in O((N + R) K) memory and O((N + R) log R K) time.
+
+    mean_r (a - b)^2 = mean a^2 - 2 mean a b + mean b^2. With a = s - r (signed) each term is
+    a sum of moments of the references; with a = |s - r| the cross term splits at s: the
+    references below s and those above, read from prefix sums over the sorted references.
+    Scores are centred on the references' mean first, which the differences do not see.
+    """
+    n_refs = len(ref_scores)
+    if n_refs == 0:
+        return torch.full((len(scores), len(candidates)), float("nan"), dtype=torch.double)
+    centre = ref_scores.mean()
+    s, r = scores - centre, ref_scores - centre
+    d_grade = candidates.unsqueeze(1) - ref_grades.unsqueeze(0)  # K x R
+    if difference == "absolute":
+        d_grade = d_grade.abs()
+    mean_sq_score = (s**2 - 2 * s * r.mean() + (r**2).mean()).unsqueeze(1)  # N x 1
+    mean_sq_grade = (d_grade**2).mean(1).unsqueeze(0)  # 1 x K
+    if difference == "absolute":
+        order = torch.argsort(r)
+        r_sorted, weights = r[order], d_grade[:, order]  # K x R, by increasing score
+        zero = torch.zeros(len(candidates), 1, dtype=torch.double)
+        below_w = torch.cat([zero, weights.cumsum(1)], 1)  # K x (R + 1)
+        below_wr = torch.cat([zero, (weights * r_sorted).cumsum(1)], 1)
+        at = torch.searchsorted(r_sorted, s.contiguous()).clamp(max=n_refs)  # refs below s
+        w_below, wr_below = below_w[:, at].T, below_wr[:, at].T  # N x K
+        w_above, wr_above = below_w[:, -1] - w_below, below_wr[:, -1] - wr_below
+        cross = (s.unsqueeze(1) * (w_below - w_above) - wr_below + wr_above) / n_refs
+    else:
+        cross = s.unsqueeze(1) * d_grade.mean(1) - (d_grade * r).mean(1)
+    return mean_sq_score - 2 * cross + mean_sq_grade
+
+
+def direct_costs(
+    scores: torch.Tensor,
+    ref_scores: torch.Tensor,
+    ref_grades: torch.Tensor,
+    candidates: torch.Tensor,
+    difference: str = "absolute",
+) -> torch.Tensor:
+    """:func:`pairwise_costs` summed over every (image, reference) pair: memory N x R, so it
+    is given a few images at a time."""
+    d_score = scores.unsqueeze(1) - ref_scores.unsqueeze(0)  # N x R
+    d_grade = candidates.unsqueeze(1) - ref_grades.unsqueeze(0)  # K x R
     if difference == "absolute":
         d_score, d_grade = d_score.abs(), d_grade.abs()
     # mean_r (a - b)^2 = mean a^2 - 2 mean a b + mean b^2, for all (image, candidate) at once
     r = d_score.shape[1]
-    cost = (
+    return (
         (d_score**2).mean(1, keepdim=True)
         - 2 * d_score @ d_grade.T / r
         + (d_grade**2).mean(1).unsqueeze(0)
     )
-    return cost.argmin(1)
 
 
 def label_metrics(pred: torch.Tensor, grades: torch.Tensor, num_classes: int = 5) -> dict:

@@ -14,20 +14,38 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from mtcsnn.data.fundus import array_to_image, open_photo, prepare_image, to_uint8
+from mtcsnn.data.untrusted import (
+    MAX_NPZ_BYTES,
+    check_npz,
+    file_problem,
+    npz_headers,
+    open_regular,
+)
 
-__all__ = ["ImageReader", "ImageSource", "expand_inputs", "prepare_image", "read_all", "to_uint8"]
+__all__ = [
+    "ImageReader",
+    "ImageSource",
+    "expand_inputs",
+    "npz_headers",
+    "prepare_image",
+    "read_all",
+    "to_uint8",
+]
 
 log = logging.getLogger(__name__)
 SMALL_MODEL = 32  # input side up to which grading a camera photograph gets a warning
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
-# an .npz array is decompressed whole; one larger than this is refused, not read
-MAX_NPZ_ARRAY_BYTES = 2 * 1024**3
+# an image file larger than this is not read (a camera photograph is a few MB)
+MAX_IMAGE_FILE_BYTES = 1024**3
+# the arrays of an .npz are decompressed whole: more than this together is refused, not read
+MAX_NPZ_ARRAY_BYTES = MAX_NPZ_BYTES
 
 
 @dataclass
@@ -62,19 +80,30 @@ def input_list(inputs: object) -> list[str]:
 
 
 def image_files(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Image files under ``folder`` (sorted), and each folder that could not be listed, why."""
+    """Image files under ``folder`` (sorted), and what was not read there, why: each folder
+    that could not be listed, and each special file (FIFO, device, socket) with an image name,
+    which is never opened (reading a FIFO would wait forever)."""
     unreadable: list[tuple[Path, str]] = []
 
     def note(err: OSError) -> None:
-        unreadable.append((Path(err.filename or folder), err.strerror or str(err)))
+        reason = err.strerror or str(err)
+        unreadable.append((Path(err.filename or folder), f"cannot list the folder ({reason})"))
 
     found: list[Path] = []
     seen: set[str] = set()  # real paths of folders walked: a symlink loop is walked once
     for root, folders, names in os.walk(folder, onerror=note, followlinks=True):
         seen.add(os.path.realpath(root))
         folders[:] = [f for f in folders if os.path.realpath(os.path.join(root, f)) not in seen]
-        found += [Path(root) / n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES]
-    return sorted(found), unreadable
+        for name in names:
+            if Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            path = Path(root) / name
+            problem = file_problem(path)
+            if problem is None:
+                found.append(path)
+            else:
+                unreadable.append((path, f"skipped: {problem}"))
+    return sorted(found), sorted(unreadable)
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[ImageSource], list[tuple[str, str]]]:
@@ -88,14 +117,14 @@ def expand_inputs(inputs: list[str]) -> tuple[list[ImageSource], list[tuple[str,
         path = Path(str(item)).expanduser()
         if path.is_dir():
             found, unreadable = image_files(path)
-            failures.extend(
-                (shown(p), f"cannot list the folder ({reason})") for p, reason in unreadable
-            )
+            failures.extend((shown(p), reason) for p, reason in unreadable)
             if not found and not unreadable:
                 failures.append((shown(path), f"folder holds no image files {IMAGE_SUFFIXES}"))
             sources.extend(ImageSource(p) for p in found)
         elif not path.exists():
             failures.append((shown(path), "no such file or folder"))
+        elif (problem := file_problem(path)) is not None:
+            failures.append((shown(path), f"skipped: {problem}"))
         elif path.suffix.lower() == ".npz":
             try:
                 sources.extend(npz_sources(path))
@@ -106,54 +135,33 @@ def expand_inputs(inputs: list[str]) -> tuple[list[ImageSource], list[tuple[str,
     return sources, failures
 
 
-HEADER_READERS = {
-    (1, 0): np.lib.format.read_array_header_1_0,
-    (2, 0): np.lib.format.read_array_header_2_0,
-}
-
-
-def npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """Shape and type of each array of an ``.npz``, read from the headers alone.
-
-    Nothing is decompressed beyond the header, so a small file that would expand to
-    gigabytes costs nothing here.
-    """
-    headers = {}
-    with zipfile.ZipFile(path) as archive:
-        for member in archive.namelist():
-            if not member.endswith(".npy"):
-                continue
-            with archive.open(member) as f:
-                version = np.lib.format.read_magic(f)
-                if version not in HEADER_READERS:
-                    raise ValueError(f"{member}: .npy format version {version} is not supported")
-                shape, _, dtype = HEADER_READERS[version](f)
-            headers[member.removesuffix(".npy")] = (shape, dtype)
-    return headers
-
-
 def npz_sources(path: Path) -> list[ImageSource]:
-    """One source per image of every ``*_images`` array (MedMNIST: train/val/test_images)."""
+    """One source per image of every ``*_images`` array (MedMNIST: train/val/test_images).
+
+    Judged from the headers alone: the ``*_images`` arrays together may take at most
+    :data:`MAX_NPZ_BYTES` decompressed (they are held together while their images are read).
+    """
     try:
-        headers = npz_headers(path)
+        with open_regular(path) as f:
+            headers, keys = image_arrays(f)
     except zipfile.BadZipFile:
         raise ValueError("not a zip archive") from None
+    return [ImageSource(path, key, i) for key in keys for i in range(headers[key][0][0])]
+
+
+def image_arrays(file: BinaryIO) -> tuple[dict[str, tuple[tuple[int, ...], np.dtype]], list[str]]:
+    """The headers of an ``.npz`` and its ``*_images`` arrays, checked together
+    (:func:`mtcsnn.data.untrusted.check_npz`)."""
+    headers = check_npz(file, keys=())  # shapes and types, nothing judged yet
     keys = [k for k in headers if k.endswith("_images")]
     if not keys:
         raise ValueError(f"no *_images arrays; it holds {sorted(headers)}")
     for key in keys:
-        shape, dtype = headers[key]
+        shape, _ = headers[key]
         if len(shape) not in (3, 4):
             raise ValueError(f"{key} has shape {shape}, expected N x H x W (x 3)")
-        if dtype.hasobject:
-            raise ValueError(f"{key} holds Python objects, not pixels")
-        size = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
-        if size > MAX_NPZ_ARRAY_BYTES:
-            raise ValueError(
-                f"{key} would take {size / 1024**3:.1f} GiB decompressed, more than the "
-                f"{MAX_NPZ_ARRAY_BYTES / 1024**3:.0f} GiB allowed"
-            )
-    return [ImageSource(path, key, i) for key in keys for i in range(headers[key][0][0])]
+    check_npz(file, keys)
+    return headers, keys
 
 
 class ImageReader:
@@ -161,13 +169,16 @@ class ImageReader:
 
     def __init__(self, size: int) -> None:
         self.size = size
+        # the arrays of one .npz at a time (its images come one after another): what is held
+        # is bounded by what npz_sources allowed for one file
         self._arrays: dict[tuple[Path, str], np.ndarray | Exception] = {}
         self.largest_side = 0  # of the image files read, before preparation
 
     def read(self, source: ImageSource) -> torch.Tensor:
         if source.key is None:
             try:
-                photo = open_photo(source.path)
+                with open_regular(source.path, MAX_IMAGE_FILE_BYTES) as f:
+                    photo = open_photo(f)
             except UnidentifiedImageError:
                 raise ValueError("not an image file PIL can read") from None
             self.largest_side = max(self.largest_side, *photo.size)
@@ -180,9 +191,14 @@ class ImageReader:
     def _array(self, path: Path, key: str) -> np.ndarray | Exception:
         """Each array decompressed once; one that cannot be read fails each of its images."""
         if (path, key) not in self._arrays:
+            self._arrays = {k: v for k, v in self._arrays.items() if k[0] == path}
             try:
-                with np.load(path, allow_pickle=False) as npz:
-                    self._arrays[(path, key)] = npz[key]
+                # checked again as it is read: the file may have changed since it was listed
+                with open_regular(path) as f:
+                    image_arrays(f)
+                    f.seek(0)
+                    with np.load(f, allow_pickle=False) as npz:
+                        self._arrays[(path, key)] = npz[key]
             except Exception as err:  # a broken member: its images fail, the others go on
                 self._arrays[(path, key)] = ValueError(f"cannot read {key} ({err})")
         return self._arrays[(path, key)]

@@ -17,15 +17,24 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
+import math
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import yaml
 
+from mtcsnn.data.untrusted import (
+    MAX_RECORD_BYTES,
+    MAX_TABLE_BYTES,
+    UnreadableFile,
+    file_problem,
+    read_text,
+)
 from mtcsnn.grading.comparison import PAIRED_METRICS, grade_scores, pooled_difference
 from mtcsnn.grading.comparison import paired_difference as compare
 from mtcsnn.grading.selection import held_out_auroc
@@ -88,30 +97,109 @@ class Run:
         recorded = self.metrics.get("test_data")
         if isinstance(recorded, str):
             return recorded
-        return "grades:" + hashlib.sha256(self.grades.astype(np.int64).tobytes()).hexdigest()
+        return "grades:" + self._grades_digest
+
+    @property
+    def _grades_digest(self) -> str:
+        return hashlib.sha256(self.grades.astype(np.int64).tobytes()).hexdigest()
+
+    @property
+    def tested_on(self) -> tuple[str, str, int]:
+        """Runs pair (seed pairs, pooled pairs, ensembles) only when this is equal: the same
+        test data, the same grades row by row (so the same images, in the same order) and the
+        same number of grades."""
+        return self.test_data, self._grades_digest, self.probs.shape[1]
+
+
+# how far from 1 a row's probabilities may sum: written with 7 significant digits they are
+# within 1e-6, and CORAL's differences of cumulative probabilities, clamped at 0, within a
+# little more; a file of logits, scores or shifted columns is far off
+SUM_TOLERANCE = 0.01
+
+
+class PredictionsError(ValueError):
+    """A predictions file that cannot be used as it is: why, with the line."""
 
 
 def _prob_rows(path: Path) -> tuple[list[dict[str, str]], list[int]]:
-    """The rows of a predictions file and the classes of its ``prob_<c>`` columns."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    """The rows of a predictions file (read only if it is a regular file of bounded size)
+    and the classes of its ``prob_<c>`` columns, which must be ``prob_0`` .. ``prob_<C-1>``."""
+    text = read_text(path, MAX_TABLE_BYTES)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    columns = reader.fieldnames or []
+    probs = [c for c in columns if c.startswith("prob_")]
+    wanted = [f"prob_{c}" for c in range(len(probs))]
+    if not probs:
+        raise PredictionsError("no prob_ columns")
+    if sorted(probs, key=lambda c: (len(c), c)) != wanted or len(set(probs)) != len(probs):
+        raise PredictionsError(f"probability columns {probs}, expected {wanted}")
+    for column in ("index", "grade"):
+        if column not in columns:
+            raise PredictionsError(f"no {column} column")
+    rows = list(reader)
     if not rows:
-        raise ValueError("no rows")
-    classes = sorted(int(k.split("_")[1]) for k in rows[0] if k.startswith("prob_"))
-    if not classes:
-        raise ValueError("no prob_ columns")
-    return rows, classes
+        raise PredictionsError("no rows")
+    return rows, list(range(len(probs)))
 
 
-def _probs(row: dict[str, str], classes: list[int]) -> list[float]:
-    return [float(row[f"prob_{c}"]) for c in classes]
+def _whole(row: dict[str, str], column: str, line: int) -> int:
+    value = row.get(column) or ""
+    try:
+        return int(value)
+    except ValueError:
+        raise PredictionsError(f"line {line}: {column} {value!r} is not a whole number") from None
+
+
+def _row(row: dict[str, str], classes: list[int], line: int) -> tuple[int, int, list[float]]:
+    """index, grade and probabilities of one row: a grade of the model's, finite probabilities
+    from 0 to 1 that sum to 1; else a PredictionsError naming the line."""
+    index, grade = _whole(row, "index", line), _whole(row, "grade", line)
+    if index < 0:
+        raise PredictionsError(f"line {line}: index {index} is negative")
+    if not 0 <= grade < len(classes):
+        raise PredictionsError(f"line {line}: grade {grade} is not one of 0..{len(classes) - 1}")
+    probs = []
+    for c in classes:
+        text = row.get(f"prob_{c}") or ""
+        try:
+            value = float(text)
+        except ValueError:
+            raise PredictionsError(f"line {line}: prob_{c} {text!r} is not a number") from None
+        if not math.isfinite(value):
+            raise PredictionsError(f"line {line}: prob_{c} is {value}, not a finite probability")
+        if not 0 <= value <= 1:
+            raise PredictionsError(f"line {line}: prob_{c} is {value}, not from 0 to 1")
+        probs.append(value)
+    if abs(sum(probs) - 1) > SUM_TOLERANCE:
+        raise PredictionsError(f"line {line}: the probabilities sum to {sum(probs):.6g}, not 1")
+    return index, grade, probs
 
 
 def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``test_predictions.csv``: grades (n,) and probabilities (n, C), in index order.
+
+    The file comes from a run folder, maybe someone else's: anything but one row for each
+    index 0..n-1 (none twice, none missing: rows shifted or lost would pair other images),
+    grades of the model and finite probabilities that sum to 1 is a ValueError
+    (:class:`PredictionsError`) naming the first line at fault.
+    """
     rows, classes = _prob_rows(path)
-    rows.sort(key=lambda r: int(r["index"]))
-    grades = np.array([int(r["grade"]) for r in rows])
-    probs = np.array([_probs(r, classes) for r in rows])
+    by_index: dict[int, tuple[int, list[float]]] = {}
+    lines: dict[int, int] = {}
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
+        index, grade, probs = _row(row, classes, line)
+        if index in by_index:
+            raise PredictionsError(f"index {index} appears twice (lines {lines[index]}, {line})")
+        by_index[index], lines[index] = (grade, probs), line
+    n = len(by_index)
+    if max(by_index) != n - 1:
+        missing = sorted(set(range(max(by_index) + 1)) - set(by_index))
+        raise PredictionsError(
+            f"rows missing or shifted: {n} rows, indices {min(by_index)}..{max(by_index)} "
+            f"(index {missing[0]} missing), expected 0..{n - 1}"
+        )
+    grades = np.array([by_index[i][0] for i in range(n)])
+    probs = np.array([by_index[i][1] for i in range(n)], dtype=np.float64)
     return grades, probs
 
 
@@ -119,12 +207,17 @@ def read_val_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """``val_predictions.csv``: val grades (n,) and every epoch's probabilities (epochs, n, C).
 
     The file comes from a run folder, maybe someone else's: anything but the same images with
-    the same grades in every epoch and finite probabilities is a ValueError.
+    the same grades in every epoch, each once, and finite probabilities that sum to 1 is a
+    ValueError.
     """
     rows, classes = _prob_rows(path)
     by_epoch: dict[int, dict[int, tuple[int, list[float]]]] = defaultdict(dict)
-    for row in rows:
-        by_epoch[int(row["epoch"])][int(row["index"])] = (int(row["grade"]), _probs(row, classes))
+    for line, row in enumerate(rows, start=2):
+        epoch = _whole(row, "epoch", line)
+        index, grade, probs = _row(row, classes, line)
+        if index in by_epoch[epoch]:
+            raise PredictionsError(f"line {line}: index {index} appears twice in epoch {epoch}")
+        by_epoch[epoch][index] = (grade, probs)
     epochs = sorted(by_epoch)
     images = sorted(by_epoch[epochs[0]])
     grades = np.array([by_epoch[epochs[0]][i][0] for i in images])
@@ -173,8 +266,15 @@ def shape_problem(metrics: object) -> str | None:
         return f"a {type(metrics).__name__}, not an object"
     if not _numbers(metrics.get("test"), METRICS):
         return "no test metrics (" + ", ".join(METRICS) + ")"
+    if not all(math.isfinite(metrics["test"][m]) for m in METRICS):
+        return "a test metric is not a finite number"
     if "val" in metrics and metrics["val"] is not None and not isinstance(metrics["val"], dict):
         return "val is not an object"
+    for stage in ("test", "val"):
+        values = metrics.get(stage) or {}
+        present = [m for m in (*METRICS, *OPTIONAL_METRICS) if m in values]
+        if not _numbers(values, tuple(present)):
+            return f"a {stage} metric is not a number"
     confusion = metrics.get("test_confusion")
     if not (
         isinstance(confusion, list)
@@ -190,17 +290,26 @@ def shape_problem(metrics: object) -> str | None:
 
 
 def load_run(folder: Path) -> Run | str:
-    """The run in ``folder``, or the reason it cannot be used."""
+    """The run in ``folder``, or the reason it cannot be used.
+
+    Every file is read only if it is a regular file of bounded size (a FIFO would block the
+    report), and the test predictions are checked (:func:`read_predictions`).
+    """
     metrics_path = folder / "metrics.json"
     failed_path = folder / FAILED
     if failed_path.exists() and not metrics_path.exists():
+        problem = file_problem(failed_path, MAX_RECORD_BYTES)
+        if problem is not None:
+            return f"failed: {FAILED} not read ({problem})"
         return f"failed: {failure_reason(failed_path)}"
     if (folder / "search.json").exists():
         return SEARCH_FOLDER
     if not metrics_path.exists():
         return "unfinished: no metrics.json"
     try:
-        metrics = json.loads(metrics_path.read_text())
+        metrics = json.loads(read_text(metrics_path, MAX_RECORD_BYTES))
+    except UnreadableFile as err:
+        return f"metrics.json not read ({err})"
     except (OSError, ValueError, RecursionError) as err:  # nesting too deep: RecursionError
         return f"unreadable ({type(err).__name__}: {err})"
     predictions_path = folder / "test_predictions.csv"
@@ -209,9 +318,13 @@ def load_run(folder: Path) -> Run | str:
         return UNTESTED_TRIAL if untested else "missing test_predictions.csv"
     try:
         grades, probs = read_predictions(predictions_path)
+    except UnreadableFile as err:
+        return f"test_predictions.csv not read ({err})"
+    except PredictionsError as err:
+        return f"test_predictions.csv unusable: {err}"
     except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
         return f"unreadable ({type(err).__name__}: {err})"
-    problem = shape_problem(metrics)
+    problem = shape_problem(metrics) or fit_problem(metrics, probs.shape[1])
     if problem:
         return f"metrics.json of another shape: {problem}"
     if metrics.get("config", {}).get("task_name") == "debug":
@@ -227,13 +340,25 @@ def load_run(folder: Path) -> Run | str:
     return Run(folder, metrics, grades, probs, settings, *held_out, overridden)
 
 
+def fit_problem(metrics: dict, num_classes: int) -> str | None:
+    """What keeps a ``metrics.json`` from describing predictions of ``num_classes`` grades."""
+    confusion = metrics["test_confusion"]
+    if len(confusion) != num_classes or any(len(row) != num_classes for row in confusion):
+        return f"test_confusion is not {num_classes} x {num_classes}, as the predictions' grades"
+    model = metrics.get("config", {}).get("model")
+    declared = model.get("num_classes") if isinstance(model, dict) else None
+    if declared is not None and declared != num_classes:
+        return f"model.num_classes is {declared!r}, the predictions have {num_classes} grades"
+    return None
+
+
 def overridden_keys(folder: Path, groups: set[str]) -> frozenset[str]:
     """The config values the run's command line set, as settings keys
     (``loss.label_smoothing=0.1`` -> ``config.loss.label_smoothing``), leaving out the choices of
     config ``groups`` (``loss=ce``); none where Hydra's ``overrides.yaml`` is missing or
     unreadable."""
     try:
-        lines = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text())
+        lines = yaml.safe_load(read_text(folder / ".hydra" / "overrides.yaml", MAX_RECORD_BYTES))
     except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
         return frozenset()
     if not isinstance(lines, list):
@@ -271,7 +396,43 @@ def collect_runs(root: Path) -> tuple[list[Run], list[tuple[Path, str]]]:
             runs.append(loaded)
         elif loaded != SEARCH_FOLDER:
             skipped.append((folder, loaded))
-    return runs, skipped
+    runs, disagreeing = agreeing_on_test_data(runs)
+    skipped += disagreeing
+    return runs, sorted(skipped)
+
+
+def agreeing_on_test_data(runs: list[Run]) -> tuple[list[Run], list[tuple[Path, str]]]:
+    """The runs, less those whose test rows disagree with the others tested on the same data.
+
+    Training records a fingerprint of the test images and grades (``test_data``); runs that
+    share it tested the same images, so their predictions files hold the same grades row by
+    row. One whose grades differ from those most such runs hold (rows shifted, lost or
+    replaced) is set apart with its reason. Where no grades are held by more runs than any
+    other, none is set apart, and runs pair only with runs of equal grades
+    (:attr:`Run.tested_on`).
+    """
+    by_data: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        if isinstance(run.metrics.get("test_data"), str):
+            by_data[run.test_data].append(run)
+    set_apart: dict[Path, str] = {}
+    for members in by_data.values():
+        counts: dict[tuple[str, str, int], int] = defaultdict(int)
+        for run in members:
+            counts[run.tested_on] += 1
+        ranked = sorted(counts.values(), reverse=True)
+        if len(ranked) < 2 or ranked[0] == ranked[1]:
+            continue
+        common = max(counts, key=counts.__getitem__)
+        for run in members:
+            if run.tested_on != common:
+                set_apart[run.path] = (
+                    "test_predictions.csv holds other grades, row by row, than the "
+                    f"{counts[common]} runs tested on the same data ({run.test_data}): "
+                    "rows shifted, lost or replaced"
+                )
+    kept = [r for r in runs if r.path not in set_apart]
+    return kept, sorted(set_apart.items())
 
 
 def _ignored(key: str) -> bool:
@@ -326,12 +487,20 @@ def label(config: tuple) -> str:
     return ", ".join(f"{short(k)}={v}" for k, v in config) or "all runs"
 
 
+NUM_CLASSES = "config.model.num_classes"
+
+
 def group_runs(runs: list[Run]) -> dict[tuple, list[Run]]:
     keys = varying_keys(runs)
+    # runs of other numbers of grades are never one configuration, whatever their config says
+    by_grades = len({r.probs.shape[1] for r in runs}) > 1 and NUM_CLASSES not in keys
     groups: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
         # a key the run has no value for (loss.lam of loss=ce) is left out of its label
-        groups[tuple((k, run.settings[k]) for k in keys if k in run.settings)].append(run)
+        config = tuple((k, run.settings[k]) for k in keys if k in run.settings)
+        if by_grades:
+            config += ((NUM_CLASSES, run.probs.shape[1]),)
+        groups[config].append(run)
     return dict(groups)
 
 
@@ -340,7 +509,7 @@ def paired_difference(
 ) -> tuple[float, float, float]:
     """:func:`mtcsnn.grading.comparison.paired_difference` of pairs of runs."""
     for a, b in pairs:
-        if len(a.grades) != len(b.grades) or not np.array_equal(a.grades, b.grades):
+        if a.tested_on != b.tested_on:
             raise ValueError(f"{a.path} and {b.path} were not tested on the same images")
     return compare(
         [((a.grades, a.probs), (b.grades, b.probs)) for a, b in pairs],
@@ -411,11 +580,14 @@ def comparisons(groups: dict[tuple, list[Run]], num_resamples: int) -> list[dict
         if base is None:
             continue
         # a pair is one seed tested on the same images; every pair of a row on one test set
-        by_key = {(r.seed, r.test_data): r for r in groups[base]}
-        pairs = [(r, by_key[r.seed, r.test_data]) for r in runs if (r.seed, r.test_data) in by_key]
+        by_key = {(r.seed, r.tested_on): r for r in groups[base]}
+        pairs = [(r, by_key[r.seed, r.tested_on]) for r in runs if (r.seed, r.tested_on) in by_key]
         if not pairs:
             continue
-        pairs = [(a, b) for a, b in pairs if a.test_data == pairs[0][0].test_data]
+        # the test set most pairs share (the first of equals)
+        counts = Counter(a.tested_on for a, _ in pairs)
+        most = max(counts, key=counts.__getitem__)
+        pairs = [(a, b) for a, b in pairs if a.tested_on == most]
         row = {"config": config, "baseline": base, "seeds": len(pairs), "pairs": pairs}
         for metric in PAIRED_METRICS:
             row[metric] = paired_difference(pairs, metric, num_resamples)
@@ -430,15 +602,14 @@ def pooled_comparison(compared: list[dict], num_resamples: int) -> dict | None:
     Only pairs tested on the images most pairs share take part. None unless they come from two
     or more configurations: for one, its own row says it all.
     """
-    by_data: dict[str | None, list[tuple[tuple, Run, Run]]] = defaultdict(list)
+    by_data: dict[tuple, list[tuple[tuple, Run, Run]]] = defaultdict(list)
     for row in compared:
         for a, b in row["pairs"]:
-            by_data[a.test_data].append((row["config"], a, b))
+            if a.tested_on == b.tested_on:
+                by_data[a.tested_on].append((row["config"], a, b))
     if not by_data:
         return None
-    largest = max(by_data.values(), key=len)
-    images = largest[0][1].grades
-    kept = [(c, a, b) for c, a, b in largest if np.array_equal(a.grades, images)]
+    kept = max(by_data.values(), key=len)
     configs = {c for c, _, _ in kept}
     if len(configs) < 2:
         return None
@@ -455,11 +626,11 @@ def ensemble(runs: list[Run]) -> tuple[list[Run], np.ndarray, np.ndarray] | None
     Only runs tested on the same images take part (the largest such set, one run per seed);
     each is its own best-val checkpoint, so nothing is chosen on test. None below two seeds.
     """
-    by_data: dict[str | None, dict[int | None, Run]] = defaultdict(dict)
+    by_data: dict[tuple, dict[int | None, Run]] = defaultdict(dict)
     for run in runs:
-        by_data[run.test_data].setdefault(run.seed, run)
+        by_data[run.tested_on].setdefault(run.seed, run)
     members = max(by_data.values(), key=len, default={})
-    members_list = [r for r in members.values() if np.array_equal(r.grades, runs[0].grades)]
+    members_list = list(members.values())
     if len(members_list) < 2:
         return None
     probs = np.mean([r.probs for r in members_list], axis=0)
@@ -477,7 +648,7 @@ def ensemble_rows(groups: dict[tuple, list[Run]], num_resamples: int) -> list[di
         row = {"config": config, "seeds": len(members), "scores": grade_scores(grades, probs)}
         base = baseline_of(config, groups)
         base_made = ensembles.get(base) if base is not None else None
-        if base_made is not None and np.array_equal(base_made[1], grades):
+        if base_made is not None and base_made[0][0].tested_on == members[0].tested_on:
             pair = [((grades, probs), (base_made[1], base_made[2]))]
             row["baseline"] = base
             for metric in PAIRED_METRICS:
@@ -531,15 +702,20 @@ def best_configuration(groups: dict[tuple, list[Run]]) -> tuple:
 
 
 def val_curve(run: Run) -> tuple[np.ndarray, np.ndarray] | None:
+    """Val AUROC by epoch from the run's ``csv/metrics.csv``; None where it has none, or a
+    file that is not a regular one of bounded size or does not parse (the run still counts)."""
     path = run.path / "csv" / "metrics.csv"
     if not path.exists():
         return None
     by_epoch: dict[int, float] = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
+    try:
+        rows = csv.DictReader(io.StringIO(read_text(path, MAX_TABLE_BYTES), newline=""))
+        for row in rows:
             if row.get("val/auroc") and row.get("epoch"):
-                # first value of an epoch: a later evaluation logged at epoch 0 is not a curve point
+                # first value of an epoch: a later evaluation logged at epoch 0 is no curve point
                 by_epoch.setdefault(int(float(row["epoch"])), float(row["val/auroc"]))
+    except (OSError, ValueError, OverflowError, csv.Error):
+        return None
     if not by_epoch:
         return None
     epochs = np.array(sorted(by_epoch))
