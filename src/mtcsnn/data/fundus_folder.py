@@ -19,6 +19,7 @@ import csv
 import hashlib
 import io
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
