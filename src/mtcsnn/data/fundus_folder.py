@@ -37,9 +37,11 @@ log = logging.getLogger(__name__)
 NUM_GRADES = 5
 # duplicate groups named in full in the error; more are counted
 SHOWN_DUPLICATES = 5
-# bump when prepare_image changes: older caches then no longer match. 2: a cache is written
+# bump when prepare_image changes what a model sees: a model spec records it
+PREPARATION_VERSION = 1
+# bump when a cache's making changes: older caches then no longer match. 2: a cache is written
 # only once no two rows hold identical files (older ones were not checked)
-PREPARATION_VERSION = 2
+CACHE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -202,7 +204,8 @@ class FundusFolderDataModule(PairDataModule):
         digest = hashlib.sha256()
         digest.update(self.labels.read_bytes())
         # the preparation's values too: a cache prepared with other values is not used
-        digest.update(f"{self.size} {PREPARATION_VERSION} {fundus.PREPARATION.as_dict()}".encode())
+        prepared = f"{self.size} {PREPARATION_VERSION} {CACHE_VERSION} {fundus.PREPARATION.as_dict()}"
+        digest.update(prepared.encode())
         if not any(row["split"] for row in rows):
             digest.update(f"{self.val_fraction} {self.test_fraction} {self.split_seed}".encode())
         for row in rows:
