@@ -204,7 +204,8 @@ class FundusFolderDataModule(PairDataModule):
         digest = hashlib.sha256()
         digest.update(self.labels.read_bytes())
         # the preparation's values too: a cache prepared with other values is not used
-        prepared = f"{self.size} {PREPARATION_VERSION} {CACHE_VERSION} {fundus.PREPARATION.as_dict()}"
+        prepared = f"{self.size} {PREPARATION_VERSION} {CACHE_VERSION} "
+        prepared += str(fundus.PREPARATION.as_dict())
         digest.update(prepared.encode())
         if not any(row["split"] for row in rows):
             digest.update(f"{self.val_fraction} {self.test_fraction} {self.split_seed}".encode())
