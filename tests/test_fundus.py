@@ -131,6 +131,8 @@ def test_train_eval_and_predict_on_a_folder_of_photographs(tmp_path):
     photo_folder(tmp_path / "data")
     labels = tmp_path / "data" / "labels.csv"
     common = ["data=fundus_folder", f"data.labels={labels}", "data.size=64", "data.batch_size=16"]
+    # a split drawn with another seed than eval's default: eval must split as training did
+    common.append("data.split_seed=3")
     first = run_train(*common, "trainer.max_epochs=2", f"hydra.run.dir={tmp_path / 'run'}")
     assert first.returncode == 0, first.stderr[-3000:]
     assert "prepared 40 photographs" in first.stdout + first.stderr
@@ -151,6 +153,10 @@ def test_train_eval_and_predict_on_a_folder_of_photographs(tmp_path):
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     again = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert again["test"] == pytest.approx(metrics["test"])
+    assert again["config"]["data"]["split_seed"] == 3
+    assert (tmp_path / "e" / "test_predictions.csv").read_text() == (
+        tmp_path / "run" / "test_predictions.csv"
+    ).read_text()
     predicted = run_module(
         "mtcsnn.predict",
         f"ckpt_path={ckpt}",

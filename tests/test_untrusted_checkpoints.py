@@ -181,6 +181,36 @@ BAD_SPECS = {
         {"trained_on": {"data": "synthetic", "labels": "${oc.env:HOME}"}},
         "trained_on.labels",
     ),
+    "split fractions too large": (
+        {
+            "trained_on": {
+                "data": "synthetic",
+                "labels": None,
+                "split": {"val_fraction": 0.6, "test_fraction": 0.5, "seed": 0},
+            }
+        },
+        "trained_on.split",
+    ),
+    "negative split seed": (
+        {
+            "trained_on": {
+                "data": "synthetic",
+                "labels": None,
+                "split": {"val_fraction": 0.1, "test_fraction": 0.2, "seed": -1},
+            }
+        },
+        "trained_on.split.seed",
+    ),
+    "split with a path": (
+        {
+            "trained_on": {
+                "data": "synthetic",
+                "labels": None,
+                "split": {"val_fraction": 0.1, "test_fraction": 0.2, "seed": 0, "file": "/x"},
+            }
+        },
+        "trained_on.split",
+    ),
     "not a mapping": (None, "mapping"),
 }
 

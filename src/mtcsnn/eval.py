@@ -47,6 +47,8 @@ def data_config(cfg: DictConfig, spec, data_kind: str | None) -> DictConfig:
                 f"{spec.image_size} px): name the photographs to evaluate it on: "
                 f"data=fundus_folder data.labels=<folder>/{name}"
             )
+        if spec.split is not None:
+            split_as_trained(data, spec.split, where)
     elif data_kind is not None and data_kind != spec.trained_on:
         log.warning(
             "%s was trained on %s data; evaluating it on data=%s",
@@ -65,6 +67,24 @@ def data_config(cfg: DictConfig, spec, data_kind: str | None) -> DictConfig:
         if cfg.get("data_root") and "root" in data:
             data.root = str(cfg.data_root)
     return data
+
+
+def split_as_trained(data: DictConfig, split: tuple[float, float, int], where: str) -> None:
+    """Split photographs without a split column as the model's training run did: another draw
+    would put images it trained on into val and test. Numbers only are taken from the spec."""
+    trained = dict(zip(("val_fraction", "test_fraction", "split_seed"), split, strict=True))
+    given = {key: data.get(key) for key in trained}
+    if given != trained:
+        log.warning(
+            "%s was trained on photographs split with %s: without a split column they are split "
+            "the same way here (not %s)",
+            where,
+            ", ".join(f"data.{k}={v}" for k, v in trained.items()),
+            ", ".join(f"data.{k}={v}" for k, v in given.items()),
+        )
+    with open_dict(data):
+        for key, value in trained.items():
+            data[key] = value
 
 
 def evaluate(cfg: DictConfig) -> dict:

@@ -99,6 +99,9 @@ class ModelSpec:
     preparation_version: int
     trained_on: str
     labels_name: str | None = None  # the labels CSV's file name, for messages only
+    # how a folder without a split column was split: (val_fraction, test_fraction, seed); eval
+    # splits the same way, so its test images are never ones the model trained on
+    split: tuple[float, float, int] | None = None
     version: int = SPEC_VERSION
 
     def to_dict(self) -> dict:
@@ -114,7 +117,13 @@ class ModelSpec:
             "image_size": self.image_size,
             "normalisation": {"mean": list(self.mean), "std": list(self.std)},
             "preparation": {"name": self.preparation, "version": self.preparation_version},
-            "trained_on": {"data": self.trained_on, "labels": self.labels_name},
+            "trained_on": {
+                "data": self.trained_on,
+                "labels": self.labels_name,
+                "split": None
+                if self.split is None
+                else dict(zip(SPLIT_KEYS, self.split, strict=True)),
+            },
         }
 
 
@@ -183,6 +192,22 @@ def _mapping(key: str, value: object, keys: set[str]) -> Mapping:
     if missing:
         raise SpecError(f"model spec: missing {', '.join(f'{key}.{k}' for k in missing)}")
     return value
+
+
+SPLIT_KEYS = ("val_fraction", "test_fraction", "seed")
+MAX_SEED = 2**32 - 1
+
+
+def _split(value: object) -> tuple[float, float, int] | None:
+    """null, or the fractions and seed of a drawn split (each fraction in (0, 1), sum < 1)."""
+    if value is None:
+        return None
+    fields = _mapping("trained_on.split", value, set(SPLIT_KEYS))
+    val = _real("trained_on.split.val_fraction", fields["val_fraction"], 0.0, 1.0, low_open=True)
+    test = _real("trained_on.split.test_fraction", fields["test_fraction"], 0.0, 1.0, True)
+    if val + test >= 1:
+        raise _fail("trained_on.split", value, "val_fraction + test_fraction must be below 1")
+    return val, test, _whole("trained_on.split.seed", fields["seed"], 0, MAX_SEED)
 
 
 def _labels_name(value: object) -> str | None:
@@ -264,7 +289,12 @@ def parse_spec(raw: object) -> ModelSpec:
     fields = _mapping("spec", raw, TOP_KEYS)
     norm = _mapping("normalisation", fields["normalisation"], {"mean", "std"})
     prep = _mapping("preparation", fields["preparation"], {"name", "version"})
-    origin = _mapping("trained_on", fields["trained_on"], {"data", "labels"})
+    origin_raw = fields["trained_on"]
+    # ``split`` may be left out (null): a spec of data with no drawn split
+    origin_keys = {"data", "labels"} | (
+        {"split"} if isinstance(origin_raw, Mapping) and "split" in origin_raw else set()
+    )
+    origin = _mapping("trained_on", origin_raw, origin_keys)
     preparation = _choice("preparation.name", prep["name"], PREPARATIONS)
     known = PREPARATIONS[preparation]
     prep_version = _whole("preparation.version", prep["version"], min(known), max(known))
@@ -291,4 +321,5 @@ def parse_spec(raw: object) -> ModelSpec:
         preparation_version=prep_version,
         trained_on=trained_on,
         labels_name=_labels_name(origin["labels"]),
+        split=_split(origin.get("split")),
     )

@@ -210,6 +210,10 @@ def _kind(node: Mapping, where: str, table: dict[str, str], own: bool) -> str:
 
 # where a train config sets what a spec key records (for errors in the user's own config)
 CONFIG_KEY_OF_SPEC = {
+    "trained_on.split.val_fraction": "data.val_fraction",
+    "trained_on.split.test_fraction": "data.test_fraction",
+    "trained_on.split.seed": "data.split_seed",
+    "trained_on.split": "data.val_fraction",
     "image_size": "data.size",
     "grades": "model.num_classes",
     "backbone": "model.net.backbone",
@@ -273,9 +277,23 @@ def _spec_of_config(config: Mapping, own: bool) -> ModelSpec:
         "normalisation": {"mean": settings["mean"], "std": settings["std"]},
         "preparation": {"name": preparation, "version": PREPARATION_VERSIONS[preparation]},
         # the file's name only, as text: shown in messages, never opened
-        "trained_on": {"data": kind, "labels": labels_name(labels)},
+        "trained_on": {
+            "data": kind,
+            "labels": labels_name(labels),
+            "split": drawn_split(data) if kind == "fundus_folder" else None,
+        },
     }
     return parse_spec(raw)
+
+
+def drawn_split(data: Mapping) -> dict:
+    """How a folder of photographs is split when its CSV has no split column (the data
+    module's defaults where the config leaves a value out)."""
+    return {
+        "val_fraction": data.get("val_fraction", 0.1),
+        "test_fraction": data.get("test_fraction", 0.2),
+        "seed": data.get("split_seed", 0),
+    }
 
 
 def labels_name(labels: object) -> str | None:
