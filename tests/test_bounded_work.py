@@ -224,6 +224,23 @@ def test_a_labels_file_that_is_a_fifo_or_a_device_is_one_clear_error(tmp_path):
                 read_labels(path)
 
 
+def test_a_photograph_in_a_labels_csv_that_is_a_fifo_is_one_error_naming_its_line(tmp_path):
+    from PIL import Image
+
+    from mtcsnn.data.fundus_folder import FundusFolderDataModule
+
+    rows = ["path,grade"]
+    for i in range(20):
+        Image.new("RGB", (40, 40), (40 + 10 * i, 20, 20)).save(tmp_path / f"eye_{i}.png")
+        rows.append(f"eye_{i}.png,{i % 5}")
+    fifo(tmp_path / "eye_pipe.png")
+    rows.append("eye_pipe.png,1")  # line 22
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    module = FundusFolderDataModule(labels=str(tmp_path / "labels.csv"), size=28)
+    with within(10), pytest.raises(DataError, match="line 22: cannot read eye_pipe.png.*FIFO"):
+        module.prepare_data()
+
+
 # --- .npz files counted by decoded bytes --------------------------------------------------
 
 

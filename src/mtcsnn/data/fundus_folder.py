@@ -25,11 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from mtcsnn.data import fundus
 from mtcsnn.data.datamodule import SPLITS, PairDataModule, check_scorable
 from mtcsnn.data.fundus import open_photo, prepare_image
-from mtcsnn.data.untrusted import MAX_TABLE_BYTES, read_text
+from mtcsnn.data.untrusted import MAX_IMAGE_FILE_BYTES, MAX_TABLE_BYTES, read_bytes, read_text
 from mtcsnn.errors import ConfigError, DataError
 from mtcsnn.writing import csv_text, write_atomic, write_text_atomic
 
@@ -125,13 +126,11 @@ def check_duplicates(
     )
 
 
-def file_digest(path: Path) -> bytes:
-    """SHA-256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.digest()
+def read_photo(path: Path) -> tuple[bytes, Image.Image]:
+    """The SHA-256 of a photograph's bytes and the photograph, read once, only from a regular
+    file of bounded size (a FIFO or device listed in a CSV would never end)."""
+    data = read_bytes(path, MAX_IMAGE_FILE_BYTES)
+    return hashlib.sha256(data).digest(), open_photo(io.BytesIO(data))
 
 
 def stratified_split(
@@ -228,8 +227,9 @@ class FundusFolderDataModule(PairDataModule):
         for i, row in enumerate(rows):
             path = self.labels.parent / row["path"]
             try:
-                contents.append(file_digest(path))
-                images[i] = np.asarray(prepare_image(open_photo(path), self.size))
+                digest, photo = read_photo(path)
+                contents.append(digest)
+                images[i] = np.asarray(prepare_image(photo, self.size))
             except Exception as err:  # any reason one photograph cannot be read
                 raise DataError(
                     f"{self.labels} line {row['line']}: cannot read {row['path']} "

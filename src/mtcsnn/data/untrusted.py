@@ -43,6 +43,8 @@ MAX_NPZ_BYTES = 4 * 1024**3
 MAX_TABLE_BYTES = 512 * 1024**2
 # a small file of settings or results (metrics.json, failed.json, overrides.yaml)
 MAX_RECORD_BYTES = 64 * 1024**2
+# an image file larger than this is not read (a camera photograph is a few MB)
+MAX_IMAGE_FILE_BYTES = 1024**3
 KINDS = {
     stat.S_IFIFO: "a FIFO (named pipe)",
     stat.S_IFCHR: "a character device",

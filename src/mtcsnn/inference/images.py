@@ -22,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 
 from mtcsnn.data.fundus import array_to_image, open_photo, prepare_image, to_uint8
 from mtcsnn.data.untrusted import (
+    MAX_IMAGE_FILE_BYTES,
     MAX_NPZ_BYTES,
     check_npz,
     file_problem,
@@ -42,8 +43,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 SMALL_MODEL = 32  # input side up to which grading a camera photograph gets a warning
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
-# an image file larger than this is not read (a camera photograph is a few MB)
-MAX_IMAGE_FILE_BYTES = 1024**3
 # the arrays of an .npz are decompressed whole: more than this together is refused, not read
 MAX_NPZ_ARRAY_BYTES = MAX_NPZ_BYTES
 
