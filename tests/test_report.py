@@ -557,7 +557,7 @@ def test_a_damaged_val_predictions_file_leaves_the_choice_to_the_best_epoch(tmp_
     assert main([str(tmp_path)]) == 0
     listed = (tmp_path / "results.md").read_text().split("## Runs counted without a held-out")[1]
     assert f"- {md(path.parent)}: val_predictions.csv unusable (" in listed
-    assert "\n- " not in listed.split(damaged.held_out_problem)[1]  # that run alone
+    assert "\n- " not in listed.split(md(damaged.held_out_problem))[1]  # that run alone
 
 
 def test_a_grade_too_rare_to_split_is_said_not_hidden(tmp_path):
