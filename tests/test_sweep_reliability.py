@@ -84,6 +84,27 @@ def test_a_single_run_stopped_by_a_range_error_says_why_in_its_folder(tiny_cfg, 
     assert "traceback" not in failed  # an error of ours: the line says it all
 
 
+@pytest.mark.parametrize(
+    ("values", "key", "refusal"),
+    [
+        (["model.optimizer.lr=-1"], "model.optimizer=", "Invalid learning rate"),
+        (["model/optimizer=adamw", "+model.optimizer.betas=[0.9,1.5]"], "model.optimizer=", "beta"),
+        (["model/scheduler=exponential", "model.scheduler.gamma=hello"], "model.scheduler=", ""),
+    ],
+)
+def test_what_torch_refuses_in_the_optimiser_or_schedule_is_a_config_error_before_training(
+    tiny_cfg, tmp_path, values, key, refusal
+):
+    from mtcsnn.train import main
+
+    with pytest.raises(ConfigError, match=key) as raised:
+        main.__wrapped__(tiny_cfg(*values))
+    assert refusal in str(raised.value) and "\n" not in str(raised.value)
+    failed = json.loads((tmp_path / "failed.json").read_text())
+    assert failed["type"] == "ConfigError" and key in failed["error"]
+    assert not (tmp_path / "checkpoints").exists()  # refused before anything trained
+
+
 @pytest.mark.slow
 def test_a_config_error_raised_while_the_data_is_built_is_one_line_and_recorded(tmp_path):
     args = ["data=fundus_folder", "data.labels=absent.csv", "data.val_fraction=2", "trainer=cpu"]

@@ -99,6 +99,38 @@ def target_class(target: object) -> object:
         return None
 
 
+def check_optimisation(cfg: DictConfig) -> None:
+    """The optimiser and schedule built once on a stand-in parameter, so that torch's own
+    checks (a negative lr, betas outside [0, 1), ...) are one config line before anything is
+    built or trained, not a traceback from inside ``fit``."""
+    import torch
+    from hydra.utils import instantiate
+
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer: object = None
+    for key in ("model.optimizer", "model.scheduler"):
+        node = _value(cfg, key)
+        if not isinstance(node, DictConfig):
+            continue
+        try:
+            factory = instantiate(node)
+            if key == "model.optimizer":
+                optimizer = factory(params=[parameter])
+            elif optimizer is not None:
+                # one step too: some values are only read there (an ExponentialLR's gamma)
+                scheduler = factory(optimizer=optimizer)
+                optimizer.step()  # type: ignore[attr-defined]
+                scheduler.step()
+        except Exception as err:  # whatever torch refuses, said as it says it
+            cause = err.__cause__ if err.__cause__ is not None else err
+            settings = {
+                k: v for k, v in OmegaConf.to_container(node).items() if not k.startswith("_")
+            }
+            raise ConfigError(
+                key, settings, f"{node.get('_target_')} refuses it ({cause})"
+            ) from None
+
+
 def check_config(cfg: DictConfig) -> None:
     """Reject values that would fail later, naming the key and what is allowed."""
     check_extras(cfg)
@@ -167,3 +199,4 @@ def check_config(cfg: DictConfig) -> None:
     max_epochs = _value(cfg, "trainer.max_epochs")
     if max_epochs is not _ABSENT and not (_is_int(max_epochs) and max_epochs >= 1):
         raise ConfigError("trainer.max_epochs", max_epochs, "it must be an integer >= 1")
+    check_optimisation(cfg)  # after max_epochs: the schedule's milestones are drawn from it
