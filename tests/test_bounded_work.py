@@ -257,6 +257,50 @@ def crafted_npz(path: Path, arrays: dict[str, tuple[tuple[int, ...], str]], data
 
 
 GiB = 1024**3
+
+
+def bad_caches(count: int) -> dict:
+    """Planted caches of a folder of ``count`` photographs: none may be used."""
+    return {
+        "too large": {"images": ((count, 60000, 60000, 3), "|u1")},
+        "pickled": {k: ((count,), "|O") for k in ("images", "grades", "splits", "paths")},
+        "other shapes": {
+            "images": ((count, 5, 5, 3), "|u1"),
+            "grades": ((count,), "<i8"),
+            "splits": ((count,), "<U5"),
+            "paths": ((count,), "<U20"),
+        },
+    }
+
+
+@pytest.mark.parametrize("case", list(bad_caches(20)))
+def test_a_planted_or_damaged_cache_is_not_used_and_the_photographs_are_prepared(
+    tmp_path, case, caplog
+):
+    from PIL import Image
+
+    from mtcsnn.data.fundus_folder import FundusFolderDataModule
+
+    rows = ["path,grade"]
+    for i in range(20):
+        Image.new("RGB", (40, 40), (40 + 10 * i, 20, 20)).save(tmp_path / f"eye_{i}.png")
+        rows.append(f"eye_{i}.png,{i % 5}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    first = FundusFolderDataModule(labels=str(tmp_path / "labels.csv"), size=28).arrays()
+    (cache,) = (tmp_path / ".mtcsnn_cache").glob("*.npz")
+    cache.unlink()
+    if case == "other shapes":  # a whole, readable cache of other arrays
+        arrays = {k: np.zeros(shape, dtype=d) for k, (shape, d) in bad_caches(20)[case].items()}
+        np.savez(cache, **arrays)
+    else:
+        crafted_npz(cache, bad_caches(20)[case])
+    with within(60):
+        again = FundusFolderDataModule(labels=str(tmp_path / "labels.csv"), size=28).arrays()
+    assert np.array_equal(again["images"], first["images"])
+    assert np.array_equal(again["grades"], first["grades"])
+    assert "not using the cache" in caplog.text
+
+
 # each array under 2 GiB, together 4.5 GiB: more than predict or a data module may hold
 SPLIT_BOMB = {
     f"{split}_images": ((int(1.5 * GiB) // (224 * 224 * 3), 224, 224, 3), "|u1")

@@ -30,7 +30,15 @@ from PIL import Image
 from mtcsnn.data import fundus
 from mtcsnn.data.datamodule import SPLITS, PairDataModule, check_scorable
 from mtcsnn.data.fundus import open_photo, prepare_image
-from mtcsnn.data.untrusted import MAX_IMAGE_FILE_BYTES, MAX_TABLE_BYTES, read_bytes, read_text
+from mtcsnn.data.untrusted import (
+    MAX_IMAGE_FILE_BYTES,
+    MAX_NPZ_BYTES,
+    MAX_TABLE_BYTES,
+    check_npz,
+    open_regular,
+    read_bytes,
+    read_text,
+)
 from mtcsnn.errors import ConfigError, DataError
 from mtcsnn.writing import csv_text, write_atomic, write_text_atomic
 
@@ -43,6 +51,9 @@ PREPARATION_VERSION = 1
 # bump when a cache's making changes: older caches then no longer match. 2: a cache is written
 # only once no two rows hold identical files (older ones were not checked)
 CACHE_VERSION = 2
+# what a cache holds (see FundusFolderDataModule.prepare)
+CACHE_ARRAYS = ("images", "grades", "splits", "paths")
+GRADES = np.arange(NUM_GRADES)
 
 
 @dataclass(frozen=True)
@@ -274,12 +285,15 @@ class FundusFolderDataModule(PairDataModule):
         from_csv = all(row["split"] for row in rows)
         cache = self.cache_dir / f"{self.labels.stem}_{self.size}px_{self.cache_key(rows)}.npz"
         if cache.exists():
-            with np.load(cache, allow_pickle=False) as npz:
-                arrays = {key: npz[key] for key in npz.files}
-            self.check_splits(arrays, from_csv)
-            self._arrays = arrays
-            log.info("read %d prepared photographs from %s", len(rows), cache)
-            return arrays
+            arrays, problem = self.read_cache(cache, len(rows))
+            if arrays is not None:
+                self.check_splits(arrays, from_csv)
+                self._arrays = arrays
+                log.info("read %d prepared photographs from %s", len(rows), cache)
+                return arrays
+            log.warning(
+                "not using the cache %s (%s); preparing the photographs again", cache, problem
+            )
         arrays = self.prepare(rows)
         # before the cache is written: a split that cannot be scored leaves nothing behind
         self.check_splits(arrays, from_csv)
@@ -289,6 +303,24 @@ class FundusFolderDataModule(PairDataModule):
         except OSError as err:  # a read-only folder: the photographs are read again next time
             log.warning("cannot write the cache %s (%s); set data.cache_dir", cache, err)
         return arrays
+
+    def read_cache(self, cache: Path, count: int) -> tuple[dict[str, np.ndarray] | None, str]:
+        """The cached arrays if they are what :meth:`prepare` writes for ``count`` rows, else
+        None and why: a cache is only a shortcut, and a folder may come from someone else."""
+        try:
+            with open_regular(cache, MAX_NPZ_BYTES) as f:
+                check_npz(f, CACHE_ARRAYS)
+                f.seek(0)
+                with np.load(f, allow_pickle=False) as npz:
+                    arrays = {key: npz[key] for key in CACHE_ARRAYS}
+        except Exception as err:  # unreadable, too large, pickled, a key missing, ...
+            return None, f"{type(err).__name__}: {err}"
+        images, grades = arrays["images"], arrays["grades"]
+        shapes_fit = images.shape == (count, self.size, self.size, 3) and images.dtype == np.uint8
+        shapes_fit = shapes_fit and all(len(arrays[k]) == count for k in CACHE_ARRAYS)
+        if not (shapes_fit and grades.dtype.kind in "iu" and np.isin(grades, GRADES).all()):
+            return None, "its arrays are not the prepared photographs of this CSV"
+        return arrays, ""
 
     @staticmethod
     def write_cache(cache: Path, arrays: dict[str, np.ndarray]) -> None:
