@@ -176,3 +176,17 @@ def test_a_config_composed_with_only_the_config_module_imported_resolves():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "min", result.stdout
+
+
+def test_every_python_package_ships_in_the_wheel():
+    """A new package under ``src/mtcsnn`` must be listed in pyproject's packages, or the
+    wheel lacks it."""
+    packages = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(["mtcsnn", *p.parent.relative_to(PACKAGE).parts])
+        for p in PACKAGE.rglob("__init__.py")
+        if "__pycache__" not in p.parts
+    }
+    assert found - packages == set()

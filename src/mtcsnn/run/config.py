@@ -74,8 +74,8 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 # what is logged or shown, how many threads and loader workers do the work (the augmentation
 # and the pairing draw in the main process), whether a run resumes and what it keeps on disk.
 # A resume may differ in them (mtcsnn.run.run_dir) and the report does not tell configurations
-# apart by them (mtcsnn.run.results). Everything else, callbacks included (early stopping, EMA,
-# which checkpoint is kept), changes training and must match.
+# apart by them (mtcsnn.reporting.grouping). Everything else, callbacks included (early
+# stopping, EMA, which checkpoint is kept), changes training and must match.
 NOT_TRAINING_KEYS = frozenset(
     {
         "resume",
