@@ -190,3 +190,12 @@ def test_every_python_package_ships_in_the_wheel():
         if "__pycache__" not in p.parts
     }
     assert found - packages == set()
+
+
+def test_no_module_over_400_lines():
+    long = {
+        str(p.relative_to(PACKAGE)): n
+        for p in PACKAGE.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 400
+    }
+    assert long == {}

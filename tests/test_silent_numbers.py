@@ -276,7 +276,7 @@ def test_eval_and_ensembles_refuse_non_finite_outputs(nan_checkpoint, tiny_check
     from hydra.utils import instantiate
 
     from mtcsnn.models.lit_module import NonFiniteOutputError
-    from mtcsnn.run.training import ensemble_results, evaluation_results, refuse_non_finite
+    from mtcsnn.run.evaluation import ensemble_results, evaluation_results, refuse_non_finite
 
     cfg = tiny_cfg()
     nan_module = load_checkpoint(nan_checkpoint).module
