@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from cli import run_module
 from conftest import TINY
+from helpers.cli import run_module
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 import torch
-from cli import run_train
+from helpers.cli import run_train
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli import run_module
 from conftest import TINY_SYNTHETIC, compose_train
+from helpers.cli import run_module
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
