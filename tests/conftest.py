@@ -9,8 +9,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-import mtcsnn  # noqa: F401  (registers the config resolvers)
-from mtcsnn.run.config import CONFIG_PATH
+from mtcsnn.run.config import CONFIG_PATH  # (registers the config resolvers)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("MTCSNN_DATA_DIR", ROOT.parent / "shared" / "data")).resolve()

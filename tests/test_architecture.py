@@ -145,3 +145,57 @@ def test_every_config_folder_ships_in_the_package():
         if any(p.glob("*.yaml"))
     }
     assert wanted - packages == set()
+
+
+def test_the_domain_imports_without_hydra_or_omegaconf():
+    """``import mtcsnn`` (its root ``__init__``, which the contracts cannot see apart from the
+    package) and the domain load neither Hydra nor OmegaConf: checked in a fresh interpreter."""
+    code = (
+        "import sys, mtcsnn, mtcsnn.losses, mtcsnn.models, mtcsnn.grading, mtcsnn.data\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'hydra', 'omegaconf'}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_a_config_composed_with_only_the_config_module_imported_resolves():
+    """The resolvers (``${metric_mode:...}``) come with :data:`CONFIG_PATH`, not with
+    ``import mtcsnn``."""
+    code = (
+        "from hydra import compose, initialize_config_dir\n"
+        "from mtcsnn.run.config import CONFIG_PATH\n"
+        "with initialize_config_dir(config_dir=CONFIG_PATH, version_base='1.3'):\n"
+        "    cfg = compose('train', overrides=['data=synthetic', 'optimized_metric=val/loss'])\n"
+        "print(cfg.callbacks.model_checkpoint.mode)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "min", result.stdout
+
+
+def test_every_python_package_ships_in_the_wheel():
+    """A new package under ``src/mtcsnn`` must be listed in pyproject's packages, or the
+    wheel lacks it."""
+    packages = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(["mtcsnn", *p.parent.relative_to(PACKAGE).parts])
+        for p in PACKAGE.rglob("__init__.py")
+        if "__pycache__" not in p.parts
+    }
+    assert found - packages == set()
+
+
+def test_no_module_over_400_lines():
+    long = {
+        str(p.relative_to(PACKAGE)): n
+        for p in PACKAGE.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 400
+    }
+    assert long == {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mtcsnn.bench import main
-from mtcsnn.run.bench_loops import benchmark, summary
+from mtcsnn.benchmarking.loops import benchmark, summary
 
 TINY = [
     "data=synthetic",
@@ -40,7 +40,7 @@ def test_bench_rejects_a_bad_override(capsys):
 
 @pytest.mark.slow
 def test_the_sweep_mode_times_whole_runs_of_both_side_by_side(tmp_path, capsys):
-    from mtcsnn.run.bench_sweep import sweep_benchmark, sweep_summary
+    from mtcsnn.benchmarking.sweep import sweep_benchmark, sweep_summary
 
     small = [*TINY[:-1], "data.num_val=20", "data.num_test=20"]
     result = sweep_benchmark(small, runs=2, jobs=2, epochs=1)

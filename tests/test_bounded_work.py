@@ -26,8 +26,10 @@ from mtcsnn.errors import DataError
 from mtcsnn.grading.score_decoding import pairwise_grades
 from mtcsnn.inference.images import expand_inputs, read_all
 from mtcsnn.report import main as report
+from mtcsnn.reporting.comparing import comparisons, ensemble
+from mtcsnn.reporting.grouping import NUM_CLASSES, group_runs
+from mtcsnn.reporting.runs import collect_runs
 from mtcsnn.run.files import predictions_csv
-from mtcsnn.run.results import NUM_CLASSES, collect_runs, comparisons, ensemble, group_runs
 
 # --- helpers ------------------------------------------------------------------------------
 

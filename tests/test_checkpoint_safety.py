@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli import run_module
+from helpers.cli import run_module
 from PIL import Image
 
 from mtcsnn.run.checkpoint import SAFE_TARGETS, CheckpointError, load_checkpoint

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 import yaml
-from cli import run_module
 from conftest import ROOT
+from helpers.cli import run_module
 
 CONF = ROOT / "conf"
 HYDRA_COMMANDS = ("train", "eval", "predict", "explain", "export")

@@ -10,9 +10,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from mtcsnn.report import main as report_main
+from mtcsnn.reporting.page import md
+from mtcsnn.reporting.runs import DEBUG_RUN, collect_runs
 from mtcsnn.run.config import CONFIG_PATH
-from mtcsnn.run.results import DEBUG_RUN, collect_runs
-from mtcsnn.run.results_page import md
 from mtcsnn.run.training import train
 
 SMALL = ["data=synthetic", *TINY_SYNTHETIC, *TINY]

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from cli import run_train
+from helpers.cli import run_train
 
 from mtcsnn.data.pairing import PairSampler
 

@@ -250,7 +250,7 @@ def test_a_preparation_with_values_no_reader_could_follow_is_refused():
 def test_the_commands_model_json_followed_gives_predicts_csv(tiny_checkpoint, tmp_path, fmt):
     """As a user would: export a trained model, predict a photograph, then follow the exported
     model.json with their own code and run the exported model on it."""
-    from cli import run_module
+    from helpers.cli import run_module
 
     photo = photograph(seed=9)
     path = tmp_path / "eye.png"

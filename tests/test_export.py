@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from cli import run_module
 from conftest import TINY, TINY_SYNTHETIC, compose_train
+from helpers.cli import run_module
 from hydra.core.global_hydra import GlobalHydra
 
 from mtcsnn.inference.batch import predict_batch

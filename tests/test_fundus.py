@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from cli import run_module, run_train
+from helpers.cli import run_module, run_train
 from PIL import Image
 
 from mtcsnn.data.fundus import disc_box, prepare_image

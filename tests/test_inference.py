@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli import run_module
 from conftest import TINY, compose_train
+from helpers.cli import run_module
 from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli import run_module
+from helpers.cli import run_module
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image

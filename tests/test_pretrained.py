@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
-from cli import run_train
 from conftest import TINY, TINY_SYNTHETIC, compose_train
+from helpers.cli import run_train
 from hydra.core.global_hydra import GlobalHydra
 
 from mtcsnn.models import SiameseResNet

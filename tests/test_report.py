@@ -8,17 +8,12 @@ from sklearn.metrics import roc_auc_score
 from mtcsnn.grading.comparison import ovr_auroc
 from mtcsnn.grading.selection import held_out_auroc
 from mtcsnn.report import main
+from mtcsnn.reporting.comparing import baseline_of, chosen_on_val, paired_difference
+from mtcsnn.reporting.grouping import group_runs, label
+from mtcsnn.reporting.page import md
+from mtcsnn.reporting.predictions import read_val_predictions
+from mtcsnn.reporting.runs import collect_runs
 from mtcsnn.run.files import predictions_csv, val_predictions_csv
-from mtcsnn.run.results import (
-    baseline_of,
-    chosen_on_val,
-    collect_runs,
-    group_runs,
-    label,
-    paired_difference,
-    read_val_predictions,
-)
-from mtcsnn.run.results_page import md
 
 TEST_AUROC = {
     ("ce", 1): 0.70,
@@ -399,7 +394,8 @@ def test_a_search_folder_is_not_an_unfinished_run_and_untested_trials_are_apart(
 def test_seed_ensembles_average_the_seeds_probabilities(sweep):
     from sklearn.metrics import cohen_kappa_score
 
-    from mtcsnn.run.results import ensemble_rows, read_predictions
+    from mtcsnn.reporting.comparing import ensemble_rows
+    from mtcsnn.reporting.predictions import read_predictions
 
     runs, _ = collect_runs(sweep)
     groups = group_runs(runs)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli import run_train
+from helpers.cli import run_train
 
 pytestmark = pytest.mark.slow
 
@@ -105,7 +105,7 @@ def test_sigterm_inside_an_epoch_stops_at_its_end(tmp_path, uninterrupted, point
     run_dir = tmp_path / "run"
     # callbacks change training, so a resume must name the same ones (this one fires in epoch 2)
     interrupt = (
-        "+callbacks.interrupt._target_=interrupt.SigtermAt",
+        "+callbacks.interrupt._target_=helpers.interrupt.SigtermAt",
         "+callbacks.interrupt.epoch=2",
         f"+callbacks.interrupt.batch={batch}",
         f"+callbacks.interrupt.val={val}",

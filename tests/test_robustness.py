@@ -57,7 +57,7 @@ def test_same_config_and_seed_give_identical_numbers(tiny_cfg, tmp_path):
 
 @pytest.mark.slow
 def test_a_failing_sweep_job_is_recorded_and_the_others_still_run(tmp_path):
-    from cli import ONE_SMALL_EPOCH, run_train
+    from helpers.cli import ONE_SMALL_EPOCH, run_train
 
     from mtcsnn.report import main as report_main
 
@@ -147,7 +147,7 @@ def test_truncated_file_without_md5_check_is_still_refused_clearly(tmp_path):
 
 
 def test_cli_bad_data_is_one_line_without_traceback(tmp_path):
-    from cli import run_train
+    from helpers.cli import run_train
 
     bad_file(tmp_path, train_labels=np.array([[0], [1], [2], [3], [4], [9]]))
     proc = run_train(
@@ -176,7 +176,7 @@ def test_cli_bad_data_is_one_line_without_traceback(tmp_path):
     ],
 )
 def test_misspelt_keys_are_refused_before_training_with_the_allowed_keys(tmp_path, args, expected):
-    from cli import run_train
+    from helpers.cli import run_train
 
     proc = run_train(*args, f"hydra.run.dir={tmp_path}", f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode == 1
@@ -194,7 +194,7 @@ def test_misspelt_keys_are_refused_before_training_with_the_allowed_keys(tmp_pat
     ],
 )
 def test_misspelt_top_level_keys_are_refused_by_every_command(tmp_path, command, args, expected):
-    from cli import run_module
+    from helpers.cli import run_module
 
     proc = run_module(f"mtcsnn.{command}", *args, f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 1
@@ -213,7 +213,7 @@ def test_misspelt_top_level_keys_are_refused_by_every_command(tmp_path, command,
     ],
 )
 def test_an_unknown_group_option_is_one_line_with_the_options(tmp_path, args, expected):
-    from cli import run_train
+    from helpers.cli import run_train
 
     proc = run_train(*args, f"hydra.run.dir={tmp_path}", f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode == 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from cli import ONE_SMALL_EPOCH, run_train
+from helpers.cli import ONE_SMALL_EPOCH, run_train
 
 from mtcsnn.run.run_dir import config_differences, hold, release
 

@@ -1,7 +1,7 @@
 import json
 
 import pytest
-from cli import run_train
+from helpers.cli import run_train
 
 TINY_SEARCH = [
     "hparams_search=resnet18_optuna",

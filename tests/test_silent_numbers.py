@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from cli import run_module
 from conftest import TINY
+from helpers.cli import run_module
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
@@ -276,7 +276,7 @@ def test_eval_and_ensembles_refuse_non_finite_outputs(nan_checkpoint, tiny_check
     from hydra.utils import instantiate
 
     from mtcsnn.models.lit_module import NonFiniteOutputError
-    from mtcsnn.run.training import ensemble_results, evaluation_results, refuse_non_finite
+    from mtcsnn.run.evaluation import ensemble_results, evaluation_results, refuse_non_finite
 
     cfg = tiny_cfg()
     nan_module = load_checkpoint(nan_checkpoint).module

@@ -13,12 +13,12 @@ import sys
 
 import pytest
 import torch
-from cli import run_train
+from helpers.cli import run_train
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from mtcsnn.errors import ConfigError
-from mtcsnn.run import results
+from mtcsnn.reporting import grouping
 from mtcsnn.run.config import NOT_TRAINING_KEYS, changes_training
 from mtcsnn.run.failures import BuildError, our_error
 from mtcsnn.run.run_dir import (
@@ -170,7 +170,7 @@ TRAINING = [
 def test_resume_and_report_both_ignore_a_setting_that_cannot_change_training(key):
     assert not changes_training(key)
     assert config_differences({key: 1}, {key: 2}) == []
-    assert results._ignored(f"config.{key}")
+    assert grouping._ignored(f"config.{key}")
 
 
 @pytest.mark.parametrize("key", TRAINING)
@@ -181,8 +181,8 @@ def test_a_resume_compares_every_setting_that_changes_training(key):
 
 
 def test_the_report_ignores_the_choice_of_a_logger_but_not_of_callbacks():
-    assert results._ignored("choices.logger") and results._ignored("choices.paths")
-    assert not results._ignored("choices.callbacks")
+    assert grouping._ignored("choices.logger") and grouping._ignored("choices.paths")
+    assert not grouping._ignored("choices.callbacks")
 
 
 # --- a start removes what a killed write left ------------------------------------------------

@@ -5,11 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli import ONE_SMALL_EPOCH, run_train
+from helpers.cli import ONE_SMALL_EPOCH, run_train
 from sklearn.metrics import accuracy_score, cohen_kappa_score, roc_auc_score
 
+from mtcsnn.reporting.predictions import read_val_predictions
 from mtcsnn.run.checkpoint import load_checkpoint
-from mtcsnn.run.results import read_val_predictions
 from mtcsnn.run.training import train
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli import run_module
 from conftest import TINY_SYNTHETIC, compose_train
+from helpers.cli import run_module
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -34,10 +34,10 @@ from mtcsnn.run.checkpoint import (
     build_module,
     load_checkpoint,
     load_checkpoints,
-    spec_of_config,
 )
 from mtcsnn.run.checks import check_config
 from mtcsnn.run.config import CONFIG_PATH
+from mtcsnn.run.config_spec import spec_of_config
 
 SECRET = "s3cr3t-value-from-the-environment"
 
@@ -554,7 +554,7 @@ def test_a_run_whose_model_no_spec_could_describe_is_a_config_error(tmp_path, ov
     ],
 )
 def test_an_old_checkpoints_labels_path_becomes_a_printable_name(recorded, shown):
-    from mtcsnn.run.checkpoint import labels_name
+    from mtcsnn.run.config_spec import labels_name
 
     name = labels_name(recorded)
     assert name == shown

@@ -3,9 +3,9 @@ import os
 
 import numpy as np
 import pytest
-from cli import run_train
+from helpers.cli import run_train
+from helpers.wandb_records import offline_run
 from PIL import Image
-from wandb_records import offline_run
 
 from mtcsnn.data import SyntheticDataModule
 
@@ -137,7 +137,7 @@ def test_a_resumed_run_continues_the_same_wandb_run(tmp_path):
     stopped = run_without_login(
         tmp_path,
         *common,
-        "+callbacks.interrupt._target_=interrupt.SigtermAt",
+        "+callbacks.interrupt._target_=helpers.interrupt.SigtermAt",
         "+callbacks.interrupt.epoch=0",
         "+callbacks.interrupt.batch=0",
         PYTHONPATH=tests_dir,
@@ -146,7 +146,7 @@ def test_a_resumed_run_continues_the_same_wandb_run(tmp_path):
     resumed = run_without_login(
         tmp_path,
         *common,
-        "+callbacks.interrupt._target_=interrupt.SigtermAt",
+        "+callbacks.interrupt._target_=helpers.interrupt.SigtermAt",
         "+callbacks.interrupt.epoch=0",
         "+callbacks.interrupt.batch=0",
         "resume=true",

@@ -1,4 +1,9 @@
-"""MTCSNN: Multi-task Clinical Siamese Neural Network for diabetic retinopathy grading."""
+"""MTCSNN: Multi-task Clinical Siamese Neural Network for diabetic retinopathy grading.
+
+Imports nothing of Hydra or OmegaConf: the domain (``mtcsnn.losses``, ``mtcsnn.models``, ...)
+is usable without them. The config resolvers are registered where configs are composed
+(``mtcsnn.run.config``).
+"""
 
 import os
 
@@ -7,8 +12,4 @@ import os
 # "Threads"). A value the user set wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from mtcsnn.run.config import register_resolvers  # noqa: E402
-
 __version__ = "0.1.0"
-
-register_resolvers()

@@ -1,7 +1,7 @@
 """``python -m mtcsnn.bench [--steps N] [overrides ...]``: framework overhead, measured.
 
 On the model, data and batch size of the composed train config (any ``key=value`` overrides
-apply), it times (a) a bare PyTorch training loop (``run/bench_loops.py``) and (b) the
+apply), it times (a) a bare PyTorch training loop (``benchmarking/loops.py``) and (b) the
 framework's real training step run by a Lightning ``Trainer``, and prints images/s of each, their
 ratio, the share of step time spent fetching data, and the achieved FLOP rate of the training
 step against a matmul peak measured in the same run. A benchmark, not a test: numbers depend on
@@ -52,8 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs < 0 or args.jobs < 1 or (args.epochs is not None and args.epochs < 1):
         parser.error("--runs must be >= 0, --jobs and --epochs >= 1")
     # PyTorch and Lightning load once the arguments are good: --help answers at once
-    from mtcsnn.run.bench_loops import benchmark, summary
-    from mtcsnn.run.bench_sweep import bare_run_job, busy_processes, sweep_benchmark, sweep_summary
+    from mtcsnn.benchmarking.loops import benchmark, summary
+    from mtcsnn.benchmarking.sweep import (
+        bare_run_job,
+        busy_processes,
+        sweep_benchmark,
+        sweep_summary,
+    )
 
     try:
         if args.bare_run:

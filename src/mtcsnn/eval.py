@@ -90,15 +90,12 @@ def split_as_trained(data: DictConfig, split: tuple[float, float, int], where: s
 def evaluate(cfg: DictConfig) -> dict:
     """One checkpoint, or several (``ckpt_path=[a,b,...]``: an ensemble of their probabilities)."""
     # imported here, after the command line's checks (see mtcsnn.run.cli.command)
-    from mtcsnn.run.checkpoint import DATA_KIND, load_checkpoints
+    from mtcsnn.run.checkpoint import load_checkpoints
+    from mtcsnn.run.config_spec import DATA_KIND
     from mtcsnn.run.console import quiet_libraries
+    from mtcsnn.run.evaluation import ensemble_results, evaluation_results
     from mtcsnn.run.files import versions
-    from mtcsnn.run.training import (
-        ensemble_results,
-        evaluation_results,
-        log_results,
-        write_outputs,
-    )
+    from mtcsnn.run.training import log_results, write_outputs
 
     start = time.perf_counter()
     quiet_libraries()

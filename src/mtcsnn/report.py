@@ -2,8 +2,8 @@
 
 Each configuration gets the mean and standard deviation over its seeds, MTCSNN is compared with
 CE seed by seed and as seed ensembles, and val chooses among configurations: see
-:mod:`mtcsnn.run.results` (the numbers), :mod:`mtcsnn.run.results_page` (``results.md``) and
-:mod:`mtcsnn.run.results_figures` (the figures).
+:mod:`mtcsnn.reporting` (the numbers), :mod:`mtcsnn.reporting.page` (``results.md``) and
+:mod:`mtcsnn.reporting.figures` (the figures).
 """
 
 from __future__ import annotations
@@ -12,16 +12,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from mtcsnn.reporting.comparing import comparisons, ensemble_rows, pooled_comparison
+from mtcsnn.reporting.figures import write_figures
+from mtcsnn.reporting.grouping import group_runs
+from mtcsnn.reporting.page import results_markdown
+from mtcsnn.reporting.runs import collect_runs
 from mtcsnn.run.files import write_text_atomic
-from mtcsnn.run.results import (
-    collect_runs,
-    comparisons,
-    ensemble_rows,
-    group_runs,
-    pooled_comparison,
-)
-from mtcsnn.run.results_figures import write_figures
-from mtcsnn.run.results_page import results_markdown
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from mtcsnn.errors import MTCSNNError
-from mtcsnn.run.config import CONFIG_PATH
+from mtcsnn.run.config import CONFIG_PATH, register_resolvers
 from mtcsnn.run.failures import BuildError, our_error
 
 # the checkpoint named in the example command lines the checkpoint tools print
@@ -208,6 +208,7 @@ def command(
 
         @functools.wraps(task)
         def main() -> Any:
+            register_resolvers()  # the configs composed below use them (idempotent)
             argv = sys.argv[1:]
             overrides = [a for a in argv if not a.startswith("-")]
             message = unknown_option_message(overrides) or unknown_key_message(

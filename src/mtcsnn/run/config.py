@@ -1,6 +1,8 @@
 """Where the configs are, the OmegaConf resolvers they use, and flat views of a config.
 
-Light on purpose: importing it (as ``import mtcsnn`` does) loads no PyTorch.
+Light on purpose: importing it loads no PyTorch. Importing it registers the resolvers, so
+whatever composes a config (the command wrapper, ``hydra.main``, ``compose`` with
+:data:`CONFIG_PATH`) has them; ``import mtcsnn`` alone loads neither Hydra nor OmegaConf.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def run_group(task_name: str) -> str:
 
 
 def register_resolvers() -> None:
+    """Register the resolvers the configs use (``${epoch_fractions:...}``, ...); idempotent."""
     from mtcsnn.grading import metric_mode  # which way a monitored metric improves
 
     resolvers = (
@@ -49,6 +52,10 @@ def register_resolvers() -> None:
     for name, fn in resolvers:
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
+
+
+# every way to a config goes through this module (CONFIG_PATH), so it registers them
+register_resolvers()
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -67,8 +74,8 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 # what is logged or shown, how many threads and loader workers do the work (the augmentation
 # and the pairing draw in the main process), whether a run resumes and what it keeps on disk.
 # A resume may differ in them (mtcsnn.run.run_dir) and the report does not tell configurations
-# apart by them (mtcsnn.run.results). Everything else, callbacks included (early stopping, EMA,
-# which checkpoint is kept), changes training and must match.
+# apart by them (mtcsnn.reporting.grouping). Everything else, callbacks included (early
+# stopping, EMA, which checkpoint is kept), changes training and must match.
 NOT_TRAINING_KEYS = frozenset(
     {
         "resume",

@@ -23,8 +23,9 @@ from mtcsnn.errors import ConfigError, MTCSNNError
 from mtcsnn.grading import metric_mode
 from mtcsnn.run.checkpoint import load_checkpoint
 from mtcsnn.run.checks import check_config
+from mtcsnn.run.evaluation import evaluation_results
 from mtcsnn.run.files import write_json
-from mtcsnn.run.training import evaluation_results, log_results, train, write_outputs
+from mtcsnn.run.training import log_results, train, write_outputs
 
 log = logging.getLogger(__name__)
 PARAM_TYPES = ("float", "int", "categorical")

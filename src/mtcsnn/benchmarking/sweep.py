@@ -1,5 +1,5 @@
 """Whole runs timed (``python -m mtcsnn.bench --runs N --jobs J``): N seeds as a framework sweep
-against N runs of the bare loop of :mod:`mtcsnn.run.bench_loops`, J at a time, side by side."""
+against N runs of the bare loop of :mod:`mtcsnn.benchmarking.loops`, J at a time, side by side."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 
+from mtcsnn.benchmarking.loops import bare_run, compose_config, cpu_name, device_of
 from mtcsnn.errors import MTCSNNError
-from mtcsnn.run.bench_loops import bare_run, compose_config, cpu_name, device_of
 from mtcsnn.run.training import set_threads
 
 

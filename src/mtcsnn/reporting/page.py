@@ -1,4 +1,4 @@
-"""The report's page, ``results.md``: tables of grouped runs (see :mod:`mtcsnn.run.results`)."""
+"""The report's page, ``results.md``: tables of grouped runs (see :mod:`mtcsnn.reporting`)."""
 
 from __future__ import annotations
 
@@ -7,18 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mtcsnn.run.results import (
-    DEBUG_RUN,
-    HELD_OUT,
-    METRICS,
-    MIN_SEEDS_TO_CHOOSE,
-    OPTIONAL_METRICS,
-    UNTESTED_TRIAL,
-    Run,
-    chosen_on_val,
-    label,
-    summarise,
-)
+from mtcsnn.reporting.comparing import HELD_OUT, MIN_SEEDS_TO_CHOOSE, chosen_on_val, summarise
+from mtcsnn.reporting.grouping import label
+from mtcsnn.reporting.runs import DEBUG_RUN, METRICS, OPTIONAL_METRICS, UNTESTED_TRIAL, Run
 
 # control characters and line breaks of every kind: a line break would end a table row or
 # start a new block (a heading, a list) on the page

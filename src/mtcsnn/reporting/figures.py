@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mtcsnn.run.results import Run, best_configuration, label, val_curve
+from mtcsnn.reporting.comparing import best_configuration
+from mtcsnn.reporting.grouping import label
+from mtcsnn.reporting.runs import Run, val_curve
 from mtcsnn.writing import write_atomic
 
 

@@ -1,0 +1,2 @@
+"""What several test files share: the command-line tools run as a user would (cli), a
+callback that signals its own run (interrupt), W&B offline records read back (wandb_records)."""
