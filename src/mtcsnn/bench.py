@@ -59,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         sweep_benchmark,
         sweep_summary,
     )
+    from mtcsnn.run.console import quiet_libraries
 
+    quiet_libraries()  # as in a run: no advertising tips, no hints meant for other setups
     try:
         if args.bare_run:
             bare_run_job(args.overrides, args.epochs or 1, args.bare_run)

@@ -33,6 +33,9 @@ class OncePerProcess(logging.Filter):
 
 
 _FILTER = OncePerProcess()
+# the start of Lightning's warning wherever `srun` is installed (SLURMEnvironment): a run
+# started without srun is a plain run, and the cluster docs say how to launch on SLURM
+SRUN_HINT = "The `srun` command is available on your system but is not used"
 
 
 def quiet_libraries() -> None:
@@ -45,6 +48,7 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=SRUN_HINT)
     # callbacks=ema: our configure_model only compiles (no sharding), so the memory warning
     # about sharded layers does not apply
     warnings.filterwarnings("ignore", message=".*WeightAveraging doesn't support sharding.*")
