@@ -21,20 +21,29 @@ REAL_NPZ = DATA_DIR / "retinamnist.npz"
 os.environ.setdefault("WANDB_MODE", "offline")
 
 
-def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
-    """The real train config with overrides, its output going to ``output_dir``."""
+def compose_command(
+    config_name: str, overrides: list[str], output_dir: Path, log_dir: bool = False
+) -> DictConfig:
+    """A command's real config (``train``, ``eval``, ...) with overrides, as its task sees it,
+    its output going to ``output_dir`` (and its log dir too, with ``log_dir``)."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
-        cfg.paths.log_dir = str(output_dir)
+        if log_dir:
+            cfg.paths.log_dir = str(output_dir)
         cfg.hydra.runtime.output_dir = str(output_dir)
         cfg.hydra.job.num = 0
     HydraConfig().set_config(cfg)
     with open_dict(cfg):
         del cfg["hydra"]  # as in a @hydra.main task: the hydra node is reached via HydraConfig
     return cfg
+
+
+def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
+    """The real train config with overrides, its output going to ``output_dir``."""
+    return compose_command("train", overrides, output_dir, log_dir=True)
 
 
 # Tiny CPU settings: a couple of epochs on a few synthetic images.

@@ -17,12 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_SYNTHETIC, compose_train
+from conftest import TINY_SYNTHETIC, compose_command, compose_train
 from helpers.cli import run_module
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from mtcsnn.errors import ConfigError, MTCSNNError
 from mtcsnn.losses import CoralLoss, CornLoss, GradeRegressionLoss
@@ -36,7 +34,6 @@ from mtcsnn.run.checkpoint import (
     load_checkpoints,
 )
 from mtcsnn.run.checks import check_config
-from mtcsnn.run.config import CONFIG_PATH
 from mtcsnn.run.config_spec import spec_of_config
 
 SECRET = "s3cr3t-value-from-the-environment"
@@ -75,17 +72,7 @@ def folder_trained(source: Path, out: Path, labels: str | None = "clinic_labels.
 
 def compose_eval(overrides: list[str], output_dir: Path) -> DictConfig:
     """The real eval config with ``overrides``, as ``python -m mtcsnn.eval`` would see it."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        cfg = compose("eval", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
+    return compose_command("eval", overrides, output_dir)
 
 
 def evaluate(ckpt: Path, out: Path, *overrides: str) -> dict:

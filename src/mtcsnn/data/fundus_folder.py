@@ -212,7 +212,8 @@ class FundusFolderDataModule(PairDataModule):
 
     def cache_key(self, rows: list[dict[str, str]]) -> str:
         digest = hashlib.sha256()
-        digest.update(self.labels.read_bytes())
+        # bounded like read_labels: the file may have been swapped since it was read
+        digest.update(read_bytes(self.labels, MAX_TABLE_BYTES))
         # the preparation's values too: a cache prepared with other values is not used
         prepared = f"{self.size} {PREPARATION_VERSION} {CACHE_VERSION} "
         prepared += str(fundus.PREPARATION.as_dict())
