@@ -2,13 +2,15 @@
 
 Each configuration gets the mean and standard deviation over its seeds, MTCSNN is compared with
 CE seed by seed and as seed ensembles, and val chooses among configurations: see
-:mod:`mtcsnn.reporting` (the numbers), :mod:`mtcsnn.reporting.page` (``results.md``) and
-:mod:`mtcsnn.reporting.figures` (the figures).
+:mod:`mtcsnn.reporting` (the numbers), :mod:`mtcsnn.reporting.page` (``results.md``),
+:mod:`mtcsnn.reporting.summary` (``summary.json``: the same numbers, for programs and for the
+checks of the documents that quote them) and :mod:`mtcsnn.reporting.figures` (the figures).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from mtcsnn.reporting.figures import write_figures
 from mtcsnn.reporting.grouping import group_runs
 from mtcsnn.reporting.page import results_markdown
 from mtcsnn.reporting.runs import collect_runs
+from mtcsnn.reporting.summary import report_summary
 from mtcsnn.run.files import write_text_atomic
 
 
@@ -48,9 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     pooled = pooled_comparison(compared, args.bootstrap)
     markdown = results_markdown(groups, compared, skipped, root, ensembles, pooled)
     write_text_atomic(out / "results.md", markdown)
+    summary = report_summary(groups, compared, ensembles, pooled, root, args.bootstrap)
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     figures = write_figures(groups, out)
     print(f"{len(runs)} run(s) in {len(groups)} configuration(s), {len(skipped)} skipped")
     print(f"wrote {out / 'results.md'}")
+    print(f"wrote {out / 'summary.json'}")
     for figure in figures:
         print(f"wrote {figure}")
     return 0

@@ -1,0 +1,138 @@
+"""The report's machine-readable summary, ``summary.json``: the numbers of ``results.md``.
+
+Everything the report's page shows as a number is here unrounded, so documents that quote a
+report can be checked against it (a number in the docs is one of these, rounded as shown).
+Configurations are named by the same label as on the page.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from mtcsnn.grading.comparison import PAIRED_METRICS
+from mtcsnn.reporting.comparing import HELD_OUT, chosen_on_val, summarise
+from mtcsnn.reporting.grouping import label
+from mtcsnn.reporting.runs import Run
+
+SUMMARY_FORMAT = 1
+
+
+def _number(value: float) -> float | None:
+    """JSON has no NaN: a figure that does not exist (the std of one seed) is null."""
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _mean_std(pair: tuple[float, float]) -> dict[str, float | None]:
+    return {"mean": _number(pair[0]), "std": _number(pair[1])}
+
+
+def _difference(row: dict) -> dict[str, dict[str, float | None]]:
+    """``{"auroc": {"difference", "low", "high"}, "acc": ...}`` of a comparison row."""
+    return {
+        metric: dict(zip(("difference", "low", "high"), map(_number, row[metric]), strict=True))
+        for metric in PAIRED_METRICS
+    }
+
+
+def _configuration(config: tuple, runs: list[Run], root: Path) -> dict:
+    numbers = summarise(runs)
+    stages: dict[str, dict] = {"test": {}, "val": {}}
+    for key, pair in numbers.items():
+        if key == HELD_OUT:
+            continue
+        stage, metric = key.split("/", 1)
+        stages[stage][metric] = _mean_std(pair)
+    if HELD_OUT in numbers:
+        stages["val"]["auroc_held_out"] = _mean_std(numbers[HELD_OUT])
+    decoded = [r.metrics["score_decoding"] for r in runs if "score_decoding" in r.metrics]
+    if decoded:  # the severity score as a grader (test): thresholds fitted on val, pairwise
+        stages["test"]["score_decoding"] = {
+            way: {
+                m: _mean_std(_mean_and_std([d[way]["test"][m] for d in decoded]))
+                for m in ("acc", "kappa", "mae")
+            }
+            for way in ("thresholds", "pairwise")
+        }
+    return {
+        "configuration": label(config),
+        "settings": {key.split(".", 1)[1]: value for key, value in config},
+        "seeds": sorted({r.seed for r in runs}),
+        "runs": sorted(_relative(r.path, root) for r in runs),
+        **stages,
+    }
+
+
+def _mean_and_std(values: list[float]) -> tuple[float, float]:
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+    return float(np.mean(values)), std
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def report_summary(
+    groups: dict[tuple, list[Run]],
+    compared: list[dict],
+    ensembles: list[dict],
+    pooled: dict | None,
+    root: Path,
+    num_resamples: int,
+) -> dict:
+    """The summary of one report: per configuration, the comparisons, ensembles, val's choice."""
+    ordered = sorted(groups.items(), key=lambda kv: label(kv[0]))
+    versions = sorted(
+        {
+            tuple(sorted(r.metrics.get("versions", {}).items()))
+            for runs in groups.values()
+            for r in runs
+        }
+    )
+    return {
+        "format": SUMMARY_FORMAT,
+        "bootstrap_resamples": num_resamples,
+        "configurations": [_configuration(c, runs, root) for c, runs in ordered],
+        "mtcsnn_vs_ce": [
+            {
+                "configuration": label(row["config"]),
+                "baseline": label(row["baseline"]),
+                "paired_seeds": row["seeds"],
+                **_difference(row),
+            }
+            for row in compared
+        ],
+        "pooled": (
+            {"configurations": pooled["configs"], "pairs": pooled["pairs"], **_difference(pooled)}
+            if pooled
+            else None
+        ),
+        "seed_ensembles": [
+            {
+                "configuration": label(row["config"]),
+                "seeds": row["seeds"],
+                "test": {m: _number(v) for m, v in row["scores"].items()},
+                **(
+                    {"baseline": label(row["baseline"]), "vs_baseline": _difference(row)}
+                    if "baseline" in row
+                    else {}
+                ),
+            }
+            for row in ensembles
+        ],
+        "chosen_on_val": [
+            {
+                "loss": str(row["loss"]),
+                "ranked_by": row["metric"],
+                "ranked": [label(c) for c in row["ranked"]],
+                "too_few_seeds": [label(c) for c in row["too_few"]],
+            }
+            for row in chosen_on_val(groups)
+        ],
+        "versions": [dict(v) for v in versions],
+    }
