@@ -1,0 +1,103 @@
+"""Referable DR and calibration figures against independent computations (scikit-learn, NumPy)."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import log_loss, roc_auc_score, roc_curve
+
+from mtcsnn.grading.referral import (
+    ThresholdRule,
+    calibration,
+    choose_threshold,
+    referable_metrics,
+    referable_probability,
+)
+
+
+def predictions(n: int, seed: int, skill: float = 1.5):
+    rng = np.random.default_rng(seed)
+    grades = rng.integers(0, 5, n)
+    logits = rng.normal(size=(n, 5)) + skill * np.eye(5)[grades]
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return grades, probs
+
+
+@pytest.mark.parametrize("cut", [2, 3])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_referable_auroc_is_scikit_learns_on_the_summed_probabilities(cut, seed):
+    grades, probs = predictions(300, seed)
+    p = probs[:, cut:].sum(1)
+    assert referable_probability(probs, cut).numpy() == pytest.approx(p)
+    got = referable_metrics(grades, probs, cut, threshold=0.5)
+    assert got["auroc"] == pytest.approx(roc_auc_score(grades >= cut, p))
+    refer, positive = p >= 0.5, grades >= cut
+    assert got["sensitivity"] == pytest.approx((refer & positive).sum() / positive.sum())
+    assert got["specificity"] == pytest.approx((~refer & ~positive).sum() / (~positive).sum())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_youden_threshold_is_the_one_scikit_learns_curve_gives(seed):
+    grades, probs = predictions(120, seed)
+    p = probs[:, 2:].sum(1)
+    fpr, tpr, thresholds = roc_curve(grades >= 2, p)
+    expected = thresholds[np.argmax(tpr - fpr)]
+    assert choose_threshold(grades, probs, 2, ThresholdRule("youden")) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("target", [0.5, 0.87, 0.95, 1.0])
+def test_target_sensitivity_picks_the_most_specific_threshold_that_reaches_it(target):
+    grades, probs = predictions(200, 5)
+    threshold = choose_threshold(grades, probs, 2, ThresholdRule("sensitivity", target))
+    p, positive = probs[:, 2:].sum(1), grades >= 2
+    reached = lambda t: ((p >= t) & positive).sum() / positive.sum() >= target  # noqa: E731
+    assert reached(threshold)
+    # any higher threshold (the next distinct probability above it) refers too few
+    higher = p[p > threshold]
+    if len(higher):
+        assert not reached(higher.min())
+
+
+def test_one_class_only_gives_no_auroc_and_no_threshold():
+    grades = np.array([0, 1, 0, 1])
+    probs = np.full((4, 5), 0.2)
+    assert choose_threshold(grades, probs, 2, ThresholdRule()) is None
+    got = referable_metrics(grades, probs, 2, None)
+    assert got == {"auroc": None, "sensitivity": None, "specificity": None, "threshold": None}
+    got = referable_metrics(grades, probs, 2, 0.7)  # P(referable) is 0.6: none referred
+    assert got["sensitivity"] is None and got["specificity"] == 1.0
+
+
+def test_a_cut_outside_the_grades_and_an_unknown_rule_are_refused():
+    with pytest.raises(ValueError, match="cut 5"):
+        referable_probability(np.full((2, 5), 0.2), 5)
+    with pytest.raises(ValueError, match="youden or sensitivity"):
+        ThresholdRule("f1")
+    with pytest.raises(ValueError, match="target_sensitivity"):
+        ThresholdRule("sensitivity", 1.5)
+
+
+def numpy_ece(grades, probs, bins=15):
+    confidence, predicted = probs.max(1), probs.argmax(1)
+    correct = predicted == grades
+    edges = np.linspace(0, 1, bins + 1)
+    total = 0.0
+    for low, high in zip(edges[:-1], edges[1:], strict=True):
+        inside = (confidence > low) & (confidence <= high)
+        if inside.any():
+            total += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
+    return total
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_calibration_figures_match_direct_computations(seed):
+    grades, probs = predictions(400, seed, skill=2.0)
+    got = calibration(grades, probs)
+    assert got["ece"] == pytest.approx(numpy_ece(grades, probs), abs=1e-6)
+    onehot = np.eye(5)[grades]
+    assert got["brier"] == pytest.approx(((probs - onehot) ** 2).sum(1).mean())
+    assert got["nll"] == pytest.approx(log_loss(grades, probs, labels=range(5)))
+
+
+def test_a_perfectly_confident_correct_grader_is_calibrated():
+    grades = np.arange(10) % 5
+    got = calibration(grades, np.eye(5)[grades])
+    assert got["ece"] == pytest.approx(0.0) and got["brier"] == pytest.approx(0.0)
