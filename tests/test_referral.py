@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss, roc_auc_score, roc_curve
 
+from mtcsnn.errors import ConfigError
 from mtcsnn.grading.referral import (
-    ThresholdRule,
+    ReferralSettings,
     calibration,
     choose_threshold,
     referable_metrics,
@@ -40,13 +41,15 @@ def test_youden_threshold_is_the_one_scikit_learns_curve_gives(seed):
     p = probs[:, 2:].sum(1)
     fpr, tpr, thresholds = roc_curve(grades >= 2, p)
     expected = thresholds[np.argmax(tpr - fpr)]
-    assert choose_threshold(grades, probs, 2, ThresholdRule("youden")) == pytest.approx(expected)
+    assert choose_threshold(
+        grades, probs, 2, ReferralSettings(threshold_rule="youden")
+    ) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("target", [0.5, 0.87, 0.95, 1.0])
 def test_target_sensitivity_picks_the_most_specific_threshold_that_reaches_it(target):
     grades, probs = predictions(200, 5)
-    threshold = choose_threshold(grades, probs, 2, ThresholdRule("sensitivity", target))
+    threshold = choose_threshold(grades, probs, 2, ReferralSettings(target_sensitivity=target))
     p, positive = probs[:, 2:].sum(1), grades >= 2
     reached = lambda t: ((p >= t) & positive).sum() / positive.sum() >= target  # noqa: E731
     assert reached(threshold)
@@ -59,7 +62,7 @@ def test_target_sensitivity_picks_the_most_specific_threshold_that_reaches_it(ta
 def test_one_class_only_gives_no_auroc_and_no_threshold():
     grades = np.array([0, 1, 0, 1])
     probs = np.full((4, 5), 0.2)
-    assert choose_threshold(grades, probs, 2, ThresholdRule()) is None
+    assert choose_threshold(grades, probs, 2, ReferralSettings()) is None
     got = referable_metrics(grades, probs, 2, None)
     assert got == {"auroc": None, "sensitivity": None, "specificity": None, "threshold": None}
     got = referable_metrics(grades, probs, 2, 0.7)  # P(referable) is 0.6: none referred
@@ -67,12 +70,15 @@ def test_one_class_only_gives_no_auroc_and_no_threshold():
 
 
 def test_a_cut_outside_the_grades_and_an_unknown_rule_are_refused():
-    with pytest.raises(ValueError, match="cut 5"):
+    with pytest.raises(ConfigError, match="referable_cuts=5"):
         referable_probability(np.full((2, 5), 0.2), 5)
-    with pytest.raises(ValueError, match="youden or sensitivity"):
-        ThresholdRule("f1")
-    with pytest.raises(ValueError, match="target_sensitivity"):
-        ThresholdRule("sensitivity", 1.5)
+    with pytest.raises(ConfigError, match="threshold_rule='f1'"):
+        ReferralSettings(threshold_rule="f1")
+    with pytest.raises(ConfigError, match="target_sensitivity=1.5"):
+        ReferralSettings(target_sensitivity=1.5)
+    for cuts in ([], [2, 2], [0], [5], [True], "2"):
+        with pytest.raises(ConfigError, match="referable_cuts"):
+            ReferralSettings(referable_cuts=cuts)
 
 
 def numpy_ece(grades, probs, bins=15):

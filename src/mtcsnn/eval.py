@@ -93,7 +93,7 @@ def evaluate(cfg: DictConfig) -> dict:
     from mtcsnn.run.checkpoint import load_checkpoints
     from mtcsnn.run.config_spec import DATA_KIND
     from mtcsnn.run.console import quiet_libraries
-    from mtcsnn.run.evaluation import ensemble_results, evaluation_results
+    from mtcsnn.run.evaluation import ensemble_results, evaluation_results, referral_of
     from mtcsnn.run.files import versions
     from mtcsnn.run.training import log_results, write_outputs
 
@@ -107,10 +107,12 @@ def evaluate(cfg: DictConfig) -> dict:
     datamodule = instantiate(data_cfg)
     predictions = None
     if len(checkpoints) == 1:
-        results = evaluation_results(ckpt.module, datamodule, cfg.trainer)
+        results = evaluation_results(
+            ckpt.module, datamodule, cfg.trainer, referral=referral_of(cfg)
+        )
     else:
         modules = [c.module for c in checkpoints]
-        results, predictions = ensemble_results(modules, datamodule, cfg.trainer)
+        results, predictions = ensemble_results(modules, datamodule, cfg.trainer, referral_of(cfg))
     # this command's own config (with the data size the spec gave), and each model's spec:
     # nothing of the checkpoints' run records, which stay unread
     config = OmegaConf.to_container(cfg, resolve=True)

@@ -14,6 +14,7 @@ Pure functions of grades and probabilities (NumPy or torch in, floats out).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,23 +25,61 @@ from torchmetrics.functional.classification import (
     multiclass_calibration_error,
 )
 
+from mtcsnn.errors import ConfigError, check_choice
+
 ECE_BINS = 15
 
 
-@dataclass(frozen=True)
-class ThresholdRule:
-    """How val chooses the referral threshold: ``youden`` (max sensitivity + specificity - 1)
-    or ``sensitivity`` (the highest threshold whose val sensitivity reaches ``target``, so the
-    most specific one that refers enough)."""
+RULES = ("sensitivity", "youden")
 
-    name: str = "sensitivity"
-    target: float = 0.87
+
+def check_cuts(cuts: object) -> None:
+    """Referable cuts: grades 1..4, the first is "referable" (``test.referable``)."""
+    if not (
+        isinstance(cuts, Sequence)
+        and not isinstance(cuts, str)
+        and len(cuts) > 0
+        and all(isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= 4 for c in cuts)
+        and len(set(cuts)) == len(cuts)
+    ):
+        raise ConfigError(
+            "referable_cuts", cuts, "a list of distinct grades 1-4, e.g. [2, 3] (grade >= 2 first)"
+        )
+
+
+def check_rule(rule: object) -> None:
+    check_choice("threshold_rule", rule, RULES)
+
+
+def check_target_sensitivity(target: object) -> None:
+    if not (
+        isinstance(target, (int, float))
+        and not isinstance(target, bool)
+        and math.isfinite(target)
+        and 0 < target <= 1
+    ):
+        raise ConfigError("target_sensitivity", target, "a number in (0, 1], e.g. 0.87")
+
+
+@dataclass(frozen=True)
+class ReferralSettings:
+    """Which cuts make a referral and how val chooses each threshold: ``youden`` (max
+    sensitivity + specificity - 1) or ``sensitivity`` (the highest threshold whose val
+    sensitivity reaches ``target_sensitivity``: the most specific that refers enough)."""
+
+    referable_cuts: tuple[int, ...] = (2, 3)
+    threshold_rule: str = "sensitivity"
+    target_sensitivity: float = 0.87
 
     def __post_init__(self) -> None:
-        if self.name not in ("youden", "sensitivity"):
-            raise ValueError(f"referable.rule={self.name!r}: use youden or sensitivity")
-        if self.name == "sensitivity" and not 0.0 < self.target <= 1.0:
-            raise ValueError(f"referable.target_sensitivity={self.target}: use a value in (0, 1]")
+        check_cuts(list(self.referable_cuts))
+        check_rule(self.threshold_rule)
+        check_target_sensitivity(self.target_sensitivity)
+
+    @staticmethod
+    def key(index: int, cut: int) -> str:
+        """``referable`` for the first cut, ``referable_<cut>`` for the others."""
+        return "referable" if index == 0 else f"referable_{cut}"
 
 
 def _tensor(values, dtype=torch.float64) -> torch.Tensor:
@@ -51,7 +90,7 @@ def referable_probability(probs, cut: int) -> torch.Tensor:
     """P(grade >= cut) of each image: the sum of those grades' probabilities."""
     probs = _tensor(probs)
     if not 1 <= cut < probs.shape[1]:
-        raise ValueError(f"referable cut {cut}: use a grade in 1..{probs.shape[1] - 1}")
+        raise ConfigError("referable_cuts", cut, f"use grades 1..{probs.shape[1] - 1}")
     return probs[:, cut:].sum(1)
 
 
@@ -59,18 +98,18 @@ def _both_classes(referable: torch.Tensor) -> bool:
     return bool(referable.any()) and not bool(referable.all())
 
 
-def choose_threshold(grades, probs, cut: int, rule: ThresholdRule) -> float | None:
-    """The referral threshold ``rule`` chooses on these (val) images; None when they do not
+def choose_threshold(grades, probs, cut: int, settings: ReferralSettings) -> float | None:
+    """The referral threshold ``settings`` choose on these (val) images; None when they do not
     hold both referable and non-referable images (no threshold can be chosen on them)."""
     referable = _tensor(grades, torch.long) >= cut
     if not _both_classes(referable):
         return None
     p = referable_probability(probs, cut)
     fpr, tpr, thresholds = binary_roc(p, referable.long())
-    if rule.name == "youden":
+    if settings.threshold_rule == "youden":
         best = int(torch.argmax(tpr - fpr))
     else:  # thresholds fall as tpr rises: the first that reaches the target is the highest
-        best = int(torch.nonzero(tpr >= rule.target - 1e-12)[0])
+        best = int(torch.nonzero(tpr >= settings.target_sensitivity - 1e-12)[0])
     return float(thresholds[best])
 
 
@@ -114,3 +153,25 @@ def calibration(grades, probs) -> dict[str, float]:
 def finite_or_none(value: float | None) -> float | None:
     """JSON-safe: a figure that cannot be given is null, never NaN."""
     return None if value is None or not math.isfinite(value) else float(value)
+
+
+def screening_metrics(
+    val: tuple, test: tuple | None, settings: ReferralSettings
+) -> tuple[dict, dict | None]:
+    """The figures a screening study reports, for ``val`` and ``test`` (grades, probabilities):
+    each cut's referable metrics at the threshold chosen on val, and calibration.
+
+    Returns what goes beside the grade metrics of ``metrics.json``'s ``val`` and ``test``.
+    """
+    num_grades = np.asarray(val[1]).shape[1]
+    out_val: dict = dict(calibration(*val))
+    out_test: dict | None = dict(calibration(*test)) if test is not None else None
+    for index, cut in enumerate(settings.referable_cuts):
+        if cut >= num_grades:
+            continue  # a model of fewer grades has no such cut
+        threshold = choose_threshold(*val, cut, settings)
+        key = settings.key(index, cut)
+        out_val[key] = {"cut": cut, **referable_metrics(*val, cut, threshold)}
+        if out_test is not None:
+            out_test[key] = {"cut": cut, **referable_metrics(*test, cut, threshold)}
+    return out_val, out_test

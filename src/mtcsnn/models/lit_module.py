@@ -88,7 +88,8 @@ class MTCSNNModule(pl.LightningModule):
     val/test grade metrics. A training step returns its loss and both branches' severity scores
     (``score_a``, ``score_b``), which callbacks such as hard pairing's feedback read; a val
     step returns each image's index, grade and class probabilities. After a
-    test epoch, ``test_predictions`` and ``test_confusion`` hold what the run writes to disk.
+    test epoch, ``test_predictions`` and ``test_confusion`` hold what the run writes to disk;
+    after a val epoch, ``val_predictions`` holds its images' grades and probabilities.
     """
 
     def __init__(
@@ -122,6 +123,9 @@ class MTCSNNModule(pl.LightningModule):
         self.test_metrics = grade_metrics(num_classes)
         self._test_outputs: list[dict[str, torch.Tensor]] = []
         self.test_predictions: dict[str, torch.Tensor] = {}
+        # the last val pass's images (index, grade, probs): val chooses referral thresholds
+        self._val_outputs: list[dict[str, torch.Tensor]] = []
+        self.val_predictions: dict[str, torch.Tensor] = {}
         self.test_confusion: list[list[int]] = []
         self.compile_net = compile
         self.divergence = DivergenceWatch()
@@ -230,9 +234,12 @@ class MTCSNNModule(pl.LightningModule):
     ) -> dict[str, torch.Tensor]:
         _, probs = self._evaluate(batch, "val")
         # what callbacks such as the val prediction log read
-        return {"index": batch["index"], "grade": batch["grade"], "probs": probs.detach()}
+        out = {"index": batch["index"], "grade": batch["grade"], "probs": probs.detach()}
+        self._val_outputs.append({key: value.cpu() for key, value in out.items()})
+        return out
 
     def on_validation_epoch_start(self) -> None:
+        self._val_outputs = []
         self.__dict__.get("_non_finite", {}).pop("val", None)
 
     def on_validation_epoch_end(self) -> None:
@@ -244,6 +251,8 @@ class MTCSNNModule(pl.LightningModule):
         for name, value in scalar_metrics(values, "val/").items():
             self.log(name, value, prog_bar=name == "val/auroc")
         self.val_metrics.reset()
+        if not self.trainer.sanity_checking:
+            self.val_predictions = gathered(self._val_outputs)
 
     def on_test_epoch_start(self) -> None:
         self._test_outputs = []
@@ -268,13 +277,7 @@ class MTCSNNModule(pl.LightningModule):
         self.log_dict(scalar_metrics(values, "test/"))
         self.test_confusion = values["confusion"].int().tolist()
         self.test_metrics.reset()
-        outputs = self._test_outputs
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            # every process holds its share of the test images: collect all of them
-            shares: list = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(shares, outputs)
-            outputs = [o for share in shares for o in share]
-        self.test_predictions = {key: torch.cat([o[key] for o in outputs]) for key in outputs[0]}
+        self.test_predictions = gathered(self._test_outputs)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["mtcsnn_config"] = self.run_config  # the run's record: read, never built
@@ -290,3 +293,14 @@ class MTCSNNModule(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
         }
+
+
+def gathered(outputs: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """One pass's per-batch outputs as one table; under DDP, every process's share of it."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        shares: list = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(shares, outputs)
+        outputs = [o for share in shares for o in share]
+    if not outputs:
+        return {}
+    return {key: torch.cat([o[key] for o in outputs]) for key in outputs[0]}

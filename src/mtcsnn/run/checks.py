@@ -13,6 +13,7 @@ from mtcsnn.data.datamodule import PairDataModule, check_batch_size
 from mtcsnn.data.pairing import check_pairing
 from mtcsnn.errors import ConfigError, require
 from mtcsnn.grading import MONITORABLE, metric_mode
+from mtcsnn.grading.referral import check_cuts, check_rule, check_target_sensitivity
 from mtcsnn.losses.base import (
     check_difference,
     check_label_smoothing,
@@ -68,6 +69,9 @@ DOMAIN_CHECKS: dict[str, Callable[[object], None]] = {
     "data.pairing": check_pairing,
     "data.augment": check_augment,
     "data.batch_size": check_batch_size,
+    "grading.referable_cuts": check_cuts,
+    "grading.threshold_rule": check_rule,
+    "grading.target_sensitivity": check_target_sensitivity,
 }
 
 

@@ -96,7 +96,8 @@ NOT_TRAINING_KEYS = frozenset(
     }
 )
 # whole sections (and the choice of their config file: `logger=wandb`)
-NOT_TRAINING_SECTIONS = ("paths", "logger", "hydra")
+# grading: how a trained model is scored (referral thresholds, cuts), never what is trained
+NOT_TRAINING_SECTIONS = ("paths", "logger", "hydra", "grading")
 # folders files are written to, wherever they appear (a checkpoint callback's dirpath)
 NOT_TRAINING_SUFFIXES = (".dirpath", ".save_dir", "default_root_dir")
 

@@ -65,7 +65,29 @@ def progress_bar_wanted(enabled: bool) -> bool:
 def metrics_line(values: dict[str, float], names: tuple[str, ...] | None = None) -> str:
     """``auroc 0.8123 acc 0.5100 ...``: the values with 4 digits."""
     keys = names or tuple(values)
-    return " ".join(f"{key} {values[key]:.4f}" for key in keys if key in values)
+    # the grade metrics; the screening figures (dicts of referable-DR figures) have their line
+    return " ".join(
+        f"{key} {values[key]:.4f}"
+        for key in keys
+        if isinstance(values.get(key), (int, float)) and key in values
+    )
+
+
+def screening_line(values: dict) -> str:
+    """``referable (grade >= 2) auroc 0.8123 sensitivity 0.8700 specificity 0.6100 at 0.3120
+    (chosen on val); ... ece 0.0812``: what a screening study reads."""
+    parts = []
+    for value in values.values():
+        if isinstance(value, dict) and "cut" in value:
+            shown = " ".join(
+                f"{name} {value[name]:.4f}"
+                for name in ("auroc", "sensitivity", "specificity")
+                if value.get(name) is not None
+            )
+            at = value.get("threshold")
+            where = f" at {at:.4f} (chosen on val)" if at is not None else ""
+            parts.append(f"referable (grade >= {value['cut']}) {shown}{where}")
+    return "; ".join([*parts, metrics_line(values, ("ece", "brier", "nll"))])
 
 
 class EpochLog(pl.Callback):

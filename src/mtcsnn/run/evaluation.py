@@ -10,15 +10,16 @@ import logging
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mtcsnn.data import PairDataModule
 from mtcsnn.grading.comparison import grade_scores
 from mtcsnn.grading.metrics import warn_once_together
+from mtcsnn.grading.referral import ReferralSettings, screening_metrics
 from mtcsnn.grading.score_decoding import decode_if_trained
 from mtcsnn.models import MTCSNNModule
 from mtcsnn.models.lit_module import NonFiniteOutputError
-from mtcsnn.run.console import metrics_line
+from mtcsnn.run.console import metrics_line, screening_line
 from mtcsnn.run.files import (
     data_fingerprint,
 )
@@ -33,15 +34,24 @@ def evaluation_results(
     trainer_cfg: DictConfig,
     loggers: list | None = None,
     test: bool = True,
+    referral: ReferralSettings | None = None,
 ) -> dict:
     """What one val and one test pass of ``model`` give: the metrics of ``metrics.json``.
 
     Shared by a training run (its best checkpoint), ``mtcsnn.eval`` (any checkpoint) and a
-    search (its chosen trial). ``test=False`` stops after val.
+    search (its chosen trial). ``test=False`` stops after val. Beside the grade metrics: the
+    referable-DR figures (thresholds chosen on val) and calibration of ``referral``'s settings.
     """
     val, test_metrics = validate_and_test(model, datamodule, trainer_cfg, loggers, test=test)
     if test:  # the test pass refuses them already; nothing graded from NaN reaches metrics.json
         refuse_non_finite(model.test_predictions, "test")
+    add_screening(
+        val,
+        test_metrics,
+        model.val_predictions,
+        model.test_predictions if test else None,
+        referral or ReferralSettings(),
+    )
     results: dict = {
         "val": val,
         "test": test_metrics,
@@ -58,7 +68,10 @@ def evaluation_results(
 
 
 def ensemble_results(
-    modules: list[MTCSNNModule], datamodule: PairDataModule, trainer_cfg: DictConfig
+    modules: list[MTCSNNModule],
+    datamodule: PairDataModule,
+    trainer_cfg: DictConfig,
+    referral: ReferralSettings | None = None,
 ) -> tuple[dict, dict[str, torch.Tensor]]:
     """Several checkpoints as one model: their test probabilities (and scores) averaged.
 
@@ -68,27 +81,21 @@ def ensemble_results(
     # the members see the same val and test images: grades absent there are named once
     warn_once_together([module.val_metrics for module in modules])
     warn_once_together([module.test_metrics for module in modules])
-    members = [evaluation_results(module, datamodule, trainer_cfg) for module in modules]
-    predictions = [module.test_predictions for module in modules]
-    order = [p["index"].argsort() for p in predictions]
-    grades = predictions[0]["grade"][order[0]]
-    averaged = {
-        "index": predictions[0]["index"][order[0]],
-        "grade": grades,
-        "probs": torch.stack([p["probs"][o] for p, o in zip(predictions, order, strict=True)]).mean(
-            0
-        ),
-        "score": torch.stack([p["score"][o] for p, o in zip(predictions, order, strict=True)]).mean(
-            0
-        ),
-    }
+    referral = referral or ReferralSettings()
+    members = [
+        evaluation_results(module, datamodule, trainer_cfg, referral=referral) for module in modules
+    ]
+    averaged = averaged_predictions([module.test_predictions for module in modules])
+    averaged_val = averaged_predictions([module.val_predictions for module in modules])
     refuse_non_finite(averaged, f"test (ensemble of {len(modules)})")
+    grades = averaged["grade"]
     probs = averaged["probs"].double().numpy()
     pred = probs.argmax(1)
     confusion = torch.zeros(probs.shape[1], probs.shape[1], dtype=torch.long)
     confusion.index_put_((grades, torch.from_numpy(pred)), torch.tensor(1), accumulate=True)
     test = grade_scores(grades.numpy(), probs)
     log.info("test (ensemble of %d) %s", len(modules), metrics_line(test))
+    add_screening({}, test, averaged_val, averaged, referral)
     results = {
         "val": None,  # each member's val metrics are under members
         "test": test,
@@ -97,6 +104,50 @@ def ensemble_results(
         "members": [{"val": m["val"], "test": m["test"]} for m in members],
     }
     return results, averaged
+
+
+def referral_of(cfg: DictConfig) -> ReferralSettings:
+    """The ``grading`` settings of a command's config (the defaults where it has none)."""
+    node = cfg.get("grading")
+    if node is None:
+        return ReferralSettings()
+    settings = OmegaConf.to_container(node, resolve=True)
+    settings["referable_cuts"] = tuple(settings["referable_cuts"])
+    return ReferralSettings(**settings)
+
+
+def averaged_predictions(predictions: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Several models' predictions of the same images, in image order, their outputs averaged."""
+    order = [p["index"].argsort() for p in predictions]
+    averaged = {key: predictions[0][key][order[0]] for key in ("index", "grade")}
+    for key in ("probs", "score"):
+        if all(key in p for p in predictions):
+            stacked = [p[key][o] for p, o in zip(predictions, order, strict=True)]
+            averaged[key] = torch.stack(stacked).mean(0)
+    return averaged
+
+
+def add_screening(
+    val: dict,
+    test: dict | None,
+    val_predictions: dict[str, torch.Tensor],
+    test_predictions: dict[str, torch.Tensor] | None,
+    referral: ReferralSettings,
+) -> None:
+    """Referable DR and calibration beside the grade metrics of ``val`` and ``test``, the
+    referral thresholds chosen on val (:mod:`mtcsnn.grading.referral`)."""
+    if not val_predictions:
+        return
+    as_arrays = lambda p: (p["grade"].numpy(), p["probs"].double().numpy())  # noqa: E731
+    val_extra, test_extra = screening_metrics(
+        as_arrays(val_predictions),
+        as_arrays(test_predictions) if test_predictions else None,
+        referral,
+    )
+    val.update(val_extra)
+    if test is not None and test_extra is not None:
+        test.update(test_extra)
+        log.info("test %s", screening_line(test_extra))
 
 
 def refuse_non_finite(predictions: dict[str, torch.Tensor], split: str) -> None:

@@ -23,7 +23,7 @@ from mtcsnn.errors import ConfigError, MTCSNNError
 from mtcsnn.grading import metric_mode
 from mtcsnn.run.checkpoint import load_checkpoint
 from mtcsnn.run.checks import check_config
-from mtcsnn.run.evaluation import evaluation_results
+from mtcsnn.run.evaluation import evaluation_results, referral_of
 from mtcsnn.run.files import write_json
 from mtcsnn.run.training import log_results, train, write_outputs
 
@@ -112,12 +112,12 @@ def search(cfg: DictConfig) -> float:
         "best %s %.4f with %s (%s)", metric, best.value, best.params, best.user_attrs["run_dir"]
     )
     # the chosen trial, and only it, sees the test split, once
-    test = test_chosen_run(Path(best.user_attrs["run_dir"]), cfg.trainer)
+    test = test_chosen_run(Path(best.user_attrs["run_dir"]), cfg)
     write_json(out_dir / "search.json", study_summary(study, metric, test))
     return best.value
 
 
-def test_chosen_run(run_dir: Path, trainer_cfg: DictConfig) -> dict[str, float]:
+def test_chosen_run(run_dir: Path, cfg: DictConfig) -> dict[str, float]:
     """Test the best checkpoint of a finished, untested run; its files get the test results."""
     metrics = json.loads((run_dir / "metrics.json").read_text())
     if metrics.get("test") is not None:  # a resumed study whose best was tested before
@@ -125,7 +125,7 @@ def test_chosen_run(run_dir: Path, trainer_cfg: DictConfig) -> dict[str, float]:
     ckpt = load_checkpoint(metrics["best_checkpoint"])
     # the trial's own data, from the run record this search wrote (a checkpoint's is not built)
     data = instantiate(OmegaConf.create(metrics["config"]["data"]))
-    tested = evaluation_results(ckpt.module, data, trainer_cfg)
+    tested = evaluation_results(ckpt.module, data, cfg.trainer, referral=referral_of(cfg))
     metrics.update({key: value for key, value in tested.items() if key != "val"})
     write_outputs(run_dir, ckpt.module, metrics)
     log_results(metrics, run_dir)

@@ -30,7 +30,7 @@ from mtcsnn.run.config import flatten
 from mtcsnn.run.config_spec import spec_of_config
 from mtcsnn.run.console import progress_bar_wanted, quiet_libraries
 from mtcsnn.run.distributed import end_ddp_job, use_job_commands_for_ddp_children
-from mtcsnn.run.evaluation import evaluation_results
+from mtcsnn.run.evaluation import evaluation_results, referral_of
 from mtcsnn.run.failures import clear_failure, in_multirun
 from mtcsnn.run.files import (
     keep_weights_only,
@@ -268,7 +268,9 @@ def fit_and_test(cfg: DictConfig, test: bool = True) -> dict:
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["state_dict"])
         epoch = int(state["epoch"])
-    results = evaluation_results(model, datamodule, cfg.trainer, loggers, test=test)
+    results = evaluation_results(
+        model, datamodule, cfg.trainer, loggers, test=test, referral=referral_of(cfg)
+    )
     results.update(
         best_epoch=epoch,
         best_checkpoint=ckpt_path or None,
