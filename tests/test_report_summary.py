@@ -4,6 +4,7 @@ import json
 import re
 
 import numpy as np
+import pytest
 from test_report import sweep, write_run  # noqa: F401  (the fixture and the run writer)
 
 from mtcsnn.report import main
@@ -61,3 +62,70 @@ def test_a_figure_that_does_not_exist_is_null_not_nan(tmp_path):
     assert "NaN" not in text  # JSON has no NaN: one seed has no spread
     (config,) = json.loads(text)["configurations"]
     assert config["test"]["auroc"]["std"] is None
+
+
+def test_report_has_referable_dr_and_calibration_where_runs_measured_them(sweep):  # noqa: F811
+    from sklearn.metrics import roc_auc_score
+
+    from mtcsnn.reporting.predictions import read_predictions
+
+    sensitivity = {}
+    finished = [p for p in sweep.iterdir() if (p / "test_predictions.csv").is_file()]
+    for folder in sorted(finished):
+        metrics = json.loads((folder / "metrics.json").read_text())
+        grades, probs = read_predictions(folder / "test_predictions.csv")
+        referable = grades >= 2
+        p = probs[:, 2:].sum(1)
+        sens = float(((p >= 0.5) & referable).sum() / referable.sum())
+        sensitivity.setdefault(metrics["choices"]["loss"], []).append(sens)
+        metrics["test"].update(
+            ece=0.1,
+            brier=0.6,
+            nll=1.2,
+            referable={
+                "cut": 2,
+                "auroc": float(roc_auc_score(referable, p)),
+                "sensitivity": sens,
+                "specificity": float(((p < 0.5) & ~referable).sum() / (~referable).sum()),
+                "threshold": 0.5,
+            },
+        )
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    assert main([str(sweep), "--bootstrap", "200"]) == 0
+    page = (sweep / "results.md").read_text()
+    assert "## Referable DR (grade >= 2) and calibration (test)" in page
+    ce = np.mean(sensitivity["ce"])
+    section = page.split("## Referable DR")[1].split("\n## ")[0]
+    (row,) = [line for line in section.splitlines() if line.startswith("| loss=ce | 3 | ")]
+    assert f"| {ce:.4f} +/- {np.std(sensitivity['ce'], ddof=1):.4f} |" in row
+    summary = json.loads((sweep / "summary.json").read_text())
+    by_name = {c["configuration"]: c for c in summary["configurations"]}
+    assert by_name["loss=ce"]["test"]["referable"]["sensitivity"]["mean"] == ce
+    assert by_name["loss=ce"]["test"]["ece"]["mean"] == 0.1
+    # MTCSNN - CE in referable AUROC, from the predictions, seed by seed
+    (compared,) = summary["mtcsnn_vs_ce"]
+    runs = {}
+    for folder in finished:
+        metrics = json.loads((folder / "metrics.json").read_text())
+        runs[metrics["choices"]["loss"], metrics["seed"]] = metrics["test"]["referable"]
+    expected = np.mean([runs["mtcsnn", s]["auroc"] - runs["ce", s]["auroc"] for s in (1, 2, 3)])
+    assert compared["referable_auroc"]["difference"] == pytest.approx(expected)
+    low, high = compared["referable_auroc"]["low"], compared["referable_auroc"]["high"]
+    assert low <= expected <= high
+    test_every_number_on_the_page_is_in_the_summary(sweep)
+
+
+def test_referable_auroc_of_resamples_is_scikit_learns():
+    from sklearn.metrics import roc_auc_score
+
+    from mtcsnn.grading.comparison import referable_auroc
+
+    rng = np.random.default_rng(3)
+    grades = rng.integers(0, 5, (4, 60))
+    probs = rng.dirichlet(np.ones(5), size=(4, 60))
+    probs[..., 3] = probs[..., 2]  # ties in the summed probabilities count as half
+    got = referable_auroc(grades, probs)
+    for row in range(4):
+        expected = roc_auc_score(grades[row] >= 2, probs[row, :, 2:].sum(1))
+        assert got[row] == pytest.approx(expected)
+    assert np.isnan(referable_auroc(np.zeros((1, 5), int), probs[:1, :5]))[0]

@@ -65,7 +65,26 @@ def accuracy(grades: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return (probs.argmax(-1) == grades).mean(-1)
 
 
-PAIRED_METRICS = {"auroc": ovr_auroc, "acc": accuracy}
+# referable DR in the report's comparisons: more than mild (grade >= 2)
+REFERABLE_CUT = 2
+
+
+def referable_auroc(grades: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """AUROC of P(grade >= 2) (the sum of those grades' probabilities) for referable DR, for
+    each row of a batch of resamples (rank-sum form, ties as half); NaN where a row lacks
+    referable or non-referable images."""
+    grades, probs = np.atleast_2d(grades), probs.reshape(-1, *probs.shape[-2:])
+    positive = grades >= REFERABLE_CUT
+    n_pos = positive.sum(1)
+    n_neg = positive.shape[1] - n_pos
+    ranks = rankdata(probs[..., REFERABLE_CUT:].sum(-1), axis=1)
+    rank_sum = (ranks * positive).sum(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        auroc = (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    return np.where((n_pos > 0) & (n_neg > 0), auroc, np.nan)
+
+
+PAIRED_METRICS = {"auroc": ovr_auroc, "acc": accuracy, "referable_auroc": referable_auroc}
 
 
 def _pair_deltas(

@@ -52,6 +52,36 @@ def summarise(runs: list[Run]) -> dict[str, tuple[float, float]]:
     return out
 
 
+# the screening figures of a run's test pass (metrics.json), as "referable.auroc" etc.
+SCREENING = (
+    "referable.auroc",
+    "referable.sensitivity",
+    "referable.specificity",
+    "referable.threshold",
+    "ece",
+    "brier",
+    "nll",
+)
+
+
+def screening_summary(runs: list[Run]) -> dict[str, tuple[float, float]]:
+    """Mean and std over seeds of each test screening figure every run has (runs from before
+    they were measured have none; a figure a run could not give, null, leaves it out)."""
+    out = {}
+    for name in SCREENING:
+        values = [_screening_value(r.metrics.get("test") or {}, name) for r in runs]
+        if values and all(v is not None for v in values):
+            std = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+            out[name] = (float(np.mean(values)), std)
+    return out
+
+
+def _screening_value(test: dict, name: str) -> float | None:
+    section, _, key = name.rpartition(".")
+    value = test.get(section, {}).get(key) if section else test.get(key)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def choosing_metric(groups: list[list[Run]]) -> str:
     """What ranks these configurations: the held-out val AUROC where every run has it, else
     the best-epoch val AUROC (runs from before val predictions were kept)."""

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import numpy as np
 
-from mtcsnn.reporting.comparing import HELD_OUT, MIN_SEEDS_TO_CHOOSE, chosen_on_val, summarise
+from mtcsnn.grading.comparison import REFERABLE_CUT
+from mtcsnn.reporting.comparing import (
+    HELD_OUT,
+    MIN_SEEDS_TO_CHOOSE,
+    SCREENING,
+    chosen_on_val,
+    screening_summary,
+    summarise,
+)
 from mtcsnn.reporting.grouping import label
 from mtcsnn.reporting.runs import DEBUG_RUN, METRICS, OPTIONAL_METRICS, UNTESTED_TRIAL, Run
 
@@ -147,11 +155,57 @@ def results_markdown(
                 + " | ".join(scores + diffs)
                 + " |"
             )
+    lines += screening_lines(groups, compared)
     lines += chosen_on_val_lines(groups)
     lines += score_decoding_lines(groups)
     lines += held_out_problem_lines(groups)
     lines += skipped_lines(skipped)
     return "\n".join(lines) + "\n"
+
+
+def screening_lines(groups: dict[tuple, list[Run]], compared: list[dict]) -> list[str]:
+    """Referable DR and calibration on test, per configuration, and MTCSNN - CE in referable
+    AUROC; only configurations whose runs all measured them."""
+    vs_ce = {row["config"]: row for row in compared}
+    rows = []
+    for config, runs in sorted(groups.items(), key=lambda kv: label(kv[0])):
+        s = screening_summary(runs)
+        if "referable.auroc" not in s:
+            continue
+        cells = [mean_std(*s[k]) if k in s else "-" for k in SCREENING if k != "nll"]
+        row = vs_ce.get(config)
+        if row is not None and "referable_auroc" in row:
+            point, low, high = row["referable_auroc"]
+            cells.append(f"{point:+.4f} [{low:+.4f}, {high:+.4f}]")
+        else:
+            cells.append("-")
+        rows.append(f"| {md(label(config))} | {seeds_cell(runs)} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    cut = next(
+        (
+            r.metrics["test"]["referable"].get("cut")
+            for runs in groups.values()
+            for r in runs
+            if isinstance((r.metrics.get("test") or {}).get("referable"), dict)
+        ),
+        REFERABLE_CUT,
+    )
+    return [
+        "",
+        f"## Referable DR (grade >= {cut}) and calibration (test)",
+        "",
+        "Referable AUROC: of P(grade >= cut), the sum of those grades' probabilities. "
+        "Sensitivity and specificity: referring at the threshold each run chose on val (its "
+        "`grading` settings). ECE: expected calibration error of the top grade's probability, "
+        "15 bins. Mean +/- std over seeds. MTCSNN - CE: referable AUROC (grade >= "
+        f"{REFERABLE_CUT}) on the same seed, 95% CI from a paired bootstrap over test images.",
+        "",
+        "| configuration | seeds | referable AUROC | sensitivity | specificity | threshold "
+        "| ECE | Brier | MTCSNN - CE referable AUROC [95% CI] |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *rows,
+    ]
 
 
 def held_out_problem_lines(groups: dict[tuple, list[Run]]) -> list[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from mtcsnn.grading.comparison import PAIRED_METRICS
-from mtcsnn.reporting.comparing import HELD_OUT, chosen_on_val, summarise
+from mtcsnn.reporting.comparing import HELD_OUT, chosen_on_val, screening_summary, summarise
 from mtcsnn.reporting.grouping import label
 from mtcsnn.reporting.runs import Run
 
@@ -56,6 +56,10 @@ def _configuration(config: tuple, runs: list[Run], root: Path) -> dict:
             }
             for way in ("thresholds", "pairwise")
         }
+    for key, pair in screening_summary(runs).items():
+        section, _, name = key.rpartition(".")
+        target = stages["test"].setdefault(section, {}) if section else stages["test"]
+        target[name] = _mean_std(pair)
     return {
         "configuration": label(config),
         "settings": {key.split(".", 1)[1]: value for key, value in config},
