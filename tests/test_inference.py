@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import TINY, compose_train
 from helpers.cli import run_module
+from helpers.metrics import flat
 from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
@@ -60,7 +61,7 @@ def test_eval_reproduces_the_training_runs_test_metrics(real_run, tmp_path):
     trained = json.loads((real_run / "metrics.json").read_text())
     evaluated = json.loads((tmp_path / "metrics.json").read_text())
     for stage in ("val", "test"):
-        assert evaluated[stage] == pytest.approx(trained[stage], abs=1e-6)
+        assert flat(evaluated[stage]) == pytest.approx(flat(trained[stage]), abs=1e-6)
     assert evaluated["test_confusion"] == trained["test_confusion"]
     assert evaluated["best_epoch"] == trained["best_epoch"]
     assert (tmp_path / "test_predictions.csv").read_text() == (

@@ -106,7 +106,8 @@ def test_predict_writes_input_names_that_are_formulas_as_text(module, tmp_path):
     by_name = {row[0]: row for row in predicted[1:]}
     assert set(by_name) == {"'" + n for n in names[:-1]} | {"ok.png"}
     for row in predicted[1:]:
-        assert [float(v) for v in row[1:]]  # every number a number, none escaped
+        # every number a number, none escaped; refer is empty: no threshold was given
+        assert [float(v) for v in row[1:-1]] and row[-1] == ""
     failed = read_csv((tmp_path / "out" / "failures.csv").read_text())
     assert failed[0] == FAILURE_HEADER
     assert {row[0] for row in failed[1:]} == {"'=broken.png", "'-missing"}

@@ -19,6 +19,7 @@ import pytest
 import torch
 from conftest import TINY_SYNTHETIC, compose_command, compose_train
 from helpers.cli import run_module
+from helpers.metrics import flat
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
@@ -420,17 +421,6 @@ def test_a_data_size_other_than_the_specs_is_one_error(tiny_checkpoint, tmp_path
 
     with pytest.raises(EvalDataError, match="data.size=64 .* takes 28x28 images"):
         evaluate(tiny_checkpoint, tmp_path / "out", *SYNTHETIC, "data.size=64")
-
-
-def flat(values: dict, prefix: str = "") -> dict:
-    """``{"referable": {"auroc": x}}`` -> ``{"referable.auroc": x}``."""
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def test_a_normal_checkpoint_evaluates_to_the_numbers_of_its_run(tiny_checkpoint, tmp_path):

@@ -1,8 +1,10 @@
 """``python -m mtcsnn.predict ckpt_path=... inputs=[...]``: grade new fundus images.
 
-Writes a CSV with, per image, its path, the predicted grade, the five class probabilities and
-the severity score. Inputs that cannot be read are listed with the reason in ``failures.csv``
-beside it; the others are still predicted, and the exit code is 1 when anything failed.
+Writes a CSV with, per image, its path, the predicted grade, the five class probabilities, the
+severity score, P(referable DR) (grade >= 2, or the cut the model was tested with) and the
+referral flag at the threshold val chose. Inputs that cannot be read are listed with the
+reason in ``failures.csv`` beside it; the others are still predicted, and the exit code is 1
+when anything failed.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ def predict(cfg: DictConfig) -> tuple[list[list], list[tuple[str, str]]]:
     from mtcsnn.run.checkpoint import load_checkpoints
 
     checkpoints = load_checkpoints(cfg.ckpt_path)  # several: an ensemble, averaged
+    referral = referral_of_models(checkpoints)
     return predict_inputs(
         [ckpt.module for ckpt in checkpoints],
         input_list(cfg.inputs),
@@ -35,7 +38,29 @@ def predict(cfg: DictConfig) -> tuple[list[list], list[tuple[str, str]]]:
         pick_device(cfg.device),
         batch_size=cfg.batch_size,
         progress=cfg.progress,
+        referral=referral,
     )
+
+
+def referral_of_models(checkpoints: list) -> tuple[int, float | None]:
+    """The referral cut and threshold of the ``referable`` and ``refer`` columns: those val
+    chose for a single model; an ensemble, or a model tested before thresholds were kept, gets
+    the default cut and no threshold (its ``refer`` column stays empty, and a note says why)."""
+    recorded = checkpoints[0].referral
+    cut = recorded[0][0] if recorded else 2
+    if len(checkpoints) > 1:
+        log.info(
+            "refer column left empty: an ensemble's threshold is not chosen on val here "
+            "(each member's was chosen for that member alone)"
+        )
+        return cut, None
+    if not recorded:
+        log.info(
+            "refer column left empty: %s records no referral threshold chosen on val",
+            checkpoints[0].path,
+        )
+        return cut, None
+    return recorded[0]
 
 
 def write_results(rows: list, failures: list[tuple[str, str]], output: Path) -> Path:

@@ -150,6 +150,42 @@ def calibration(grades, probs) -> dict[str, float]:
     return {"ece": float(ece), "brier": float(brier), "nll": float(nll)}
 
 
+# at most this many cuts are read from a checkpoint (grades 1..C-1 of a model of <= 64 grades)
+MAX_RECORDED_CUTS = 63
+# where a checkpoint keeps them
+REFERRAL_KEY = "mtcsnn_referral"
+
+
+def recorded_thresholds(val: dict) -> list[dict[str, float | int]]:
+    """The referral thresholds val chose (``metrics.json``'s ``val``), as a checkpoint keeps
+    them: ``[{"cut": 2, "threshold": 0.31}, ...]``, the first cut first."""
+    found = [v for v in val.values() if isinstance(v, dict) and "cut" in v]
+    return [
+        {"cut": int(v["cut"]), "threshold": float(v["threshold"])}
+        for v in found
+        if v.get("threshold") is not None
+    ]
+
+
+def parse_thresholds(value: object, num_grades: int) -> tuple[tuple[int, float], ...]:
+    """Thresholds read back from a file (a checkpoint from anyone): a list of
+    ``{"cut": int, "threshold": float}`` with cuts of this model's grades and thresholds in
+    [0, 1]; anything else is a ValueError that says what is wrong."""
+    if not isinstance(value, list) or len(value) > MAX_RECORDED_CUTS:
+        raise ValueError("its referral thresholds are not a short list")
+    parsed = []
+    for entry in value:
+        if not isinstance(entry, dict) or set(entry) != {"cut", "threshold"}:
+            raise ValueError("a referral threshold is not {cut, threshold}")
+        cut, threshold = entry["cut"], entry["threshold"]
+        if not (isinstance(cut, int) and not isinstance(cut, bool) and 1 <= cut < num_grades):
+            raise ValueError(f"a referral cut is not a grade 1..{num_grades - 1}")
+        if not (isinstance(threshold, float) and math.isfinite(threshold) and 0 <= threshold <= 1):
+            raise ValueError("a referral threshold is not a number in [0, 1]")
+        parsed.append((cut, threshold))
+    return tuple(parsed)
+
+
 def finite_or_none(value: float | None) -> float | None:
     """JSON-safe: a figure that cannot be given is null, never NaN."""
     return None if value is None or not math.isfinite(value) else float(value)

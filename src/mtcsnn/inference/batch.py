@@ -16,7 +16,16 @@ from mtcsnn.inference.images import ImageSource, expand_inputs, read_all
 from mtcsnn.models import MTCSNNModule
 from mtcsnn.writing import csv_text as safe_csv_text
 
-PREDICTION_HEADER = ["path", "pred", *[f"prob_{c}" for c in range(5)], "score"]
+# referable: P(grade >= the referral cut); refer: 1 at or above the threshold val chose, else 0
+# (empty where the model records no threshold)
+PREDICTION_HEADER = [
+    "path",
+    "pred",
+    *[f"prob_{c}" for c in range(5)],
+    "score",
+    "referable",
+    "refer",
+]
 FAILURE_HEADER = ["input", "reason"]
 DEVICES = ("auto", "cpu", "cuda")
 # what every output of a trained model carries (predictions, exported models); MODEL_CARD.md
@@ -94,13 +103,17 @@ def predict_inputs(
     device: torch.device,
     batch_size: int = 64,
     progress: bool = True,
+    referral: tuple[int, float | None] = (2, None),
 ) -> tuple[list[list], list[tuple[str, str]]]:
     """Predict every readable image of ``inputs`` (files, folders, ``.npz`` files).
 
     Returns the CSV rows (:data:`PREDICTION_HEADER`) and ``(input, reason)`` failures: inputs
     that cannot be read, and images whose probabilities or score are NaN or infinite (never
     graded). Several modules: an ensemble, whose probabilities and scores are averaged.
+    ``referral``: the cut whose probability is the ``referable`` column and the threshold of
+    the ``refer`` flag (None: the flag is left empty).
     """
+    cut, threshold = referral
     members = [modules] if isinstance(modules, MTCSNNModule) else list(modules)
     members = [module.to(device).eval() for module in members]
     sources, failures = expand_inputs([str(i) for i in inputs])
@@ -116,8 +129,17 @@ def predict_inputs(
             if reason:
                 failures.append((source.name, reason))
                 continue
+            referable = float(p[cut:].sum())
+            refer = "" if threshold is None else int(referable >= threshold)
             rows.append(
-                [source.name, int(p.argmax()), *[f"{v:.7g}" for v in p.tolist()], f"{s:.6f}"]
+                [
+                    source.name,
+                    int(p.argmax()),
+                    *[f"{v:.7g}" for v in p.tolist()],
+                    f"{s:.6f}",
+                    f"{referable:.7g}",
+                    refer,
+                ]
             )
         pending.clear()
 

@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from mtcsnn.errors import MTCSNNError
+from mtcsnn.grading.referral import REFERRAL_KEY, parse_thresholds
 from mtcsnn.models.build import build_from_spec
 from mtcsnn.models.lit_module import MTCSNNModule
 from mtcsnn.models.spec import (
@@ -39,6 +40,8 @@ class Checkpoint:
     epoch: int | None
     path: Path
     seed: int | None = None  # the training seed the run record names (a plain int), if any
+    # (cut, threshold) pairs val chose when the run was tested, the first cut first; () if none
+    referral: tuple[tuple[int, float], ...] = ()
 
     @property
     def image_size(self) -> int:
@@ -270,4 +273,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     module.eval()
     record = state.get("mtcsnn_config")
     seed = _plain_int(record.get("seed")) if isinstance(record, dict) else None
-    return Checkpoint(module, spec, _plain_int(state.get("epoch")), path, seed)
+    referral: tuple[tuple[int, float], ...] = ()
+    if state.get(REFERRAL_KEY) is not None:
+        try:
+            referral = parse_thresholds(state[REFERRAL_KEY], spec.grades)
+        except ValueError as err:
+            raise CheckpointError(f"{path}: {err}") from None
+    return Checkpoint(module, spec, _plain_int(state.get("epoch")), path, seed, referral)

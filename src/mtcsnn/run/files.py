@@ -50,6 +50,7 @@ WEIGHTS_KEYS = (
     "state_dict",
     "mtcsnn_spec",
     "mtcsnn_config",
+    "mtcsnn_referral",
     "epoch",
     "global_step",
     "pytorch-lightning_version",
@@ -67,6 +68,16 @@ def keep_weights_only(path: str | Path) -> None:
     state = torch.load(path, map_location="cpu", weights_only=True)
     slim = {key: state[key] for key in WEIGHTS_KEYS if key in state}
     write_atomic(path, lambda f: torch.save(slim, f), binary=True)
+
+
+def record_in_checkpoint(path: str | Path, key: str, value: object) -> None:
+    """Add ``key: value`` (plain data) to a checkpoint, rewriting it whole or not at all."""
+    import torch
+
+    path = Path(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state[key] = value
+    write_atomic(path, lambda f: torch.save(state, f), binary=True)
 
 
 def data_fingerprint(images: torch.Tensor, grades: torch.Tensor) -> str:

@@ -22,6 +22,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mtcsnn.data import PairingFeedback
 from mtcsnn.errors import StoppedError
+from mtcsnn.grading.referral import REFERRAL_KEY, recorded_thresholds
 from mtcsnn.models import MTCSNNModule
 from mtcsnn.run.callbacks import AtomicCheckpointIO, RunState
 from mtcsnn.run.checkpoint import build_module, initialise_from
@@ -35,6 +36,7 @@ from mtcsnn.run.failures import clear_failure, in_multirun
 from mtcsnn.run.files import (
     keep_weights_only,
     predictions_csv,
+    record_in_checkpoint,
     versions,
     write_json,
     write_text_atomic,
@@ -288,6 +290,8 @@ def fit_and_test(cfg: DictConfig, test: bool = True) -> dict:
         config=model.run_config,
     )
     if trainer.is_global_zero:  # under DDP every process has the results; one writes them
+        if ckpt_path:  # predict refers at the thresholds val chose (before the run is finished)
+            record_in_checkpoint(ckpt_path, REFERRAL_KEY, recorded_thresholds(results["val"]))
         write_outputs(out_dir, model, results)
         if not cfg.get("keep_training_state"):
             drop_training_state(out_dir, ckpt_path)

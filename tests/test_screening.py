@@ -1,0 +1,99 @@
+"""Referral on new images: the thresholds val chose travel in the checkpoint to ``predict``."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from helpers.cli import run_module
+from PIL import Image
+
+from mtcsnn.run.checkpoint import CheckpointError, load_checkpoint
+
+pytestmark = pytest.mark.slow  # predict runs in a subprocess, as users run it
+
+
+def metrics_of(checkpoint):
+    return json.loads((checkpoint.parent.parent / "metrics.json").read_text())
+
+
+def test_a_run_keeps_the_thresholds_val_chose_in_its_checkpoint(tiny_checkpoint):
+    val = metrics_of(tiny_checkpoint)["val"]
+    state = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    assert state["mtcsnn_referral"] == [
+        {"cut": 2, "threshold": val["referable"]["threshold"]},
+        {"cut": 3, "threshold": val["referable_3"]["threshold"]},
+    ]
+    assert load_checkpoint(tiny_checkpoint).referral == (
+        (2, val["referable"]["threshold"]),
+        (3, val["referable_3"]["threshold"]),
+    )
+
+
+def test_predict_writes_p_referable_and_the_referral_at_val_s_threshold(tiny_checkpoint, tmp_path):
+    rng = np.random.default_rng(0)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(photos / f"{i}.png")
+    out = tmp_path / "predictions.csv"
+    proc = run_module(
+        "mtcsnn.predict",
+        f"ckpt_path={tiny_checkpoint}",
+        f"inputs=[{photos}]",
+        f"output={out}",
+        "progress=false",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    threshold = metrics_of(tiny_checkpoint)["val"]["referable"]["threshold"]
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 12
+    for row in rows:
+        referable = sum(float(row[f"prob_{g}"]) for g in (2, 3, 4))
+        assert float(row["referable"]) == pytest.approx(referable, abs=1e-6)
+        assert row["refer"] == str(int(float(row["referable"]) >= threshold))
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        "refer everyone",
+        [{"cut": 9, "threshold": 0.5}],
+        [{"cut": 2, "threshold": float("nan")}],
+        [{"cut": 2, "threshold": 1.5}],
+        [{"cut": 2, "threshold": 0.5, "run": "os.system"}],
+        [{"cut": True, "threshold": 0.5}],
+        [{"cut": 2, "threshold": 0.5}] * 100,
+    ],
+)
+def test_a_checkpoint_whose_referral_record_is_malformed_is_refused(
+    tiny_checkpoint, tmp_path, record
+):
+    state = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    state["mtcsnn_referral"] = record
+    crafted = tmp_path / "crafted.ckpt"
+    torch.save(state, crafted)
+    with pytest.raises(CheckpointError, match="referral"):
+        load_checkpoint(crafted)
+
+
+def test_predict_says_in_one_line_why_a_checkpoint_is_refused(tiny_checkpoint, tmp_path):
+    crafted = tmp_path / "crafted.ckpt"
+    shutil.copy(tiny_checkpoint, crafted)
+    state = torch.load(crafted, map_location="cpu", weights_only=True)
+    state["mtcsnn_referral"] = [{"cut": 2, "threshold": "0.5"}]
+    torch.save(state, crafted)
+    Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(tmp_path / "a.png")
+    proc = run_module(
+        "mtcsnn.predict",
+        f"ckpt_path={crafted}",
+        f"inputs=[{tmp_path / 'a.png'}]",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "referral threshold" in errors[0], proc.stderr[-2000:]
