@@ -60,12 +60,27 @@ def _configuration(config: tuple, runs: list[Run], root: Path) -> dict:
         section, _, name = key.rpartition(".")
         target = stages["test"].setdefault(section, {}) if section else stages["test"]
         target[name] = _mean_std(pair)
+    for stage, figures in stages.items():  # every other figure all the runs have (recall_2, loss)
+        for name, values in _common_figures(runs, stage).items():
+            figures.setdefault(name, _mean_std(_mean_and_std(values)))
     return {
         "configuration": label(config),
         "settings": {key.split(".", 1)[1]: value for key, value in config},
         "seeds": sorted({r.seed for r in runs}),
         "runs": sorted(_relative(r.path, root) for r in runs),
         **stages,
+    }
+
+
+def _common_figures(runs: list[Run], stage: str) -> dict[str, list[float]]:
+    """The plain numbers of ``metrics.json``'s ``stage`` that every run has, by name."""
+    tables = [r.metrics.get(stage) or {} for r in runs]
+    names = set.intersection(*(set(t) for t in tables)) if tables else set()
+    numbers = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    return {
+        name: [float(t[name]) for t in tables]
+        for name in sorted(names)
+        if all(numbers(t[name]) and math.isfinite(t[name]) for t in tables)
     }
 
 
