@@ -5,9 +5,9 @@ import pytest
 from sklearn.metrics import log_loss, roc_auc_score, roc_curve
 
 from mtcsnn.errors import ConfigError
+from mtcsnn.grading.calibration import calibration, fit_temperature, scaled
 from mtcsnn.grading.referral import (
     ReferralSettings,
-    calibration,
     choose_threshold,
     referable_metrics,
     referable_probability,
@@ -107,3 +107,17 @@ def test_a_perfectly_confident_correct_grader_is_calibrated():
     grades = np.arange(10) % 5
     got = calibration(grades, np.eye(5)[grades])
     assert got["ece"] == pytest.approx(0.0) and got["brier"] == pytest.approx(0.0)
+
+
+def test_temperature_scaling_undoes_a_known_overconfidence():
+    rng = np.random.default_rng(7)
+    logits = rng.normal(scale=1.5, size=(20000, 5))
+    true = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    grades = np.array([rng.choice(5, p=row) for row in true])
+    overconfident = np.exp(2 * logits) / np.exp(2 * logits).sum(1, keepdims=True)
+    temperature = fit_temperature(grades, overconfident)
+    assert temperature == pytest.approx(2.0, rel=0.05)
+    fixed = scaled(overconfident, temperature).numpy()
+    assert (fixed.argmax(1) == overconfident.argmax(1)).all()  # no grade changes
+    assert calibration(grades, fixed)["ece"] < calibration(grades, overconfident)["ece"] / 3
+    assert calibration(grades, fixed)["nll"] < calibration(grades, overconfident)["nll"]

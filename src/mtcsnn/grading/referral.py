@@ -5,8 +5,7 @@ report); grade >= 3 is the usual second row. A model's probability of a referabl
 sum of its probabilities of those grades. The threshold that turns it into a referral is
 chosen on val, by a rule (a target sensitivity, or Youden's J), and applied to test unchanged.
 
-Calibration: the expected calibration error of the top-grade probability (15 equal-width bins,
-torchmetrics), the multi-class Brier score and the negative log-likelihood.
+Calibration (:mod:`mtcsnn.grading.calibration`) is reported beside it.
 
 Pure functions of grades and probabilities (NumPy or torch in, floats out).
 """
@@ -22,13 +21,10 @@ import torch
 from torchmetrics.functional.classification import (
     binary_auroc,
     binary_roc,
-    multiclass_calibration_error,
 )
 
 from mtcsnn.errors import ConfigError, check_choice
-
-ECE_BINS = 15
-
+from mtcsnn.grading.calibration import calibration, fit_temperature, scaled
 
 RULES = ("sensitivity", "youden")
 
@@ -136,53 +132,76 @@ def referable_metrics(grades, probs, cut: int, threshold: float | None) -> dict[
     }
 
 
-def calibration(grades, probs) -> dict[str, float]:
-    """ECE of the top-grade probability (15 bins), multi-class Brier score and NLL."""
-    probs = _tensor(probs)
-    grades = _tensor(grades, torch.long)
-    ece = multiclass_calibration_error(
-        probs, grades, num_classes=probs.shape[1], n_bins=ECE_BINS, norm="l1"
-    )
-    onehot = torch.nn.functional.one_hot(grades, probs.shape[1]).to(probs.dtype)
-    brier = ((probs - onehot) ** 2).sum(1).mean()
-    taken = probs.gather(1, grades[:, None]).squeeze(1)
-    nll = -torch.log(taken.clamp_min(torch.finfo(probs.dtype).tiny)).mean()
-    return {"ece": float(ece), "brier": float(brier), "nll": float(nll)}
-
-
 # at most this many cuts are read from a checkpoint (grades 1..C-1 of a model of <= 64 grades)
 MAX_RECORDED_CUTS = 63
 # where a checkpoint keeps them
 REFERRAL_KEY = "mtcsnn_referral"
+TEMPERATURE_KEY = "mtcsnn_temperature"
 
 
 def recorded_thresholds(val: dict) -> list[dict[str, float | int]]:
     """The referral thresholds val chose (``metrics.json``'s ``val``), as a checkpoint keeps
-    them: ``[{"cut": 2, "threshold": 0.31}, ...]``, the first cut first."""
-    found = [v for v in val.values() if isinstance(v, dict) and "cut" in v]
-    return [
-        {"cut": int(v["cut"]), "threshold": float(v["threshold"])}
-        for v in found
-        if v.get("threshold") is not None
-    ]
+    them: ``[{"cut": 2, "threshold": 0.31, "scaled_threshold": 0.35}, ...]``, the first cut
+    first (``scaled_threshold``: on the temperature-scaled probabilities)."""
+    scaled_val = val.get("temperature_scaled") or {}
+    kept = []
+    for key, v in val.items():
+        if not (isinstance(v, dict) and "cut" in v and v.get("threshold") is not None):
+            continue
+        entry = {"cut": int(v["cut"]), "threshold": float(v["threshold"])}
+        scaled_threshold = (scaled_val.get(key) or {}).get("threshold")
+        if scaled_threshold is not None:
+            entry["scaled_threshold"] = float(scaled_threshold)
+        kept.append(entry)
+    return kept
 
 
-def parse_thresholds(value: object, num_grades: int) -> tuple[tuple[int, float], ...]:
+def chosen_on_val(val: dict) -> dict[str, object]:
+    """What a checkpoint keeps of its val pass for ``predict``: the referral thresholds and the
+    temperature that calibrates its probabilities."""
+    kept: dict[str, object] = {REFERRAL_KEY: recorded_thresholds(val)}
+    scaled_figures = val.get("temperature_scaled")
+    if isinstance(scaled_figures, dict):
+        kept[TEMPERATURE_KEY] = float(scaled_figures["temperature"])
+    return kept
+
+
+@dataclass(frozen=True)
+class Referral:
+    """A recorded referral rule: refer when P(grade >= cut) reaches ``threshold`` (or
+    ``scaled_threshold``, on the temperature-scaled probabilities; None if not recorded)."""
+
+    cut: int
+    threshold: float
+    scaled_threshold: float | None = None
+
+
+def _probability(value: object) -> bool:
+    return isinstance(value, float) and math.isfinite(value) and 0 <= value <= 1
+
+
+def parse_thresholds(value: object, num_grades: int) -> tuple[Referral, ...]:
     """Thresholds read back from a file (a checkpoint from anyone): a list of
-    ``{"cut": int, "threshold": float}`` with cuts of this model's grades and thresholds in
-    [0, 1]; anything else is a ValueError that says what is wrong."""
+    ``{"cut": int, "threshold": float[, "scaled_threshold": float]}`` with cuts of this
+    model's grades and thresholds in [0, 1]; anything else is a ValueError saying what."""
     if not isinstance(value, list) or len(value) > MAX_RECORDED_CUTS:
         raise ValueError("its referral thresholds are not a short list")
     parsed = []
     for entry in value:
-        if not isinstance(entry, dict) or set(entry) != {"cut", "threshold"}:
-            raise ValueError("a referral threshold is not {cut, threshold}")
-        cut, threshold = entry["cut"], entry["threshold"]
+        if not (
+            isinstance(entry, dict)
+            and {"cut", "threshold"} <= set(entry) <= {"cut", "threshold", "scaled_threshold"}
+        ):
+            raise ValueError("a referral threshold is not {cut, threshold[, scaled_threshold]}")
+        cut = entry["cut"]
         if not (isinstance(cut, int) and not isinstance(cut, bool) and 1 <= cut < num_grades):
             raise ValueError(f"a referral cut is not a grade 1..{num_grades - 1}")
-        if not (isinstance(threshold, float) and math.isfinite(threshold) and 0 <= threshold <= 1):
+        scaled_threshold = entry.get("scaled_threshold")
+        if not _probability(entry["threshold"]) or not (
+            scaled_threshold is None or _probability(scaled_threshold)
+        ):
             raise ValueError("a referral threshold is not a number in [0, 1]")
-        parsed.append((cut, threshold))
+        parsed.append(Referral(cut, entry["threshold"], scaled_threshold))
     return tuple(parsed)
 
 
@@ -195,19 +214,41 @@ def screening_metrics(
     val: tuple, test: tuple | None, settings: ReferralSettings
 ) -> tuple[dict, dict | None]:
     """The figures a screening study reports, for ``val`` and ``test`` (grades, probabilities):
-    each cut's referable metrics at the threshold chosen on val, and calibration.
+    each cut's referable metrics at the threshold chosen on val, calibration, and calibration
+    after temperature scaling fitted on val (``temperature_scaled``).
 
     Returns what goes beside the grade metrics of ``metrics.json``'s ``val`` and ``test``.
     """
     num_grades = np.asarray(val[1]).shape[1]
+    temperature = fit_temperature(*val)
     out_val: dict = dict(calibration(*val))
-    out_test: dict | None = dict(calibration(*test)) if test is not None else None
+    out_val["temperature_scaled"] = {
+        "temperature": temperature,
+        **calibration(val[0], scaled(val[1], temperature)),
+    }
+    out_test: dict | None = None
+    scaled_out: dict | None = None
+    if test is not None:
+        out_test = dict(calibration(*test))
+        scaled_out = {
+            "temperature": temperature,
+            **calibration(test[0], scaled(test[1], temperature)),
+        }
+        out_test["temperature_scaled"] = scaled_out
+    scaled_val = (val[0], scaled(val[1], temperature))
+    scaled_test = (test[0], scaled(test[1], temperature)) if test is not None else None
     for index, cut in enumerate(settings.referable_cuts):
         if cut >= num_grades:
             continue  # a model of fewer grades has no such cut
-        threshold = choose_threshold(*val, cut, settings)
         key = settings.key(index, cut)
-        out_val[key] = {"cut": cut, **referable_metrics(*val, cut, threshold)}
-        if out_test is not None:
-            out_test[key] = {"cut": cut, **referable_metrics(*test, cut, threshold)}
+        # the scaled probabilities get their own threshold: P(grade >= cut) does not keep its
+        # order between images when the temperature changes
+        for v, t, into_val, into_test in (
+            (val, test, out_val, out_test),
+            (scaled_val, scaled_test, out_val["temperature_scaled"], scaled_out),
+        ):
+            threshold = choose_threshold(*v, cut, settings)
+            into_val[key] = {"cut": cut, **referable_metrics(*v, cut, threshold)}
+            if t is not None and into_test is not None:
+                into_test[key] = {"cut": cut, **referable_metrics(*t, cut, threshold)}
     return out_val, out_test

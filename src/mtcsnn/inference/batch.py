@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from mtcsnn.errors import ConfigError
+from mtcsnn.grading.calibration import scaled
 from mtcsnn.inference.images import ImageSource, expand_inputs, read_all
 from mtcsnn.models import MTCSNNModule
 from mtcsnn.writing import csv_text as safe_csv_text
@@ -104,6 +105,7 @@ def predict_inputs(
     batch_size: int = 64,
     progress: bool = True,
     referral: tuple[int, float | None] = (2, None),
+    temperature: float | None = None,
 ) -> tuple[list[list], list[tuple[str, str]]]:
     """Predict every readable image of ``inputs`` (files, folders, ``.npz`` files).
 
@@ -111,7 +113,8 @@ def predict_inputs(
     that cannot be read, and images whose probabilities or score are NaN or infinite (never
     graded). Several modules: an ensemble, whose probabilities and scores are averaged.
     ``referral``: the cut whose probability is the ``referable`` column and the threshold of
-    the ``refer`` flag (None: the flag is left empty).
+    the ``refer`` flag (None: the flag is left empty). ``temperature``: the probabilities are
+    written at it (temperature scaling; None: as the model gives them).
     """
     cut, threshold = referral
     members = [modules] if isinstance(modules, MTCSNNModule) else list(modules)
@@ -124,6 +127,8 @@ def predict_inputs(
         if not pending:
             return
         probs, scores = predict_batch(members, [image for _, image in pending], device)
+        if temperature is not None:
+            probs = scaled(probs, temperature).float()
         for (source, _), p, s in zip(pending, probs, scores, strict=True):
             reason = non_finite_reason(torch.cat([p.flatten(), s.flatten()]))
             if reason:

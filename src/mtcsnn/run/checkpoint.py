@@ -18,7 +18,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from mtcsnn.errors import MTCSNNError
-from mtcsnn.grading.referral import REFERRAL_KEY, parse_thresholds
+from mtcsnn.grading.calibration import check_temperature
+from mtcsnn.grading.referral import REFERRAL_KEY, TEMPERATURE_KEY, Referral, parse_thresholds
 from mtcsnn.models.build import build_from_spec
 from mtcsnn.models.lit_module import MTCSNNModule
 from mtcsnn.models.spec import (
@@ -41,7 +42,8 @@ class Checkpoint:
     path: Path
     seed: int | None = None  # the training seed the run record names (a plain int), if any
     # (cut, threshold) pairs val chose when the run was tested, the first cut first; () if none
-    referral: tuple[tuple[int, float], ...] = ()
+    referral: tuple[Referral, ...] = ()
+    temperature: float | None = None  # the temperature val chose (None: none recorded)
 
     @property
     def image_size(self) -> int:
@@ -273,10 +275,14 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     module.eval()
     record = state.get("mtcsnn_config")
     seed = _plain_int(record.get("seed")) if isinstance(record, dict) else None
-    referral: tuple[tuple[int, float], ...] = ()
-    if state.get(REFERRAL_KEY) is not None:
-        try:
+    referral: tuple[Referral, ...] = ()
+    temperature = None
+    try:
+        if state.get(REFERRAL_KEY) is not None:
             referral = parse_thresholds(state[REFERRAL_KEY], spec.grades)
-        except ValueError as err:
-            raise CheckpointError(f"{path}: {err}") from None
-    return Checkpoint(module, spec, _plain_int(state.get("epoch")), path, seed, referral)
+        if state.get(TEMPERATURE_KEY) is not None:
+            temperature = check_temperature(state[TEMPERATURE_KEY])
+    except ValueError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    epoch = _plain_int(state.get("epoch"))
+    return Checkpoint(module, spec, epoch, path, seed, referral, temperature)

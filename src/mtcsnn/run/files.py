@@ -51,6 +51,7 @@ WEIGHTS_KEYS = (
     "mtcsnn_spec",
     "mtcsnn_config",
     "mtcsnn_referral",
+    "mtcsnn_temperature",
     "epoch",
     "global_step",
     "pytorch-lightning_version",
@@ -70,13 +71,13 @@ def keep_weights_only(path: str | Path) -> None:
     write_atomic(path, lambda f: torch.save(slim, f), binary=True)
 
 
-def record_in_checkpoint(path: str | Path, key: str, value: object) -> None:
-    """Add ``key: value`` (plain data) to a checkpoint, rewriting it whole or not at all."""
+def record_in_checkpoint(path: str | Path, entries: dict[str, object]) -> None:
+    """Add ``entries`` (plain data) to a checkpoint, rewriting it whole or not at all."""
     import torch
 
     path = Path(path)
     state = torch.load(path, map_location="cpu", weights_only=True)
-    state[key] = value
+    state.update(entries)
     write_atomic(path, lambda f: torch.save(state, f), binary=True)
 
 

@@ -22,7 +22,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mtcsnn.data import PairingFeedback
 from mtcsnn.errors import StoppedError
-from mtcsnn.grading.referral import REFERRAL_KEY, recorded_thresholds
+from mtcsnn.grading.referral import chosen_on_val
 from mtcsnn.models import MTCSNNModule
 from mtcsnn.run.callbacks import AtomicCheckpointIO, RunState
 from mtcsnn.run.checkpoint import build_module, initialise_from
@@ -290,8 +290,8 @@ def fit_and_test(cfg: DictConfig, test: bool = True) -> dict:
         config=model.run_config,
     )
     if trainer.is_global_zero:  # under DDP every process has the results; one writes them
-        if ckpt_path:  # predict refers at the thresholds val chose (before the run is finished)
-            record_in_checkpoint(ckpt_path, REFERRAL_KEY, recorded_thresholds(results["val"]))
+        if ckpt_path:  # what val chose, for predict (kept before the run is marked finished)
+            record_in_checkpoint(ckpt_path, chosen_on_val(results["val"]))
         write_outputs(out_dir, model, results)
         if not cfg.get("keep_training_state"):
             drop_training_state(out_dir, ckpt_path)
