@@ -129,3 +129,29 @@ def test_referable_auroc_of_resamples_is_scikit_learns():
         expected = roc_auc_score(grades[row] >= 2, probs[row, :, 2:].sum(1))
         assert got[row] == pytest.approx(expected)
     assert np.isnan(referable_auroc(np.zeros((1, 5), int), probs[:1, :5]))[0]
+
+
+def test_report_refers_the_uncertain_for_single_models_and_ensembles(sweep):  # noqa: F811
+    from mtcsnn.grading.selective import risk_coverage
+    from mtcsnn.reporting.predictions import read_predictions
+
+    assert main([str(sweep), "--bootstrap", "100"]) == 0
+    summary = json.loads((sweep / "summary.json").read_text())
+    rows = {
+        (r["configuration"], r["models"], r["uncertainty"]): r
+        for r in summary["referring_the_uncertain"]
+    }
+    finished = sorted(p for p in sweep.iterdir() if (p / "test_predictions.csv").is_file())
+    ce = []
+    for folder in finished:
+        if json.loads((folder / "metrics.json").read_text())["choices"]["loss"] == "ce":
+            grades, probs = read_predictions(folder / "test_predictions.csv")
+            ce.append(risk_coverage(grades, probs, 1 - probs.max(1))["aurc"])
+    single = rows["loss=ce", "single", "max_probability"]
+    assert single["aurc"]["mean"] == pytest.approx(np.mean(ce))
+    assert single["aurc"]["std"] == pytest.approx(np.std(ce, ddof=1))
+    assert rows["loss=mtcsnn", "ensemble", "disagreement"]["seeds"] == 3
+    assert "## Referring the uncertain (test)" in (sweep / "results.md").read_text()
+    for figure in ("reliability.png", "risk_coverage.png"):
+        assert (sweep / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (sweep / figure).stat().st_size > 5000

@@ -18,6 +18,7 @@ from mtcsnn.reporting.comparing import comparisons, ensemble_rows, pooled_compar
 from mtcsnn.reporting.figures import write_figures
 from mtcsnn.reporting.grouping import group_runs
 from mtcsnn.reporting.page import results_markdown
+from mtcsnn.reporting.referring import referral_rows
 from mtcsnn.reporting.runs import collect_runs
 from mtcsnn.reporting.summary import report_summary
 from mtcsnn.run.files import write_text_atomic
@@ -49,9 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     compared = comparisons(groups, args.bootstrap)
     ensembles = ensemble_rows(groups, args.bootstrap)
     pooled = pooled_comparison(compared, args.bootstrap)
-    markdown = results_markdown(groups, compared, skipped, root, ensembles, pooled)
+    referrals = referral_rows(groups)
+    markdown = results_markdown(groups, compared, skipped, root, ensembles, pooled, referrals)
     write_text_atomic(out / "results.md", markdown)
-    summary = report_summary(groups, compared, ensembles, pooled, root, args.bootstrap)
+    summary = report_summary(groups, compared, ensembles, pooled, root, args.bootstrap, referrals)
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     figures = write_figures(groups, out)
     print(f"{len(runs)} run(s) in {len(groups)} configuration(s), {len(skipped)} skipped")

@@ -98,7 +98,77 @@ def write_figures(groups: dict[tuple, list[Run]], out: Path) -> list[Path]:
     lam_figure = lambda_figure(groups, out)
     if lam_figure:
         written.append(lam_figure)
+    written.append(reliability_figure(groups, out))
+    written.append(risk_coverage_figure(groups, out))
     return written
+
+
+# panels of the per-configuration figures: more configurations are left out, and said so
+MAX_PANELS = 12
+
+
+def _sorted_groups(groups: dict[tuple, list[Run]]) -> list[tuple[tuple, list[Run]]]:
+    return sorted(groups.items(), key=lambda kv: label(kv[0]))[:MAX_PANELS]
+
+
+def reliability_figure(groups: dict[tuple, list[Run]], out: Path) -> Path:
+    """Per configuration (seeds pooled): accuracy of the test images in each of 15 bins of
+    top-grade probability, against that probability; the diagonal is perfect calibration."""
+    from matplotlib.figure import Figure
+
+    from mtcsnn.grading.calibration import ECE_BINS
+
+    shown_groups = _sorted_groups(groups)
+    cols = min(3, len(shown_groups))
+    rows = -(-len(shown_groups) // cols)
+    fig = Figure(figsize=(3.2 * cols, 3.0 * rows))
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    edges = np.linspace(0, 1, ECE_BINS + 1)
+    for ax, (config, runs) in zip(axes, shown_groups, strict=False):
+        probs = np.concatenate([r.probs for r in runs])
+        grades = np.concatenate([r.grades for r in runs])
+        confidence, correct = probs.max(1), probs.argmax(1) == grades
+        which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, ECE_BINS - 1)
+        filled = [b for b in range(ECE_BINS) if (which == b).any()]
+        accuracy = [correct[which == b].mean() for b in filled]
+        ax.bar(edges[filled], accuracy, width=1 / ECE_BINS, align="edge", alpha=0.7)
+        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="top-grade probability", ylabel="accuracy")
+        ax.set_title(shown(label(config)), fontsize=7)
+    for ax in axes[len(shown_groups) :]:
+        ax.set_visible(False)
+    left_out = len(groups) - len(shown_groups)
+    more = f"; {left_out} more configuration(s) not drawn" if left_out else ""
+    fig.suptitle(f"test reliability, seeds pooled ({ECE_BINS} bins){more}", fontsize=8)
+    fig.tight_layout()
+    return save(fig, out / "reliability.png")
+
+
+def risk_coverage_figure(groups: dict[tuple, list[Run]], out: Path) -> Path:
+    """Test accuracy of the images kept as the least sure (1 - top probability) are referred,
+    mean over seeds, per configuration."""
+    from matplotlib.figure import Figure
+
+    from mtcsnn.grading.selective import risk_coverage, uncertainty
+
+    grid = np.linspace(0.05, 1.0, 96)
+    fig = Figure(figsize=(6, 4.2))
+    ax = fig.subplots()
+    for config, runs in _sorted_groups(groups):
+        curves = []
+        for run in runs:
+            curve = risk_coverage(run.grades, run.probs, uncertainty(run.probs, "max_probability"))
+            curves.append(np.interp(grid, curve["coverage"][::-1], curve["accuracy"][::-1]))
+        ax.plot(grid, np.mean(curves, 0), label=shown(label(config)))
+    ax.invert_xaxis()  # from grading every image to referring most of them
+    ax.set(
+        xlabel="share of test images graded (the rest referred)",
+        ylabel="accuracy of the graded (mean over seeds)",
+        title="referring the least sure first (1 - top probability)",
+    )
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save(fig, out / "risk_coverage.png")
 
 
 def lambda_figure(groups: dict[tuple, list[Run]], out: Path) -> Path | None:

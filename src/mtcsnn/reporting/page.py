@@ -17,6 +17,7 @@ from mtcsnn.reporting.comparing import (
     summarise,
 )
 from mtcsnn.reporting.grouping import label
+from mtcsnn.reporting.referring import FIGURES as REFERRAL_FIGURES
 from mtcsnn.reporting.runs import DEBUG_RUN, METRICS, OPTIONAL_METRICS, UNTESTED_TRIAL, Run
 
 # control characters and line breaks of every kind: a line break would end a table row or
@@ -68,6 +69,7 @@ def results_markdown(
     root: Path,
     ensembles: list[dict] | None = None,
     pooled: dict | None = None,
+    referrals: list[dict] | None = None,
 ) -> str:
     # columns every run has: off-by-one accuracy is missing from runs of older versions
     extra = [
@@ -156,6 +158,7 @@ def results_markdown(
                 + " |"
             )
     lines += screening_lines(groups, compared)
+    lines += referral_lines(referrals or [])
     lines += chosen_on_val_lines(groups)
     lines += score_decoding_lines(groups)
     lines += held_out_problem_lines(groups)
@@ -206,6 +209,36 @@ def screening_lines(groups: dict[tuple, list[Run]], compared: list[dict]) -> lis
         "|---|---|---|---|---|---|---|---|---|",
         *rows,
     ]
+
+
+def referral_lines(rows: list[dict]) -> list[str]:
+    """Accuracy as the most uncertain test images are referred to a person."""
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Referring the uncertain (test)",
+        "",
+        "The images each model is least sure of go to a person; the rest are graded. AURC: the "
+        "area under the risk-coverage curve (mean error over every share kept; lower is "
+        "better). At 10% referred: accuracy and quadratic kappa of the 90% kept, and the "
+        "screening sensitivity (referable images the model refers at its val threshold or "
+        "sends to a person, of all referable images). Uncertainty: 1 - top probability, the "
+        "entropy, or the seed ensemble's disagreement. Single models: mean +/- std over seeds.",
+        "",
+        "| configuration | models | uncertainty | AURC | accuracy at 10% referred "
+        "| kappa at 10% referred | screening sensitivity at 10% referred |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        cells = [mean_std(*row[f]) if f in row else "-" for f in REFERRAL_FIGURES]
+        models = "single" if row["models"] == "single" else f"ensemble of {row['seeds']}"
+        lines.append(
+            f"| {md(label(row['config']))} | {models} | {row['uncertainty']} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return lines
 
 
 def held_out_problem_lines(groups: dict[tuple, list[Run]]) -> list[str]:

@@ -15,6 +15,7 @@ import numpy as np
 from mtcsnn.grading.comparison import PAIRED_METRICS
 from mtcsnn.reporting.comparing import HELD_OUT, chosen_on_val, screening_summary, summarise
 from mtcsnn.reporting.grouping import label
+from mtcsnn.reporting.referring import FIGURES as REFERRAL_FIGURES
 from mtcsnn.reporting.runs import Run
 
 SUMMARY_FORMAT = 1
@@ -103,6 +104,7 @@ def report_summary(
     pooled: dict | None,
     root: Path,
     num_resamples: int,
+    referrals: list[dict] | None = None,
 ) -> dict:
     """The summary of one report: per configuration, the comparisons, ensembles, val's choice."""
     ordered = sorted(groups.items(), key=lambda kv: label(kv[0]))
@@ -143,6 +145,16 @@ def report_summary(
                 ),
             }
             for row in ensembles
+        ],
+        "referring_the_uncertain": [
+            {
+                "configuration": label(row["config"]),
+                "models": row["models"],
+                "seeds": row["seeds"],
+                "uncertainty": row["uncertainty"],
+                **{f: _mean_std(row[f]) for f in REFERRAL_FIGURES if f in row},
+            }
+            for row in referrals or []
         ],
         "chosen_on_val": [
             {
