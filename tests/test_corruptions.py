@@ -116,3 +116,50 @@ def test_motion_blur_is_imagemagicks_at_224(monkeypatch, angle, severity):
     )
     ours = motion_blur(images, PARAMETERS["motion_blur"][severity - 1], 1.0, FixedAngle(angle))
     assert np.abs(ours.astype(int) - theirs.astype(int)).mean() < 1.0
+
+
+@pytest.mark.slow  # a training run's checkpoint, evaluated
+def test_eval_writes_the_test_split_under_each_corruption(tiny_checkpoint, tmp_path):
+    import csv
+
+    from conftest import TINY_SYNTHETIC, compose_command
+    from hydra.core.global_hydra import GlobalHydra
+
+    from mtcsnn.eval import evaluate
+
+    overrides = [f"ckpt_path={tiny_checkpoint}", "data=synthetic", *TINY_SYNTHETIC, "trainer=cpu"]
+    try:
+        results = evaluate(
+            compose_command(
+                "eval", [*overrides, "corruptions=[contrast_down,gaussian_noise]"], tmp_path
+            )
+        )
+    finally:
+        GlobalHydra.instance().clear()
+    rows = list(csv.DictReader((tmp_path / "robustness.csv").open()))
+    assert [(r["corruption"], int(r["severity"])) for r in rows] == [("none", 0)] + [
+        (name, s) for name in ("contrast_down", "gaussian_noise") for s in SEVERITIES
+    ]
+    # the clean row is the evaluation's own test pass, reached another way (no Lightning)
+    clean = rows[0]
+    assert float(clean["auroc"]) == pytest.approx(results["test"]["auroc"], abs=1e-5)
+    assert float(clean["acc"]) == pytest.approx(results["test"]["acc"], abs=1e-5)
+    assert float(clean["referable_auroc"]) == pytest.approx(
+        results["test"]["referable"]["auroc"], abs=1e-5
+    )
+    assert any(float(r["auroc"]) != float(clean["auroc"]) for r in rows[1:])
+
+
+@pytest.mark.slow  # eval in a subprocess
+def test_an_unknown_corruption_is_one_line_before_anything_loads(tiny_checkpoint, tmp_path):
+    from helpers.cli import run_module
+
+    proc = run_module(
+        "mtcsnn.eval",
+        f"ckpt_path={tiny_checkpoint}",
+        "corruptions=[fog]",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    (error,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert "corruptions=['fog']" in error and "contrast_down" in error

@@ -90,14 +90,17 @@ def split_as_trained(data: DictConfig, split: tuple[float, float, int], where: s
 def evaluate(cfg: DictConfig) -> dict:
     """One checkpoint, or several (``ckpt_path=[a,b,...]``: an ensemble of their probabilities)."""
     # imported here, after the command line's checks (see mtcsnn.run.cli.command)
+    from mtcsnn.data.corruptions import check_corruptions
     from mtcsnn.run.checkpoint import load_checkpoints
     from mtcsnn.run.config_spec import DATA_KIND
     from mtcsnn.run.console import quiet_libraries
     from mtcsnn.run.evaluation import ensemble_results, evaluation_results, referral_of
     from mtcsnn.run.files import versions
+    from mtcsnn.run.robustness import robustness_rows, write_robustness
     from mtcsnn.run.training import log_results, write_outputs
 
     start = time.perf_counter()
+    corruptions = check_corruptions(cfg.get("corruptions"))  # before anything is loaded
     quiet_libraries()
     checkpoints = load_checkpoints(cfg.ckpt_path)  # one size, grades and preparation
     ckpt = checkpoints[0]
@@ -127,6 +130,11 @@ def evaluate(cfg: DictConfig) -> dict:
         config=config,
         model_specs=[c.spec.to_dict() for c in checkpoints],
     )
+    if corruptions:  # written before metrics.json, the file that marks the evaluation done
+        modules = [c.module for c in checkpoints]
+        rows = robustness_rows(modules, datamodule.splits["test"], corruptions, cfg.seed)
+        write_robustness(out_dir / "robustness.csv", rows)
+        log.info("wrote %s", out_dir / "robustness.csv")
     write_outputs(out_dir, ckpt.module, results, predictions)
     log_results(results, out_dir)
     return results

@@ -20,6 +20,8 @@ import numpy as np
 from PIL import Image, ImageEnhance
 from scipy.ndimage import correlate
 
+from mtcsnn.errors import ConfigError
+
 # the size MedMNIST-C's pixel parameters are measured at
 REFERENCE_SIZE = 224
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -170,3 +172,19 @@ def corrupt(images: np.ndarray, name: str, severity: int, seed: int = 0) -> np.n
     scale = images.shape[1] / REFERENCE_SIZE
     rng = np.random.default_rng(seed)
     return _FUNCTIONS[name](images, PARAMETERS[name][severity - 1], scale, rng)
+
+
+def check_corruptions(value: object) -> tuple[str, ...]:
+    """``corruptions``: null (none), ``all``, or a list of names; the names, in order."""
+    if value is None:
+        return ()
+    if value == "all":
+        return CORRUPTIONS
+    names = [value] if isinstance(value, str) else value
+    if not (isinstance(names, (list, tuple)) or type(names).__name__ == "ListConfig") or not all(
+        isinstance(n, str) and n in CORRUPTIONS for n in names
+    ):
+        raise ConfigError(
+            "corruptions", value, "null, all, or a list of: " + ", ".join(CORRUPTIONS)
+        )
+    return tuple(dict.fromkeys(names))
