@@ -155,3 +155,52 @@ def test_report_refers_the_uncertain_for_single_models_and_ensembles(sweep):  # 
     for figure in ("reliability.png", "risk_coverage.png"):
         assert (sweep / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert (sweep / figure).stat().st_size > 5000
+
+
+def write_robustness(folder, clean: float, lost: dict[str, float]) -> None:
+    """A robustness.csv whose AUROC under each corruption is clean - lost * severity / 3."""
+    lines = ["corruption,severity,auroc,acc,kappa,referable_auroc", f"none,0,{clean},0.5,0.4,0.8"]
+    for name, per_step in lost.items():
+        for s in range(1, 6):
+            lines.append(f"{name},{s},{clean - per_step * s / 3},0.5,0.4,0.8")
+    (folder / "robustness.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_report_summarises_robustness_and_the_corruption_error_against_ce(sweep):  # noqa: F811
+    finished = sorted(p for p in sweep.iterdir() if (p / "test_predictions.csv").is_file())
+    losses = {p: json.loads((p / "metrics.json").read_text())["choices"]["loss"] for p in finished}
+    for folder, loss in losses.items():
+        lost = (
+            {"contrast_down": 0.06, "pixelate": 0.03}
+            if loss == "ce"
+            else {
+                "contrast_down": 0.03,
+                "pixelate": 0.03,
+            }
+        )
+        write_robustness(folder, 0.75, lost)
+    assert main([str(sweep), "--bootstrap", "50"]) == 0
+    summary = json.loads((sweep / "summary.json").read_text())
+    rows = {r["configuration"]: r for r in summary["robustness"]}
+    # severities 1-5 lose lost * s / 3: the mean over severities is lost * 1
+    assert rows["loss=ce"]["auroc_drop"] == pytest.approx({"pixelate": 0.03, "contrast_down": 0.06})
+    assert rows["loss=ce"]["mean_drop"] == pytest.approx(0.045)
+    # mCE: contrast (0.25 + 0.03) / (0.25 + 0.06), pixelate 1, averaged
+    expected = ((0.28 / 0.31) + 1.0) / 2
+    assert rows["loss=mtcsnn"]["mce_vs_baseline"] == pytest.approx(expected)
+    assert "mce_vs_baseline" not in rows["loss=ce"]
+    page = (sweep / "results.md").read_text()
+    assert "## Robustness (test, MedMNIST-C corruptions)" in page
+    test_every_number_on_the_page_is_in_the_summary(sweep)
+
+
+def test_a_damaged_robustness_table_leaves_the_run_out_of_robustness(sweep):  # noqa: F811
+    finished = sorted(p for p in sweep.iterdir() if (p / "test_predictions.csv").is_file())
+    for folder in finished:
+        write_robustness(folder, 0.75, {"contrast_down": 0.03})
+    (finished[0] / "robustness.csv").write_text("corruption,severity\nfog,9\n")
+    assert main([str(sweep), "--bootstrap", "50"]) == 0
+    summary = json.loads((sweep / "summary.json").read_text())
+    damaged = json.loads((finished[0] / "metrics.json").read_text())["choices"]["loss"]
+    assert damaged not in {r["configuration"].split("=")[1] for r in summary["robustness"]}
+    assert len(summary["robustness"]) == 1

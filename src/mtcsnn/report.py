@@ -19,6 +19,7 @@ from mtcsnn.reporting.figures import write_figures
 from mtcsnn.reporting.grouping import group_runs
 from mtcsnn.reporting.page import results_markdown
 from mtcsnn.reporting.referring import referral_rows
+from mtcsnn.reporting.robustness import robustness_rows
 from mtcsnn.reporting.runs import collect_runs
 from mtcsnn.reporting.summary import report_summary
 from mtcsnn.run.files import write_text_atomic
@@ -51,9 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     ensembles = ensemble_rows(groups, args.bootstrap)
     pooled = pooled_comparison(compared, args.bootstrap)
     referrals = referral_rows(groups)
-    markdown = results_markdown(groups, compared, skipped, root, ensembles, pooled, referrals)
+    robust = robustness_rows(groups)
+    markdown = results_markdown(
+        groups, compared, skipped, root, ensembles, pooled, referrals, robust
+    )
     write_text_atomic(out / "results.md", markdown)
-    summary = report_summary(groups, compared, ensembles, pooled, root, args.bootstrap, referrals)
+    summary = report_summary(
+        groups, compared, ensembles, pooled, root, args.bootstrap, referrals, robust
+    )
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     figures = write_figures(groups, out)
     print(f"{len(runs)} run(s) in {len(groups)} configuration(s), {len(skipped)} skipped")

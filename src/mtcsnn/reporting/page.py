@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mtcsnn.data.corruptions import CORRUPTIONS
 from mtcsnn.grading.comparison import REFERABLE_CUT
 from mtcsnn.reporting.comparing import (
     HELD_OUT,
@@ -70,6 +71,7 @@ def results_markdown(
     ensembles: list[dict] | None = None,
     pooled: dict | None = None,
     referrals: list[dict] | None = None,
+    robustness: list[dict] | None = None,
 ) -> str:
     # columns every run has: off-by-one accuracy is missing from runs of older versions
     extra = [
@@ -159,6 +161,7 @@ def results_markdown(
             )
     lines += screening_lines(groups, compared)
     lines += referral_lines(referrals or [])
+    lines += robustness_lines(robustness or [])
     lines += chosen_on_val_lines(groups)
     lines += score_decoding_lines(groups)
     lines += held_out_problem_lines(groups)
@@ -237,6 +240,34 @@ def referral_lines(rows: list[dict]) -> list[str]:
             f"| {md(label(row['config']))} | {models} | {row['uncertainty']} | "
             + " | ".join(cells)
             + " |"
+        )
+    return lines
+
+
+def robustness_lines(rows: list[dict]) -> list[str]:
+    """AUROC lost to each corruption, and the corruption error against CE."""
+    if not rows:
+        return []
+    names = sorted({c for row in rows for c in row["drop"]}, key=list(CORRUPTIONS).index)
+    lines = [
+        "",
+        "## Robustness (test, MedMNIST-C corruptions)",
+        "",
+        "Test AUROC lost to each corruption: clean minus the mean over severities 1-5 (and "
+        "seeds). mCE vs CE: per corruption the sum over severities of 1 - AUROC, over the CE "
+        "configuration's, averaged over corruptions (1.00: as robust as CE; lower is better).",
+        "",
+        "| configuration | seeds | clean AUROC | mean drop | mCE vs CE | "
+        + " | ".join(names)
+        + " |",
+        "|---|---|---|---|---|" + "---|" * len(names),
+    ]
+    for row in rows:
+        mce = f"{row['mce']:.4f}" if "mce" in row else "-"
+        drops = [f"{row['drop'][c]:+.4f}" if c in row["drop"] else "-" for c in names]
+        lines.append(
+            f"| {md(label(row['config']))} | {row['seeds']} | {row['clean_auroc']:.4f} | "
+            f"{row['mean_drop']:+.4f} | {mce} | " + " | ".join(drops) + " |"
         )
     return lines
 

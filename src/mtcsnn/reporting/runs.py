@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from mtcsnn.data.corruptions import CORRUPTIONS, SEVERITIES
 from mtcsnn.data.untrusted import (
     MAX_RECORD_BYTES,
     MAX_TABLE_BYTES,
@@ -32,6 +33,9 @@ from mtcsnn.run.config import (
 from mtcsnn.run.failures import FAILED, failure_reason
 
 METRICS = ("auroc", "acc", "kappa", "mae")
+# robustness.csv (corruptions=...): {(corruption, severity): {auroc, acc, kappa, referable_auroc}}
+ROBUSTNESS_FIELDS = ("auroc", "acc", "kappa", "referable_auroc")
+RobustnessTable = dict[tuple[str, int], dict[str, float]]
 OPTIONAL_METRICS = {"acc_within1": "off-by-one accuracy"}
 
 
@@ -47,6 +51,8 @@ class Run:
     held_out_problem: str | None = None  # why a kept val_predictions.csv gave no figure
     # settings keys the run's command line set (``.hydra/overrides.yaml``)
     overridden: frozenset[str] = frozenset()
+    # its robustness.csv (None: not measured, or not readable as one)
+    robustness: RobustnessTable | None = None
 
     def overrode(self, key: str) -> bool:
         return any(key == k or key.startswith(k + ".") for k in self.overridden)
@@ -163,7 +169,32 @@ def load_run(folder: Path) -> Run | str:
     chosen_by = metrics.get("config", {}).get("optimized_metric")
     held_out = held_out_of(folder, chosen_by if isinstance(chosen_by, str) else "val/auroc")
     overridden = overridden_keys(folder, set(metrics.get("choices", {})))
-    return Run(folder, metrics, grades, probs, settings, *held_out, overridden)
+    robustness = read_robustness(folder)
+    return Run(folder, metrics, grades, probs, settings, *held_out, overridden, robustness)
+
+
+def read_robustness(folder: Path) -> RobustnessTable | None:
+    """``folder/robustness.csv`` as ``{(corruption, severity): figures}``; None when the run has
+    none, or it is not the table ``corruptions=...`` writes (read bounded, checked strictly)."""
+    path = folder / "robustness.csv"
+    if not path.exists():
+        return None
+    try:
+        rows = list(csv.DictReader(io.StringIO(read_text(path, MAX_TABLE_BYTES))))
+    except (UnreadableFile, OSError, UnicodeDecodeError, csv.Error):
+        return None
+    table: RobustnessTable = {}
+    for row in rows:
+        try:
+            key = (row["corruption"], int(row["severity"]))
+            figures = {f: float(row[f]) for f in ROBUSTNESS_FIELDS}
+        except (KeyError, TypeError, ValueError):
+            return None
+        known = key == ("none", 0) or (key[0] in CORRUPTIONS and key[1] in SEVERITIES)
+        if not known or key in table or not all(math.isfinite(v) for v in figures.values()):
+            return None
+        table[key] = figures
+    return table if ("none", 0) in table else None
 
 
 def fit_problem(metrics: dict, num_classes: int) -> str | None:

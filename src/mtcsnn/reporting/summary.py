@@ -105,6 +105,7 @@ def report_summary(
     root: Path,
     num_resamples: int,
     referrals: list[dict] | None = None,
+    robustness: list[dict] | None = None,
 ) -> dict:
     """The summary of one report: per configuration, the comparisons, ensembles, val's choice."""
     ordered = sorted(groups.items(), key=lambda kv: label(kv[0]))
@@ -155,6 +156,21 @@ def report_summary(
                 **{f: _mean_std(row[f]) for f in REFERRAL_FIGURES if f in row},
             }
             for row in referrals or []
+        ],
+        "robustness": [
+            {
+                "configuration": label(row["config"]),
+                "seeds": row["seeds"],
+                "clean_auroc": row["clean_auroc"],
+                "mean_drop": row["mean_drop"],
+                "auroc_drop": row["drop"],
+                **(
+                    {"baseline": label(row["baseline"]), "mce_vs_baseline": row["mce"]}
+                    if "mce" in row
+                    else {}
+                ),
+            }
+            for row in robustness or []
         ],
         "chosen_on_val": [
             {

@@ -9,6 +9,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from mtcsnn.data.augment import check_augment
+from mtcsnn.data.corruptions import check_corruptions
 from mtcsnn.data.datamodule import PairDataModule, check_batch_size
 from mtcsnn.data.pairing import check_pairing
 from mtcsnn.errors import ConfigError, require
@@ -69,6 +70,7 @@ DOMAIN_CHECKS: dict[str, Callable[[object], None]] = {
     "data.pairing": check_pairing,
     "data.augment": check_augment,
     "data.batch_size": check_batch_size,
+    "corruptions": check_corruptions,
     "grading.referable_cuts": check_cuts,
     "grading.threshold_rule": check_rule,
     "grading.target_sensitivity": check_target_sensitivity,

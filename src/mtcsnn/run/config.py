@@ -80,6 +80,8 @@ NOT_TRAINING_KEYS = frozenset(
     {
         "resume",
         "threads",
+        # what is measured after training (robustness.csv), not what is trained
+        "corruptions",
         "keep_training_state",
         "data.root",
         "data.num_workers",

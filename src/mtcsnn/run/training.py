@@ -21,6 +21,7 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mtcsnn.data import PairingFeedback
+from mtcsnn.data.corruptions import check_corruptions
 from mtcsnn.errors import StoppedError
 from mtcsnn.grading.referral import chosen_on_val
 from mtcsnn.models import MTCSNNModule
@@ -41,6 +42,7 @@ from mtcsnn.run.files import (
     write_json,
     write_text_atomic,
 )
+from mtcsnn.run.robustness import robustness_rows, write_robustness
 from mtcsnn.run.run_dir import (
     ResumeError,
     check_resume,
@@ -292,6 +294,10 @@ def fit_and_test(cfg: DictConfig, test: bool = True) -> dict:
     if trainer.is_global_zero:  # under DDP every process has the results; one writes them
         if ckpt_path:  # what val chose, for predict (kept before the run is marked finished)
             record_in_checkpoint(ckpt_path, chosen_on_val(results["val"]))
+        corruptions = check_corruptions(cfg.get("corruptions"))
+        if test and corruptions:  # before metrics.json, the file that marks the run finished
+            rows = robustness_rows([model], datamodule.splits["test"], corruptions, cfg.seed)
+            write_robustness(out_dir / "robustness.csv", rows)
         write_outputs(out_dir, model, results)
         if not cfg.get("keep_training_state"):
             drop_training_state(out_dir, ckpt_path)
