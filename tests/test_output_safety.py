@@ -218,7 +218,9 @@ def test_results_md_rendered_has_no_html_headings_links_or_broken_tables(tmp_pat
     assert [
         h
         for _, h in headings
-        if not h.startswith(("Results: ", "MTCSNN vs", "Seed ", "Chosen ", "Unfinished"))
+        if not h.startswith(
+            ("Results: ", "MTCSNN vs", "Seed ", "Chosen ", "Unfinished", "Referring ", "Referable ")
+        )
     ] == []
     assert f"Results: {root}".replace("<", "&lt;").replace(">", "&gt;") in html
     for table in re.findall(r"<table>(.*?)</table>", html, re.S):

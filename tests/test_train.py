@@ -223,6 +223,8 @@ def test_a_finished_run_keeps_only_the_best_weights(tiny_cfg, tmp_path):
         "state_dict",
         "mtcsnn_spec",
         "mtcsnn_config",
+        "mtcsnn_referral",  # the referral thresholds and the temperature val chose
+        "mtcsnn_temperature",
         "epoch",
         "global_step",
         "pytorch-lightning_version",
