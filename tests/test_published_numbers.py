@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
+from helpers.metrics import numbers_in
 
 BLOCK = re.compile(r"<!-- numbers: (?P<paths>[^>]*?) -->(?P<text>.*?)<!-- /numbers -->", re.S)
 DECIMAL = re.compile(r"(?<![\w.])[+-]?\d+\.\d+(?!\w|\.\d)")
@@ -35,17 +36,6 @@ DOCUMENTS = [ROOT / "README.md", ROOT / "MODEL_CARD.md"] + [
 ]
 
 
-def numbers_of(value) -> list[float]:
-    """Every number in a JSON document."""
-    if isinstance(value, dict):
-        return [x for v in value.values() for x in numbers_of(v)]
-    if isinstance(value, list):
-        return [x for v in value for x in numbers_of(v)]
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return [float(value)]
-    return []
-
-
 def shown(number: str, values: list[float]) -> bool:
     """Whether ``number`` (as written) is one of ``values`` rounded to its digits."""
     digits = len(number.split(".")[1])
@@ -63,7 +53,7 @@ def disagreements(text: str, root: Path) -> list[str]:
             if not path.is_file():
                 found.append(f"cites {name}, which does not exist")
                 continue
-            values += numbers_of(json.loads(path.read_text()))
+            values += numbers_in(json.loads(path.read_text()))
         found += [
             f"{n} (cites {block['paths']})"
             for n in DECIMAL.findall(block["text"])

@@ -5,20 +5,10 @@ import re
 
 import numpy as np
 import pytest
+from helpers.metrics import numbers_in
 from test_report import sweep, write_run  # noqa: F401  (the fixture and the run writer)
 
 from mtcsnn.report import main
-
-
-def leaves(value) -> list[float]:
-    """Every number in a JSON document."""
-    if isinstance(value, dict):
-        return [x for v in value.values() for x in leaves(v)]
-    if isinstance(value, list):
-        return [x for v in value for x in leaves(v)]
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return [float(value)]
-    return []
 
 
 def test_summary_holds_the_means_comparisons_and_ensembles(sweep):  # noqa: F811
@@ -46,7 +36,7 @@ def test_every_number_on_the_page_is_in_the_summary(sweep):  # noqa: F811
     page = (sweep / "results.md").read_text()
     summary = json.loads((sweep / "summary.json").read_text())
     shown = set()
-    for value in leaves(summary):
+    for value in numbers_in(summary):
         shown |= {f"{value:.4f}", f"{value:+.4f}"}
     on_page = re.findall(r"[+-]?\d+\.\d{4}", page)
     assert len(on_page) > 20

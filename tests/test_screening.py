@@ -2,7 +2,6 @@
 
 import csv
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -82,6 +81,15 @@ def test_predict_writes_p_referable_and_the_referral_at_val_s_threshold(
         assert row["refer"] == str(int(float(row["referable"]) >= threshold))
 
 
+def crafted(checkpoint, tmp_path, key: str, value: object):
+    """A copy of ``checkpoint`` whose ``key`` holds ``value``."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state[key] = value
+    path = tmp_path / "crafted.ckpt"
+    torch.save(state, path)
+    return path
+
+
 @pytest.mark.parametrize(
     "record",
     [
@@ -98,24 +106,17 @@ def test_predict_writes_p_referable_and_the_referral_at_val_s_threshold(
 def test_a_checkpoint_whose_referral_record_is_malformed_is_refused(
     tiny_checkpoint, tmp_path, record
 ):
-    state = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
-    state["mtcsnn_referral"] = record
-    crafted = tmp_path / "crafted.ckpt"
-    torch.save(state, crafted)
     with pytest.raises(CheckpointError, match="referral"):
-        load_checkpoint(crafted)
+        load_checkpoint(crafted(tiny_checkpoint, tmp_path, "mtcsnn_referral", record))
 
 
 def test_predict_says_in_one_line_why_a_checkpoint_is_refused(tiny_checkpoint, tmp_path):
-    crafted = tmp_path / "crafted.ckpt"
-    shutil.copy(tiny_checkpoint, crafted)
-    state = torch.load(crafted, map_location="cpu", weights_only=True)
-    state["mtcsnn_referral"] = [{"cut": 2, "threshold": "0.5"}]
-    torch.save(state, crafted)
+    record = [{"cut": 2, "threshold": "0.5"}]
+    path = crafted(tiny_checkpoint, tmp_path, "mtcsnn_referral", record)
     Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(tmp_path / "a.png")
     proc = run_module(
         "mtcsnn.predict",
-        f"ckpt_path={crafted}",
+        f"ckpt_path={path}",
         f"inputs=[{tmp_path / 'a.png'}]",
         f"hydra.run.dir={tmp_path / 'run'}",
     )
@@ -129,9 +130,5 @@ def test_predict_says_in_one_line_why_a_checkpoint_is_refused(tiny_checkpoint, t
 def test_a_checkpoint_whose_temperature_is_malformed_is_refused(
     tiny_checkpoint, tmp_path, temperature
 ):
-    state = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
-    state["mtcsnn_temperature"] = temperature
-    crafted = tmp_path / "crafted.ckpt"
-    torch.save(state, crafted)
     with pytest.raises(CheckpointError, match="temperature"):
-        load_checkpoint(crafted)
+        load_checkpoint(crafted(tiny_checkpoint, tmp_path, "mtcsnn_temperature", temperature))

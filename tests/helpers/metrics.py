@@ -13,3 +13,14 @@ def flat(values: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+def numbers_in(value) -> list[float]:
+    """Every number in a JSON document."""
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in numbers_in(v)]
+    if isinstance(value, list):
+        return [x for v in value for x in numbers_in(v)]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [float(value)]
+    return []
