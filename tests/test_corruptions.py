@@ -163,3 +163,31 @@ def test_an_unknown_corruption_is_one_line_before_anything_loads(tiny_checkpoint
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     (error,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert "corruptions=['fog']" in error and "contrast_down" in error
+
+
+@pytest.mark.slow  # two short trainings
+def test_a_run_measures_robustness_when_asked_and_a_finished_one_when_resumed(tmp_path):
+    import csv
+
+    from conftest import TINY, TINY_SYNTHETIC, compose_train
+    from hydra.core.global_hydra import GlobalHydra
+
+    from mtcsnn.run.training import train
+
+    base = ["data=synthetic", *TINY_SYNTHETIC, *TINY, "trainer.max_epochs=1"]
+    try:
+        asked = train(compose_train([*base, "corruptions=[contrast_down]"], tmp_path / "a"))
+        rows = list(csv.DictReader((tmp_path / "a" / "robustness.csv").open()))
+        assert len(rows) == 6 and float(rows[0]["auroc"]) == pytest.approx(
+            asked["test"]["auroc"], abs=1e-5
+        )
+        train(compose_train(base, tmp_path / "b"))
+        assert not (tmp_path / "b" / "robustness.csv").exists()
+        before = (tmp_path / "b" / "metrics.json").read_bytes()
+        again = [*base, "resume=true", "corruptions=[pixelate,motion_blur]"]
+        train(compose_train(again, tmp_path / "b"))
+    finally:
+        GlobalHydra.instance().clear()
+    rows = list(csv.DictReader((tmp_path / "b" / "robustness.csv").open()))
+    assert [r["corruption"] for r in rows] == ["none"] + ["pixelate"] * 5 + ["motion_blur"] * 5
+    assert (tmp_path / "b" / "metrics.json").read_bytes() == before  # nothing else changes

@@ -45,6 +45,8 @@ def robustness_rows(
     at severities 1-5; the same seed corrupts the images the same way for every model."""
     images = test_split[0].permute(0, 2, 3, 1).contiguous().numpy()  # N, H, W, 3 uint8
     grades = test_split[1].numpy()
+    for module in modules:  # as tested: no dropout, batch-norm statistics fixed
+        module.eval()
     rows = [{"corruption": "none", "severity": 0, **_scores(modules, images, grades)}]
     for name in corruptions:
         for severity in SEVERITIES:
@@ -67,3 +69,30 @@ def write_robustness(path: Path, rows: list[dict]) -> None:
         [row["corruption"], row["severity"], *(f"{row[k]:.6f}" for k in HEADER[2:])] for row in rows
     ]
     write_text_atomic(path, csv_text(HEADER, table))
+
+
+def measure_finished_run(cfg, out_dir: Path, corruptions: tuple[str, ...]) -> None:
+    """A finished run resumed with ``corruptions=...`` and no ``robustness.csv`` yet: its best
+    checkpoint (the one it kept) under the corruptions, from the run's own data settings.
+    Nothing else of the run changes."""
+    from hydra.utils import instantiate
+
+    from mtcsnn.run.checkpoint import load_checkpoint
+
+    target = out_dir / "robustness.csv"
+    if not corruptions or target.exists():
+        return
+    kept = sorted((out_dir / "checkpoints").glob("epoch_*.ckpt"))
+    if len(kept) != 1:
+        log.warning(
+            "robustness not measured: %s keeps %d best checkpoints, not one",
+            out_dir / "checkpoints",
+            len(kept),
+        )
+        return
+    ckpt = load_checkpoint(kept[0])
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("test")
+    rows = robustness_rows([ckpt.module], datamodule.splits["test"], corruptions, cfg.seed)
+    write_robustness(target, rows)
+    log.info("measured the finished run under %d corruptions: %s", len(corruptions), target)

@@ -42,7 +42,7 @@ from mtcsnn.run.files import (
     write_json,
     write_text_atomic,
 )
-from mtcsnn.run.robustness import robustness_rows, write_robustness
+from mtcsnn.run.robustness import measure_finished_run, robustness_rows, write_robustness
 from mtcsnn.run.run_dir import (
     ResumeError,
     check_resume,
@@ -219,8 +219,9 @@ def fit_and_test(cfg: DictConfig, test: bool = True) -> dict:
     out_dir = Path(cfg.paths.output_dir)
     clear_failure(out_dir)
     if cfg.get("resume") and (out_dir / "metrics.json").exists():
-        # a finished run of a resumed sweep: keep it as it is
+        # a finished run of a resumed sweep: keep it as it is, measuring what it was not asked
         log.info("resume=true: %s already finished, kept as it is", out_dir)
+        measure_finished_run(cfg, out_dir, check_corruptions(cfg.get("corruptions")))
         return json.loads((out_dir / "metrics.json").read_text())
     run_config = OmegaConf.to_container(cfg, resolve=True)
     spec = spec_of_config(
