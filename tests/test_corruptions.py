@@ -170,6 +170,7 @@ def test_a_run_measures_robustness_when_asked_and_a_finished_one_when_resumed(tm
     import csv
 
     from conftest import TINY, TINY_SYNTHETIC, compose_train
+    from helpers.cli import run_train
     from hydra.core.global_hydra import GlobalHydra
 
     from mtcsnn.run.training import train
@@ -181,13 +182,15 @@ def test_a_run_measures_robustness_when_asked_and_a_finished_one_when_resumed(tm
         assert len(rows) == 6 and float(rows[0]["auroc"]) == pytest.approx(
             asked["test"]["auroc"], abs=1e-5
         )
-        train(compose_train(base, tmp_path / "b"))
-        assert not (tmp_path / "b" / "robustness.csv").exists()
-        before = (tmp_path / "b" / "metrics.json").read_bytes()
-        again = [*base, "resume=true", "corruptions=[pixelate,motion_blur]"]
-        train(compose_train(again, tmp_path / "b"))
     finally:
         GlobalHydra.instance().clear()
+    # a finished run, as a user's command line makes and resumes it
+    run_dir = f"hydra.run.dir={tmp_path / 'b'}"
+    assert run_train(*base, run_dir).returncode == 0
+    assert not (tmp_path / "b" / "robustness.csv").exists()
+    before = (tmp_path / "b" / "metrics.json").read_bytes()
+    again = run_train(*base, run_dir, "resume=true", "corruptions=[pixelate,motion_blur]")
+    assert again.returncode == 0, again.stderr[-2000:]
     rows = list(csv.DictReader((tmp_path / "b" / "robustness.csv").open()))
     assert [r["corruption"] for r in rows] == ["none"] + ["pixelate"] * 5 + ["motion_blur"] * 5
     assert (tmp_path / "b" / "metrics.json").read_bytes() == before  # nothing else changes
