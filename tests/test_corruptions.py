@@ -194,3 +194,18 @@ def test_a_run_measures_robustness_when_asked_and_a_finished_one_when_resumed(tm
     rows = list(csv.DictReader((tmp_path / "b" / "robustness.csv").open()))
     assert [r["corruption"] for r in rows] == ["none"] + ["pixelate"] * 5 + ["motion_blur"] * 5
     assert (tmp_path / "b" / "metrics.json").read_bytes() == before  # nothing else changes
+
+
+def test_strong_corrupt_corrupts_about_half_the_images_and_follows_the_seed():
+    import torch
+
+    from mtcsnn.data.augment import augment, random_corruption
+
+    images = torch.from_numpy(fundus(200)).permute(0, 3, 1, 2).float() / 255
+    torch.manual_seed(5)
+    out = random_corruption(images)
+    changed = (out - images).abs().flatten(1).amax(1) > 1 / 255 + 1e-6
+    assert out.shape == images.shape and 60 <= int(changed.sum()) <= 140
+    torch.manual_seed(5)
+    assert torch.equal(random_corruption(images), out)
+    assert augment(images, "strong_corrupt").shape == images.shape

@@ -10,7 +10,9 @@ import torch.nn.functional as F
 
 from mtcsnn.errors import check_choice
 
-AUGMENTATIONS = ("none", "flip", "dihedral", "strong", "strong_erase")
+AUGMENTATIONS = ("none", "flip", "dihedral", "strong", "strong_erase", "strong_corrupt")
+# strong_corrupt: the share of images given a MedMNIST-C corruption
+CORRUPTED_SHARE = 0.5
 
 
 def check_augment(kind: object) -> None:
@@ -85,10 +87,37 @@ def random_erasing(images: torch.Tensor) -> torch.Tensor:
     return _kornia_erasing()(images)
 
 
+def random_corruption(images: torch.Tensor, share: float = CORRUPTED_SHARE) -> torch.Tensor:
+    """Per image, with p ``share``, one of MedMNIST-C's RetinaMNIST corruptions at a random
+    severity (:mod:`mtcsnn.data.corruptions`; MedMNIST-C's own augmentation draws them so).
+    The corruptions work on uint8 images on the host: the chosen images go there and back."""
+    from mtcsnn.data.corruptions import CORRUPTIONS, SEVERITIES, corrupt
+
+    n = images.shape[0]
+    chosen = torch.nonzero(torch.rand(n) < share).flatten()
+    if not len(chosen):
+        return images
+    kinds = torch.randint(len(CORRUPTIONS), (len(chosen),))
+    severities = torch.randint(len(SEVERITIES), (len(chosen),))
+    seed = int(torch.randint(2**31 - 1, (1,)))  # the noise follows the run's seed
+    picked = images[chosen.to(images.device)]
+    as_uint8 = (picked.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    out = as_uint8.copy()
+    for k in kinds.unique().tolist():
+        for s in severities[kinds == k].unique().tolist():
+            where = ((kinds == k) & (severities == s)).numpy()
+            out[where] = corrupt(as_uint8[where], CORRUPTIONS[k], SEVERITIES[s], seed + k * 5 + s)
+    corrupted = torch.from_numpy(out).permute(0, 3, 1, 2).to(images.device, images.dtype) / 255
+    images = images.clone()
+    images[chosen.to(images.device)] = corrupted
+    return images
+
+
 def augment(images: torch.Tensor, kind: str) -> torch.Tensor:
     """``none``, ``flip``, ``dihedral`` (flips and 90-degree turns), ``strong`` (dihedral,
     then a small rotation, scale and shift, then colour jitter) or ``strong_erase`` (strong,
-    then random erasing), on a float batch in [0, 1]."""
+    then random erasing) or ``strong_corrupt`` (strong, then MedMNIST-C's corruptions on half
+    the images), on a float batch in [0, 1]."""
     check_augment(kind)
     if kind == "flip":
         return random_dihedral(images, flips_only=True)
@@ -98,4 +127,6 @@ def augment(images: torch.Tensor, kind: str) -> torch.Tensor:
         return colour_jitter(random_affine(random_dihedral(images)))
     if kind == "strong_erase":
         return random_erasing(augment(images, "strong"))
+    if kind == "strong_corrupt":
+        return random_corruption(augment(images, "strong"))
     return images

@@ -87,7 +87,13 @@ def screening_line(values: dict) -> str:
             at = value.get("threshold")
             where = f" at {at:.4f} (chosen on val)" if at is not None else ""
             parts.append(f"referable (grade >= {value['cut']}) {shown}{where}")
-    return "; ".join([*parts, metrics_line(values, ("ece", "brier", "nll"))])
+    parts.append(metrics_line(values, ("ece", "brier", "nll")))
+    scaled = values.get("temperature_scaled")
+    if isinstance(scaled, dict):
+        parts.append(
+            f"at temperature {scaled['temperature']:.3f} (fitted on val) ece {scaled['ece']:.4f}"
+        )
+    return "; ".join(parts)
 
 
 class EpochLog(pl.Callback):
