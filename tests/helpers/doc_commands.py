@@ -52,7 +52,7 @@ def nav_pages() -> list[str]:
 
 DOCS = ("README.md", *nav_pages(), "notebooks/README.md")
 # where each chain after the first starts: pages from there on run in their own scratch folder
-CHAIN_STARTS = ("docs/results.md",)
+CHAIN_STARTS = ("docs/experiments.md",)
 
 # one epoch on a small synthetic set: the command's own overrides stay, these only shrink it
 SMALL = (
