@@ -228,6 +228,23 @@ def cleared(written: set[Path], output: str) -> None:
         assert not any(cell.get("outputs") for cell in cells), notebook
 
 
+def robust(rows: int, trained: bool = False) -> Callable[[set[Path], str], None]:
+    """``robustness.csv`` with the clean row and ``rows - 1`` corrupted ones (in a new
+    training run when ``trained``, else in an evaluation's folder)."""
+
+    def check(written: set[Path], output: str) -> None:
+        if trained:
+            runs(1)(written, output)
+        else:
+            evaluated(written, output)
+        (table,) = (p for p in written if p.name == "robustness.csv")
+        lines = table.read_text().splitlines()
+        assert lines[0] == "corruption,severity,auroc,acc,kappa,referable_auroc", lines[0]
+        assert len(lines) == 1 + rows and lines[1].startswith("none,0,"), output
+
+    return check
+
+
 def reported(written: set[Path], output: str) -> None:
     """The report of one run: its table, in the run's own folder."""
     (folder,) = folders_with(written, "results.md")
@@ -243,6 +260,15 @@ RUN = {
         "progress=false", predicted("photo.jpg", count=1)
     ),
     "python -m mtcsnn.train loss=ce": Run(SMALL, runs(1)),
+    "python -m mtcsnn.train grading.threshold_rule=youden": Run(SMALL, runs(1)),
+    "python -m mtcsnn.predict ckpt_path=$CKPT inputs=[photo.jpg] calibrated=true": Run(
+        "progress=false", predicted("photo.jpg", count=1)
+    ),
+    # the 400 test images, clean and under 8 corruptions x 5 severities
+    "python -m mtcsnn.eval ckpt_path=$CKPT corruptions=all": Run("", robust(41)),
+    "python -m mtcsnn.train corruptions=[contrast_down,motion_blur]": Run(
+        SMALL, robust(11, trained=True)
+    ),
     "python -m mtcsnn.train model=resnet50 loss.lam=1.0 seed=3": Run(SMALL, runs(1)),
     "python -m mtcsnn.train model.net.stem=cifar": Run(SMALL, runs(1)),
     "python -m mtcsnn.train trainer.max_epochs=10 data.batch_size=64": Run(SMALL, runs(1)),
