@@ -64,9 +64,9 @@ def test_defaults_follow_the_medmnist_recipe(tiny_cfg, tmp_path):
     assert cfg.trainer.max_epochs == 100
     assert cfg.model.optimizer._target_ == "torch.optim.Adam" and cfg.model.optimizer.lr == 1e-3
     assert cfg.data.batch_size == 128
-    assert cfg.loss.lam == 0.5  # chosen on val over seeds 1-5 (README Results)
+    assert cfg.loss.lam == 0.5  # the default weight of the severity term
     assert cfg.callbacks.model_checkpoint.monitor == "val/auroc"
-    # on top of it, the recipe val chose over 5 seeds (README Results)
+    # on top of it, the recipe val chose over 5 seeds (docs: Results)
     assert cfg.data.augment == "strong" and cfg.model.net.dropout == 0.3
 
 

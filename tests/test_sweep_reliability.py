@@ -1,4 +1,4 @@
-"""Sweeps and runs as the README promises: a config error fails only its own job and says why in
+"""Sweeps and runs as the docs promise: a config error fails only its own job and says why in
 its folder, a live sweep folder is held, a resume compares every setting that changes training,
 a start removes what a killed write left, a damaged last.ckpt falls back to a whole checkpoint,
 and the run's lock and record are never written through a planted link."""

@@ -8,8 +8,8 @@ is usable without them. The config resolvers are registered where configs are co
 import os
 
 # Before PyTorch loads its OpenMP runtime: threads that wait sleep instead of spinning. Spinning
-# gains ~7% on an idle machine and loses 1.5-3x when another process holds a core (README,
-# "Threads"). A value the user set wins.
+# gains ~7% on an idle machine and loses 1.5-3x when another process holds a core (docs:
+# Speed, "Threads"). A value the user set wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"

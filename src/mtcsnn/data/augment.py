@@ -47,7 +47,7 @@ def random_affine(
     bilinear, black outside: one ``grid_sample`` for the whole batch.
 
     Written on PyTorch's own ``affine_grid``/``grid_sample``: kornia's ``RandomAffine`` does
-    the same at 2.5x the time on a CPU (README, Speed).
+    the same at 2.5x the time on a CPU (docs: Speed).
     """
     n, device = images.shape[0], images.device
     angle = (torch.rand(n, device=device) * 2 - 1) * math.radians(degrees)
