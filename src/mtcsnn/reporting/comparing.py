@@ -90,7 +90,8 @@ def choosing_metric(groups: list[list[Run]]) -> str:
 
 
 def is_baseline(settings: dict) -> bool:
-    """CE: ``loss=ce``, or the multi-task loss at lambda 0 (the same loss: the docs' Results page shows it to the last digit)."""
+    """CE: ``loss=ce``, or the multi-task loss at lambda 0: the same loss (the docs' Results
+    page shows the two give the same numbers to the last digit)."""
     return settings.get("choices.loss") == "ce" or settings.get("config.loss.lam") in (0, 0.0)
 
 
