@@ -9,7 +9,7 @@ import os
 
 # Before PyTorch loads its OpenMP runtime: threads that wait sleep instead of spinning. Spinning
 # gains ~7% on an idle machine and loses 1.5-3x when another process holds a core (docs:
-# Speed, "Threads"). A value the user set wins.
+# Getting started, "Threads"). A value the user set wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
