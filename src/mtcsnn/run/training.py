@@ -23,7 +23,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from mtcsnn.data import PairingFeedback
 from mtcsnn.errors import StoppedError
 from mtcsnn.models import MTCSNNModule
-from mtcsnn.run.callbacks import AtomicCheckpointIO, RunState
+from mtcsnn.run.callbacks import AtomicCheckpointIO, EpochProgressBar, RunState, signal_label
 from mtcsnn.run.checkpoint import build_module, initialise_from
 from mtcsnn.run.checks import check_config, cost_warnings
 from mtcsnn.run.config import flatten
@@ -33,6 +33,7 @@ from mtcsnn.run.distributed import end_ddp_job, use_job_commands_for_ddp_childre
 from mtcsnn.run.evaluation import evaluation_results
 from mtcsnn.run.failures import clear_failure, in_multirun
 from mtcsnn.run.files import (
+    best_epoch_number,
     keep_weights_only,
     predictions_csv,
     versions,
@@ -232,12 +233,17 @@ def fit_and_test(cfg: DictConfig, test: bool = True) -> dict:
     wandb_loggers = [lg for lg in loggers if isinstance(lg, WandbLogger)]
     for lg in wandb_loggers:
         lg.log_hyperparams(flatten(model.run_config))  # one readable column per config key
+    bar = progress_bar_wanted(cfg.trainer.get("enable_progress_bar", True))
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
         # hard pairing's scores reach the sampler through PairingFeedback, whatever callbacks
-        callbacks=[PairingFeedback(), *instantiate_group(cfg.get("callbacks"))],
+        callbacks=[
+            PairingFeedback(),
+            *instantiate_group(cfg.get("callbacks")),
+            *([EpochProgressBar()] if bar else []),
+        ],
         logger=loggers or False,
-        enable_progress_bar=progress_bar_wanted(cfg.trainer.get("enable_progress_bar", True)),
+        enable_progress_bar=bar,
         plugins=[AtomicCheckpointIO()],
     )
 
@@ -250,8 +256,9 @@ def fit_and_test(cfg: DictConfig, test: bool = True) -> dict:
         signal_name = next(
             (cb.stop_signal for cb in trainer.callbacks if isinstance(cb, RunState)), None
         )
+        # current_epoch has moved past the finished epoch: counted from 1, it is that epoch
         raise StoppedError(
-            f"stopped by {signal_name or 'SIGTERM'} after epoch {trainer.current_epoch - 1}; saved "
+            f"stopped by {signal_label(signal_name)} after epoch {trainer.current_epoch}; saved "
             f"{out_dir / 'checkpoints' / 'last.ckpt'}. Resume with the same command plus "
             f"hydra.run.dir={out_dir} resume=true"
         ) from None
@@ -267,10 +274,10 @@ def fit_and_test(cfg: DictConfig, test: bool = True) -> dict:
     if ckpt_path:
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["state_dict"])
-        epoch = int(state["epoch"])
+        epoch = int(state["epoch"]) + 1  # Lightning counts from 0
     results = evaluation_results(model, datamodule, cfg.trainer, loggers, test=test)
     results.update(
-        best_epoch=epoch,
+        best_epoch_number=epoch,
         best_checkpoint=ckpt_path or None,
         monitor=checkpoint.monitor if checkpoint is not None else None,
         epochs=trainer.current_epoch,
@@ -324,7 +331,7 @@ def log_results(results: dict, out_dir: Path) -> None:
         log.info(
             "val: auroc %.4f (best val epoch %s; not tested: only the chosen trial is); wrote %s",
             results["val"]["auroc"],
-            results["best_epoch"],
+            best_epoch_number(results),
             out_dir / "metrics.json",
         )
         return

@@ -81,7 +81,7 @@ def log_test_results(logger, model, datamodule, results: dict) -> None:
 
     run = logger.experiment
     run.summary.update({f"test/{k}": v for k, v in results["test"].items()})
-    run.summary.update({"best_epoch": results["best_epoch"]})
+    run.summary.update({"best_epoch_number": results["best_epoch_number"]})  # counted from 1
     predictions = model.test_predictions
     grades = predictions["grade"].tolist()
     probs = predictions["probs"]
