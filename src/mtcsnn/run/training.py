@@ -341,6 +341,6 @@ def log_results(results: dict, out_dir: Path) -> None:
         results["test"]["acc"],
         results["test"]["kappa"],
         results["test"]["mae"],
-        results["best_epoch"],
+        best_epoch_number(results),
         out_dir / "metrics.json",
     )
