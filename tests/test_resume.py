@@ -72,7 +72,7 @@ def resume_and_compare(
     assert metrics["resumed_from"].endswith("last.ckpt")
     assert metrics["test"] == uninterrupted["test"]
     assert metrics["val"] == uninterrupted["val"]
-    assert metrics["best_epoch"] == uninterrupted["best_epoch"]
+    assert metrics["best_epoch_number"] == uninterrupted["best_epoch_number"]
     # every epoch's val predictions, those from before the kill included
     assert (run_dir / "val_predictions.csv").read_text() == uninterrupted["val_predictions.csv"]
     # one best checkpoint: none from before the resume stays beside it
@@ -114,7 +114,12 @@ def test_sigterm_inside_an_epoch_stops_at_its_end(tmp_path, uninterrupted, point
     env = {**ENV, "PYTHONPATH": str(Path(__file__).parent)}
     stopped = run_train(*RUN, f"hydra.run.dir={run_dir}", *interrupt, env=env)
     assert stopped.returncode != 0
-    assert f"stopped by {signal_name} after epoch 2" in stopped.stderr
+    # Lightning's epoch 2 is the third: counted from 1, as the epoch lines count
+    named = "SIGINT (Ctrl-C)" if signal_name == "SIGINT" else signal_name
+    assert f"stopped by {named} after epoch 3" in stopped.stderr, stopped.stderr[-2000:]
+    assert f"{named} received: stopping at the end of epoch 3" in stopped.stderr
+    if signal_name == "SIGINT":  # no line calls a Ctrl-C a SIGTERM
+        assert "SIGTERM" not in stopped.stdout + stopped.stderr
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
     assert "Traceback" not in stopped.stdout + stopped.stderr
     assert not (run_dir / "metrics.json").exists()

@@ -142,7 +142,7 @@ def test_a_resumed_run_continues_the_same_wandb_run(tmp_path):
         "+callbacks.interrupt.batch=0",
         PYTHONPATH=tests_dir,
     )
-    assert "stopped by SIGTERM after epoch 0" in stopped.stderr, stopped.stderr[-2000:]
+    assert "stopped by SIGTERM after epoch 1" in stopped.stderr, stopped.stderr[-2000:]
     resumed = run_without_login(
         tmp_path,
         *common,
