@@ -40,3 +40,43 @@ def test_lightnings_srun_hint_is_not_shown_on_a_machine_with_slurm(tmp_path):
 
     assert "srun" in stderr("plain")  # Lightning does give the hint here
     assert "srun" not in stderr("quiet")
+
+
+def test_the_progress_bar_counts_epochs_from_1(tmp_path):
+    """Lightning's bar says "Epoch 0" for the first epoch; ours says "Epoch 1/2"."""
+    import pytorch_lightning as pl
+    import torch
+
+    from mtcsnn.run.callbacks import EpochProgressBar
+
+    class Tiny(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch[0]).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    class Seen(pl.Callback):
+        descriptions: list[str] = []
+
+        def on_train_batch_end(self, trainer, *args) -> None:
+            bar = trainer.progress_bar_callback.train_progress_bar
+            self.descriptions.append(bar.desc.rstrip(": "))  # tqdm adds ": "
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(4, 2)))
+    trainer = pl.Trainer(
+        max_epochs=2,
+        callbacks=[EpochProgressBar(), Seen()],
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        limit_train_batches=1,
+    )
+    trainer.fit(Tiny(), data)
+    assert Seen.descriptions == ["Epoch 1/2", "Epoch 2/2"]
