@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SLURM_CHECK = """
 import warnings, sys
 warnings.simplefilter("always")
@@ -42,12 +44,13 @@ def test_lightnings_srun_hint_is_not_shown_on_a_machine_with_slurm(tmp_path):
     assert "srun" not in stderr("quiet")
 
 
-def test_the_progress_bar_counts_epochs_from_1(tmp_path):
-    """Lightning's bar says "Epoch 0" for the first epoch; ours says "Epoch 1/2"."""
+@pytest.mark.parametrize("kind", ["rich", "tqdm"])
+def test_the_progress_bar_counts_epochs_from_1(tmp_path, kind):
+    """Lightning's bars say "Epoch 0" (rich: "Epoch 0/1") for the first epoch; ours "Epoch 1/2"."""
     import pytorch_lightning as pl
     import torch
 
-    from mtcsnn.run.callbacks import EpochProgressBar
+    from mtcsnn.run.callbacks import EpochProgressBar, EpochRichProgressBar
 
     class Tiny(pl.LightningModule):
         def __init__(self) -> None:
@@ -60,17 +63,21 @@ def test_the_progress_bar_counts_epochs_from_1(tmp_path):
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
-    class Seen(pl.Callback):
-        descriptions: list[str] = []
+    seen: list[str] = []
 
+    class Seen(pl.Callback):
         def on_train_batch_end(self, trainer, *args) -> None:
-            bar = trainer.progress_bar_callback.train_progress_bar
-            self.descriptions.append(bar.desc.rstrip(": "))  # tqdm adds ": "
+            bar = trainer.progress_bar_callback
+            if kind == "tqdm":
+                seen.append(bar.train_progress_bar.desc.rstrip(": "))  # tqdm adds ": "
+            else:
+                seen.append(bar.progress.tasks[bar.train_progress_bar_id].description.strip())
 
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(4, 2)))
+    bar = EpochProgressBar() if kind == "tqdm" else EpochRichProgressBar()
     trainer = pl.Trainer(
         max_epochs=2,
-        callbacks=[EpochProgressBar(), Seen()],
+        callbacks=[bar, Seen()],
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
@@ -79,4 +86,4 @@ def test_the_progress_bar_counts_epochs_from_1(tmp_path):
         limit_train_batches=1,
     )
     trainer.fit(Tiny(), data)
-    assert Seen.descriptions == ["Epoch 1/2", "Epoch 2/2"]
+    assert seen == ["Epoch 1/2", "Epoch 2/2"]

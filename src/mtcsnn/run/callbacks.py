@@ -10,9 +10,15 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.callbacks import (
+    ModelCheckpoint,
+    ProgressBar,
+    RichProgressBar,
+    TQDMProgressBar,
+)
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
+from pytorch_lightning.utilities.imports import _RICH_AVAILABLE
 
 from mtcsnn.run.files import val_predictions_csv, write_atomic, write_text_atomic
 
@@ -51,13 +57,29 @@ class EpochCheckpoint(ModelCheckpoint):
 
 
 class EpochProgressBar(TQDMProgressBar):
-    """Lightning's bar, its epoch counted from 1 of the run's epochs (``Epoch 1/3``)."""
+    """Lightning's tqdm bar, its epoch counted from 1 of the run's epochs (``Epoch 1/3``)."""
 
     def on_train_epoch_start(self, trainer: pl.Trainer, *args) -> None:
         super().on_train_epoch_start(trainer, *args)
         self.train_progress_bar.set_description(
             f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
         )
+
+
+class EpochRichProgressBar(RichProgressBar):
+    """Lightning's rich bar (its default where rich is installed), the epoch counted from 1."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        text = f"Epoch {current_epoch + 1}"
+        if self.trainer.max_epochs is not None and self.trainer.max_epochs >= 0:
+            text += f"/{self.trainer.max_epochs}"
+        # as wide as the validation bar's, as Lightning pads it: no flicker between the two
+        return f"{text:{len(self.validation_description)}}"
+
+
+def epoch_progress_bar() -> ProgressBar:
+    """The bar Lightning would show (rich where installed, else tqdm), counting from 1."""
+    return EpochRichProgressBar() if _RICH_AVAILABLE else EpochProgressBar()
 
 
 class RunState(pl.Callback):

@@ -17,13 +17,14 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mtcsnn.data import PairingFeedback
 from mtcsnn.errors import StoppedError
 from mtcsnn.models import MTCSNNModule
-from mtcsnn.run.callbacks import AtomicCheckpointIO, EpochProgressBar, RunState, signal_label
+from mtcsnn.run.callbacks import AtomicCheckpointIO, RunState, epoch_progress_bar, signal_label
 from mtcsnn.run.checkpoint import build_module, initialise_from
 from mtcsnn.run.checks import check_config, cost_warnings
 from mtcsnn.run.config import flatten
@@ -234,14 +235,13 @@ def fit_and_test(cfg: DictConfig, test: bool = True) -> dict:
     for lg in wandb_loggers:
         lg.log_hyperparams(flatten(model.run_config))  # one readable column per config key
     bar = progress_bar_wanted(cfg.trainer.get("enable_progress_bar", True))
+    # hard pairing's scores reach the sampler through PairingFeedback, whatever callbacks
+    callbacks = [PairingFeedback(), *instantiate_group(cfg.get("callbacks"))]
+    if bar and not any(isinstance(cb, ProgressBar) for cb in callbacks):  # a user's own wins
+        callbacks.append(epoch_progress_bar())
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
-        # hard pairing's scores reach the sampler through PairingFeedback, whatever callbacks
-        callbacks=[
-            PairingFeedback(),
-            *instantiate_group(cfg.get("callbacks")),
-            *([EpochProgressBar()] if bar else []),
-        ],
+        callbacks=callbacks,
         logger=loggers or False,
         enable_progress_bar=bar,
         plugins=[AtomicCheckpointIO()],
