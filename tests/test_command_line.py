@@ -142,8 +142,9 @@ def test_a_run_off_a_terminal_prints_a_plain_log(tmp_path):
     assert "\x1b[" not in output and "\r" not in output  # no progress-bar escape codes
     assert "Warning" not in output and "deprecated" not in output.lower()
     log = (run_dir / "train.log").read_text()
-    epochs = re.findall(r"epoch (\d)/1: train/loss \d+\.\d{4} .*val/auroc \d\.\d{4}", log)
-    assert epochs == ["0", "1"]
+    epochs = re.findall(r"epoch (\d)/2: train/loss \d+\.\d{4} .*val/auroc \d\.\d{4}", log)
+    assert epochs == ["1", "2"]  # counted from 1 of the run's 2
+    assert re.search(r"\(best val/auroc \d\.\d{4} at epoch [12]\)", log)
     assert re.search(r"val  loss \d\.\d{4} acc \d\.\d{4}", log)
     assert re.search(r"test loss \d\.\d{4} acc \d\.\d{4}", log)
     assert "Test metric" not in output  # no full-precision Lightning tables
@@ -176,6 +177,11 @@ def test_the_epoch_line_names_the_best_epoch_from_before_a_resume(caplog):
     epoch(before, 2, 0.75)
     resumed = EpochLog()
     resumed.load_state_dict(before.state_dict())  # what last.ckpt carries
-    assert epoch(resumed, 3, 0.78).endswith("(best val/auroc 0.8000 at epoch 1)")
-    assert epoch(resumed, 4, 0.81).endswith("(best val/auroc 0.8100 at epoch 4)")
-    assert EpochLog().state_dict() == {"best": None}
+    assert epoch(resumed, 3, 0.78).endswith("(best val/auroc 0.8000 at epoch 2)")
+    assert epoch(resumed, 4, 0.81).endswith("(best val/auroc 0.8100 at epoch 5)")
+    assert epoch(resumed, 5, 0.70).startswith("epoch 6/10: ")
+    assert EpochLog().state_dict() == {"best_counted_from_1": None}
+    # a checkpoint of an earlier version held the best epoch counted from 0
+    old = EpochLog()
+    old.load_state_dict({"best": [0.80, 1]})
+    assert epoch(old, 3, 0.78).endswith("(best val/auroc 0.8000 at epoch 2)")

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SLURM_CHECK = """
 import warnings, sys
 warnings.simplefilter("always")
@@ -40,3 +42,48 @@ def test_lightnings_srun_hint_is_not_shown_on_a_machine_with_slurm(tmp_path):
 
     assert "srun" in stderr("plain")  # Lightning does give the hint here
     assert "srun" not in stderr("quiet")
+
+
+@pytest.mark.parametrize("kind", ["rich", "tqdm"])
+def test_the_progress_bar_counts_epochs_from_1(tmp_path, kind):
+    """Lightning's bars say "Epoch 0" (rich: "Epoch 0/1") for the first epoch; ours "Epoch 1/2"."""
+    import pytorch_lightning as pl
+    import torch
+
+    from mtcsnn.run.callbacks import EpochProgressBar, EpochRichProgressBar
+
+    class Tiny(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch[0]).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    seen: list[str] = []
+
+    class Seen(pl.Callback):
+        def on_train_batch_end(self, trainer, *args) -> None:
+            bar = trainer.progress_bar_callback
+            if kind == "tqdm":
+                seen.append(bar.train_progress_bar.desc.rstrip(": "))  # tqdm adds ": "
+            else:
+                seen.append(bar.progress.tasks[bar.train_progress_bar_id].description.strip())
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(4, 2)))
+    bar = EpochProgressBar() if kind == "tqdm" else EpochRichProgressBar()
+    trainer = pl.Trainer(
+        max_epochs=2,
+        callbacks=[bar, Seen()],
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        limit_train_batches=1,
+    )
+    trainer.fit(Tiny(), data)
+    assert seen == ["Epoch 1/2", "Epoch 2/2"]

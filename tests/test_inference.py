@@ -63,7 +63,7 @@ def test_eval_reproduces_the_training_runs_test_metrics(real_run, tmp_path):
     for stage in ("val", "test"):
         assert flat(evaluated[stage]) == pytest.approx(flat(trained[stage]), abs=1e-6)
     assert evaluated["test_confusion"] == trained["test_confusion"]
-    assert evaluated["best_epoch"] == trained["best_epoch"]
+    assert evaluated["best_epoch_number"] == trained["best_epoch_number"]
     assert (tmp_path / "test_predictions.csv").read_text() == (
         real_run / "test_predictions.csv"
     ).read_text()

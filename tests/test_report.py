@@ -154,6 +154,28 @@ def test_a_setting_added_later_does_not_split_a_configuration(sweep):
     assert len(group_runs(runs)) > 2
 
 
+def test_runs_of_the_earlier_checkpoint_names_are_the_same_configuration(sweep, capsys):
+    """Runs whose checkpoint names counted from 0 (Lightning's own callback, ``best_epoch``)
+    are one configuration with runs that count from 1 (``best_epoch_number``)."""
+    old = "pytorch_lightning.callbacks.ModelCheckpoint"
+    for n, folder in enumerate(sorted(p for p in sweep.iterdir() if p.name in "012345")):
+        metrics = json.loads((folder / "metrics.json").read_text())
+        earlier = n % 2 == 0
+        target = old if earlier else "mtcsnn.run.callbacks.EpochCheckpoint"
+        metrics["config"]["callbacks"] = {"model_checkpoint": {"_target_": target}}
+        metrics.update({"best_epoch": 1} if earlier else {"best_epoch_number": 2})
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    runs, _ = collect_runs(sweep)
+    assert len(runs) == 6
+    labels = {tuple(v for _, v in config): len(r) for config, r in group_runs(runs).items()}
+    assert labels == {("ce",): 3, ("mtcsnn",): 3}
+    assert main([str(sweep), "--bootstrap", "200"]) == 0
+    assert "ModelCheckpoint" not in capsys.readouterr().out
+    from mtcsnn.run.files import best_epoch_number
+
+    assert [best_epoch_number(r.metrics) for r in runs] == [2] * 6  # each, counted from 1
+
+
 def test_what_a_choice_or_the_checkpoint_metric_brings_with_it_is_not_a_setting(sweep):
     """model/scheduler=exponential brings model.scheduler.gamma, optimized_metric=val/loss the
     checkpoint's monitor and mode: the label names the choice and the metric only."""

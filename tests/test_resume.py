@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -64,7 +65,7 @@ def start_and_kill(run_dir: Path, signum: int, after_epoch: int) -> tuple[int, s
 
 def resume_and_compare(
     run_dir: Path, uninterrupted: dict, *same: str, env: dict | None = None
-) -> None:
+) -> str:
     """Resume with the command that started the run (``same``: its extra overrides)."""
     resumed = run_train(*RUN, *same, f"hydra.run.dir={run_dir}", "resume=true", env=env or ENV)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -72,12 +73,13 @@ def resume_and_compare(
     assert metrics["resumed_from"].endswith("last.ckpt")
     assert metrics["test"] == uninterrupted["test"]
     assert metrics["val"] == uninterrupted["val"]
-    assert metrics["best_epoch"] == uninterrupted["best_epoch"]
+    assert metrics["best_epoch_number"] == uninterrupted["best_epoch_number"]
     # every epoch's val predictions, those from before the kill included
     assert (run_dir / "val_predictions.csv").read_text() == uninterrupted["val_predictions.csv"]
     # one best checkpoint: none from before the resume stays beside it
     (best,) = (run_dir / "checkpoints").glob("epoch_*.ckpt")
     assert str(best) == metrics["best_checkpoint"]
+    return resumed.stdout + resumed.stderr
 
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
@@ -114,11 +116,53 @@ def test_sigterm_inside_an_epoch_stops_at_its_end(tmp_path, uninterrupted, point
     env = {**ENV, "PYTHONPATH": str(Path(__file__).parent)}
     stopped = run_train(*RUN, f"hydra.run.dir={run_dir}", *interrupt, env=env)
     assert stopped.returncode != 0
-    assert f"stopped by {signal_name} after epoch 2" in stopped.stderr
+    # Lightning's epoch 2 is the third: counted from 1, as the epoch lines count
+    named = "SIGINT (Ctrl-C)" if signal_name == "SIGINT" else signal_name
+    assert f"stopped by {named} after epoch 3" in stopped.stderr, stopped.stderr[-2000:]
+    output = stopped.stdout + stopped.stderr
+    assert f"{named} received: stopping at the end of epoch 3" in output
+    if signal_name == "SIGINT":  # no line calls a Ctrl-C a SIGTERM
+        assert "SIGTERM" not in output
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
     assert "Traceback" not in stopped.stdout + stopped.stderr
     assert not (run_dir / "metrics.json").exists()
     resume_and_compare(run_dir, uninterrupted, *interrupt, env=env)
+
+
+def as_left_by_the_earlier_version(run_dir: Path) -> None:
+    """The EpochLog state in last.ckpt as earlier versions wrote it: the best epoch counted
+    from 0 under "best" (the run itself used Lightning's own checkpoint callback)."""
+    import torch
+
+    last = run_dir / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=True)
+    kept = state["callbacks"]["EpochLog"].pop("best_counted_from_1")
+    state["callbacks"]["EpochLog"]["best"] = [kept[0], kept[1] - 1]
+    torch.save(state, last)
+
+
+def test_a_run_folder_of_the_earlier_version_resumes_to_the_same_numbers(tmp_path, uninterrupted):
+    """Checkpoint names counted from 0 (``epoch_000.ckpt``: the first epoch), as earlier versions
+    wrote them, resume with the current callbacks to an uninterrupted run's numbers."""
+    run_dir = tmp_path / "run"
+    interrupt = (
+        "+callbacks.interrupt._target_=helpers.interrupt.SigtermAt",
+        "+callbacks.interrupt.epoch=2",
+        "+callbacks.interrupt.batch=3",
+    )
+    earlier = "callbacks.model_checkpoint._target_=pytorch_lightning.callbacks.ModelCheckpoint"
+    env = {**ENV, "PYTHONPATH": str(Path(__file__).parent)}
+    stopped = run_train(*RUN, f"hydra.run.dir={run_dir}", *interrupt, earlier, env=env)
+    assert "stopped by SIGTERM after epoch 3" in stopped.stderr, stopped.stderr[-2000:]
+    import torch
+
+    (old,) = (run_dir / "checkpoints").glob("epoch_*.ckpt")
+    assert old.name == f"epoch_{torch.load(old, weights_only=True)['epoch']:03d}.ckpt"
+    as_left_by_the_earlier_version(run_dir)
+    output = resume_and_compare(run_dir, uninterrupted, *interrupt, env=env)
+    best = uninterrupted["best_epoch_number"]
+    assert re.search(rf"epoch 5/5: .*\(best val/auroc \d\.\d{{4}} at epoch {best}\)", output)
+    assert "epoch 4/5: " in output and "epoch 3/5: " not in output
 
 
 def test_resuming_a_finished_run_keeps_it(tmp_path):

@@ -33,9 +33,11 @@ def test_divergence_stops_with_epoch_and_step_and_keeps_the_best_checkpoint(tiny
     NanAfterFourSteps.calls = 0
     # 40 images, 8 pairs a batch: 3 steps an epoch, so step 4 is in the second epoch
     cfg = tiny_cfg("loss._target_=test_robustness.NanAfterFourSteps", "trainer.max_epochs=4")
-    with pytest.raises(DivergenceError, match=r"loss is nan at epoch 1, step 4"):
+    with pytest.raises(DivergenceError, match=r"loss is nan at epoch 2, step 4"):
         train(cfg)
-    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["epoch_000.ckpt"]
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == [
+        "epoch_001.ckpt"
+    ]  # the first epoch's
     assert not (tmp_path / "metrics.json").exists()
 
 
@@ -48,7 +50,7 @@ def test_same_config_and_seed_give_identical_numbers(tiny_cfg, tmp_path):
             (
                 metrics["val"],
                 metrics["test"],
-                metrics["best_epoch"],
+                metrics["best_epoch_number"],
                 (tmp_path / "test_predictions.csv").read_text(),
             )
         )

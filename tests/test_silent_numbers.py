@@ -338,6 +338,6 @@ def test_training_stops_when_val_outputs_are_not_finite(tiny_checkpoint, tiny_cf
     name = next(k for k in state["state_dict"] if k.endswith("running_mean"))
     state["state_dict"][name].fill_(float("nan"))
     torch.save(state, tmp_path / "eval_nan.ckpt")
-    with pytest.raises(NonFiniteOutputError, match="val images.*at epoch 0; the best checkpoint"):
+    with pytest.raises(NonFiniteOutputError, match="val images.*at epoch 1; the best checkpoint"):
         train(tiny_cfg(f"init_from={tmp_path / 'eval_nan.ckpt'}"))
     assert not (tmp_path / "metrics.json").exists()

@@ -281,8 +281,8 @@ def test_a_run_resumes_past_a_truncated_last_ckpt_without_a_traceback(tiny_cfg, 
     last.write_bytes(last.read_bytes()[:1000])
     with caplog.at_level(logging.WARNING):
         metrics = train(tiny_cfg(*run, "callbacks.last_checkpoint.every_n_epochs=1", "resume=true"))
-    assert metrics["resumed_from"].endswith("epoch_000.ckpt")
-    assert "last.ckpt cannot be read" in caplog.text and "epoch_000.ckpt" in caplog.text
+    assert metrics["resumed_from"].endswith("epoch_001.ckpt")  # the first epoch's
+    assert "last.ckpt cannot be read" in caplog.text and "epoch_001.ckpt" in caplog.text
 
 
 # --- links planted in the run folder ----------------------------------------------------------

@@ -25,7 +25,9 @@ def check_run_dir(run_dir: Path, num_test: int) -> dict:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for stage in ("val", "test"):
         assert {"acc", "auroc", "kappa", "mae", "recall_0", "recall_4"} <= set(metrics[stage])
-    assert {"config", "seed", "epochs", "wall_time_s", "versions", "best_epoch"} <= set(metrics)
+    assert {"config", "seed", "epochs", "wall_time_s", "versions", "best_epoch_number"} <= set(
+        metrics
+    )
     assert np.array(metrics["test_confusion"]).sum() == num_test
     rows, grades, probs = read_predictions(run_dir / "test_predictions.csv")
     assert [int(r["index"]) for r in rows] == list(range(num_test))
@@ -67,8 +69,9 @@ def test_synthetic_train_writes_metrics_and_predictions(tiny_cfg, tmp_path, loss
     assert metrics["seed"] == 5 and metrics["epochs"] == 2
     assert metrics["choices"]["loss"] == loss and metrics["choices"]["data"] == "synthetic"
     assert metrics["config"]["loss"]["_target_"].endswith(TARGETS[loss])
-    assert metrics["best_epoch"] in (0, 1)
-    assert Path(metrics["best_checkpoint"]).exists()
+    assert metrics["best_epoch_number"] in (1, 2)  # counted from 1, as the console counts
+    best = Path(metrics["best_checkpoint"])
+    assert best.exists() and best.name == f"epoch_{metrics['best_epoch_number']:03d}.ckpt"
     logged = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0]
     for term in ("train/loss", "val/auroc", *(f"train/{t}" for t in TERMS[loss])):
         assert term in logged
@@ -96,7 +99,7 @@ def check_val_predictions(run_dir: Path, metrics: dict, epochs: int) -> None:
     assert probs.shape == (epochs, len(grades), 5)
     assert np.allclose(probs.sum(2), 1, atol=1e-4)
     if len(set(grades)) == 5:  # the kept checkpoint is the best epoch's: the same val AUROC
-        best = probs[metrics["best_epoch"]]
+        best = probs[metrics["best_epoch_number"] - 1]  # the file counts from 0
         auroc = roc_auc_score(grades, best, multi_class="ovr", average="macro")
         assert metrics["val"]["auroc"] == pytest.approx(auroc, abs=1e-3)
 
@@ -233,7 +236,7 @@ def test_a_finished_run_keeps_only_the_best_weights(tiny_cfg, tmp_path):
     # what eval and predict need still loads and gives the run's own test numbers
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["best_checkpoint"] == str(best)
-    assert load_checkpoint(best).epoch == metrics["best_epoch"]
+    assert load_checkpoint(best).epoch + 1 == metrics["best_epoch_number"]  # Lightning's from 0
 
 
 def test_keep_training_state_keeps_last_and_optimizer_state(tiny_cfg, tmp_path):
@@ -251,5 +254,5 @@ def test_a_run_chosen_on_val_loss_keeps_its_lowest_val_loss_epoch(tiny_cfg, tmp_
         logged = {int(r["epoch"]): float(r["val/loss"]) for r in csv.DictReader(f) if r["val/loss"]}
     assert len(logged) == 4 and len(set(logged.values())) > 1
     lowest = min(logged, key=logged.get)
-    assert metrics["best_epoch"] == lowest
+    assert metrics["best_epoch_number"] == lowest + 1  # metrics.csv counts from 0
     assert metrics["val"]["loss"] == pytest.approx(logged[lowest], abs=1e-6)

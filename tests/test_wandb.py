@@ -37,6 +37,12 @@ def test_no_login_logs_offline_with_summary_and_resolved_config(tmp_path):
     output = proc.stdout + proc.stderr
     assert "no API key or login found" in output and "wandb sync" in output
     run = offline_run(run_dir)
+    # a few lines of W&B's, not its ~35 (version, advice, history and summary charts): where
+    # the offline run is and the command that uploads it
+    wandb_lines = [line for line in output.splitlines() if "wandb" in line.lower()]
+    assert len(wandb_lines) <= 5, "\n".join(wandb_lines)
+    assert f"wandb sync {run['file'].parent}" in output
+    assert "Run history" not in output and "anonymous" not in output
     for metric in ("test/auroc", "test/acc", "test/kappa", "test/mae"):
         assert isinstance(run["summary"][metric], float)
     # the W&B plots and the table of test images were logged with the run
@@ -142,7 +148,7 @@ def test_a_resumed_run_continues_the_same_wandb_run(tmp_path):
         "+callbacks.interrupt.batch=0",
         PYTHONPATH=tests_dir,
     )
-    assert "stopped by SIGTERM after epoch 0" in stopped.stderr, stopped.stderr[-2000:]
+    assert "stopped by SIGTERM after epoch 1" in stopped.stderr, stopped.stderr[-2000:]
     resumed = run_without_login(
         tmp_path,
         *common,

@@ -18,7 +18,7 @@ class ConfigError(MTCSNNError, ValueError):
 
 
 class StoppedError(MTCSNNError):
-    """The run was stopped from outside (SIGTERM) and can be resumed."""
+    """The run was stopped from outside (SIGTERM, Ctrl-C) and can be resumed."""
 
 
 class DivergenceError(MTCSNNError):

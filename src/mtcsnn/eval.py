@@ -121,7 +121,10 @@ def evaluate(cfg: DictConfig) -> dict:
     config = OmegaConf.to_container(cfg, resolve=True)
     config["data"] = OmegaConf.to_container(data_cfg, resolve=True)  # type: ignore[index]
     results.update(
-        best_epoch=ckpt.epoch if len(checkpoints) == 1 else None,
+        # the checkpoint's epoch is Lightning's, counted from 0
+        best_epoch_number=ckpt.epoch + 1
+        if len(checkpoints) == 1 and ckpt.epoch is not None
+        else None,
         best_checkpoint=str(ckpt.path.resolve()) if len(checkpoints) == 1 else None,
         checkpoints=[str(c.path.resolve()) for c in checkpoints],
         seed=ckpt.seed if len(checkpoints) == 1 else None,

@@ -19,7 +19,8 @@ from mtcsnn.models.spec import ModelSpec
 def divergence_message(
     terms: dict[str, torch.Tensor], epoch: int, step: int, batch_idx: int, best: str
 ) -> str:
-    """Which term diverged, the setting to lower for it, and whether a checkpoint exists."""
+    """Which term diverged, the setting to lower for it, and whether a checkpoint exists
+    (``epoch`` counted from 1, as the console counts it)."""
     values = {name: float(value.detach()) for name, value in terms.items() if name != "loss"}
     broken = [name for name, value in values.items() if not math.isfinite(value)]
     culprit = broken[0] if broken else max(values, key=lambda n: abs(values[n]), default="loss")
@@ -178,7 +179,7 @@ class MTCSNNModule(pl.LightningModule):
                 checkpoint = self.trainer.checkpoint_callback
                 best = checkpoint.best_model_path if checkpoint is not None else ""
                 raise DivergenceError(
-                    divergence_message(terms, self.current_epoch, step, bad_batch, best)
+                    divergence_message(terms, self.current_epoch + 1, step, bad_batch, best)
                 )
 
     def _evaluate(self, batch: dict[str, torch.Tensor], stage: str):
@@ -218,8 +219,8 @@ class MTCSNNModule(pl.LightningModule):
             self.val_metrics.reset()
             self.test_metrics.reset()
             hint = (
-                f"at epoch {self.current_epoch}; the best checkpoint so far is kept; try a lower "
-                "model.optimizer.lr"
+                f"at epoch {self.current_epoch + 1}; the best checkpoint so far is kept; try a "
+                "lower model.optimizer.lr"
                 if fitting
                 else "(are the checkpoint's weights diverged or damaged?)"
             )

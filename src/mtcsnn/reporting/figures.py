@@ -88,7 +88,7 @@ def write_figures(groups: dict[tuple, list[Run]], out: Path) -> list[Path]:
         fig = Figure(figsize=(7, 4.5))
         ax = fig.subplots()
         for name, (epochs, mean) in curves.items():
-            ax.plot(epochs, mean, label=name)
+            ax.plot(epochs + 1, mean, label=name)  # counted from 1, as the console counts
         ax.set(xlabel="epoch", ylabel="val AUROC (mean over seeds)", title="validation curves")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.legend(fontsize=7)

@@ -28,6 +28,7 @@ from mtcsnn.data.untrusted import (
 )
 from mtcsnn.reporting.predictions import PredictionsError, held_out_of, read_predictions
 from mtcsnn.run.config import (
+    current_names,
     flatten,
 )
 from mtcsnn.run.failures import FAILED, failure_reason
@@ -166,6 +167,7 @@ def load_run(folder: Path) -> Run | str:
         within = float(np.mean(np.abs(probs.argmax(1) - grades) <= 1))
         metrics["test"] = {**metrics["test"], "acc_within1": within}
     settings = flatten({"choices": metrics.get("choices", {}), "config": metrics.get("config", {})})
+    settings = current_names(settings, prefix="config.")  # a run of an earlier version too
     chosen_by = metrics.get("config", {}).get("optimized_metric")
     held_out = held_out_of(folder, chosen_by if isinstance(chosen_by, str) else "val/auroc")
     overridden = overridden_keys(folder, set(metrics.get("choices", {})))

@@ -10,12 +10,76 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import (
+    ModelCheckpoint,
+    ProgressBar,
+    RichProgressBar,
+    TQDMProgressBar,
+)
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
+from pytorch_lightning.utilities.imports import _RICH_AVAILABLE
 
 from mtcsnn.run.files import val_predictions_csv, write_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
+
+LIGHTNING_SIGNAL_LOGGER = "pytorch_lightning.trainer.connectors.signal_connector"
+# how the console names the signal that stopped a run
+SIGNAL_NAMES = {
+    "SIGINT": "SIGINT (Ctrl-C)",
+    "SIGTERM": "SIGTERM",
+}
+
+
+def signal_label(name: str | None) -> str:
+    """``SIGINT (Ctrl-C)``, ``SIGTERM``, ``SIGUSR1`` ...: a stopping signal as people know it."""
+    return SIGNAL_NAMES.get(name or "SIGTERM", name or "SIGTERM")
+
+
+class EpochCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint with the epochs in file names counted from 1, as the console
+    counts them: ``epoch_001.ckpt`` is the first epoch.
+
+    Its state in a checkpoint keeps ModelCheckpoint's key, so a run folder written with the
+    plain callback (``epoch_000.ckpt`` for the first epoch) resumes with its best score and
+    best file.
+    """
+
+    def format_checkpoint_name(self, metrics: dict, filename=None, ver=None, prefix=None) -> str:
+        if "epoch" in metrics:
+            metrics = {**metrics, "epoch": metrics["epoch"] + 1}
+        return super().format_checkpoint_name(metrics, filename, ver, prefix)
+
+    @property
+    def state_key(self) -> str:
+        return super().state_key.replace(type(self).__qualname__, "ModelCheckpoint", 1)
+
+
+class EpochProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar, its epoch counted from 1 of the run's epochs (``Epoch 1/3``)."""
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, *args) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description(
+            f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
+        )
+
+
+class EpochRichProgressBar(RichProgressBar):
+    """Lightning's rich bar (its default where rich is installed), the epoch counted from 1."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        text = f"Epoch {current_epoch + 1}"
+        if self.trainer.max_epochs is not None and self.trainer.max_epochs >= 0:
+            text += f"/{self.trainer.max_epochs}"
+        # as wide as the validation bar's, as Lightning pads it: no flicker between the two
+        return f"{text:{len(self.validation_description)}}"
+
+
+def epoch_progress_bar() -> ProgressBar:
+    """The bar Lightning would show (rich where installed, else tqdm), counting from 1."""
+    return EpochRichProgressBar() if _RICH_AVAILABLE else EpochProgressBar()
 
 
 class RunState(pl.Callback):
@@ -95,11 +159,17 @@ class RunState(pl.Callback):
             self.stop_signal = self.stop_signal or "SIGTERM"  # another rank's signal
             log.info(
                 "%s received: stopping at the end of epoch %d",
-                self.stop_signal,
-                trainer.current_epoch,
+                signal_label(self.stop_signal),
+                trainer.current_epoch + 1,
             )
-            # Lightning's handler raises SIGTERMException once this epoch is complete
-            self._lightning_handler(signal.SIGTERM, None)
+            # Lightning's handler raises SIGTERMException once this epoch is complete; its own
+            # "Received SIGTERM" line would misname a Ctrl-C, and the line above says it all
+            notifier = logging.getLogger(LIGHTNING_SIGNAL_LOGGER)
+            disabled, notifier.disabled = notifier.disabled, True
+            try:
+                self._lightning_handler(signal.SIGTERM, None)
+            finally:
+                notifier.disabled = disabled
 
     def on_exception(self, trainer: pl.Trainer, pl_module, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException):

@@ -38,7 +38,7 @@ class CheckpointError(MTCSNNError):
 class Checkpoint:
     module: MTCSNNModule  # weights loaded, in eval mode
     spec: ModelSpec  # what the model is: the only thing it was rebuilt from
-    epoch: int | None
+    epoch: int | None  # as Lightning stores it, counted from 0
     path: Path
     seed: int | None = None  # the training seed the run record names (a plain int), if any
     # (cut, threshold) pairs val chose when the run was tested, the first cut first; () if none

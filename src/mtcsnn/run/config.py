@@ -104,6 +104,27 @@ NOT_TRAINING_SECTIONS = ("paths", "logger", "hydra", "grading")
 NOT_TRAINING_SUFFIXES = (".dirpath", ".save_dir", "default_root_dir")
 
 
+# values renamed since earlier runs, the same setting under either name: checkpoint file
+# names counted from 1 came with a subclass of Lightning's callback, which keeps the same
+# checkpoint (a run of an earlier version resumes, and is one configuration with a newer run)
+RENAMED_VALUES = {
+    "callbacks.model_checkpoint._target_": {
+        "pytorch_lightning.callbacks.ModelCheckpoint": "mtcsnn.run.callbacks.EpochCheckpoint",
+    },
+}
+
+
+def current_names(flat: dict, prefix: str = "") -> dict:
+    """A flattened config with renamed values (``RENAMED_VALUES``) under their current name;
+    ``prefix``: the keys' own (``config.`` in a report's settings)."""
+    out = dict(flat)
+    for key, renamed in RENAMED_VALUES.items():
+        value = out.get(prefix + key)
+        if isinstance(value, str) and value in renamed:
+            out[prefix + key] = renamed[value]
+    return out
+
+
 def changes_training(key: str) -> bool:
     """Whether the setting ``key`` (``model.optimizer.lr``) can change what a run trains."""
     section = key.split(".", 1)[0]

@@ -108,7 +108,7 @@ class EpochLog(pl.Callback):
         if not trainer.is_global_zero:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-        epoch = trainer.current_epoch
+        epoch = trainer.current_epoch + 1  # counted from 1: the first epoch is epoch 1
         value = metrics.get(self.monitor)
         if value is not None and (self.best is None or self.sign * (value - self.best[0]) > 0):
             self.best = (value, epoch)
@@ -122,12 +122,15 @@ class EpochLog(pl.Callback):
         text = metrics_line({k: v for k, v in shown.items() if v is not None})
         if self.best:
             text += f" (best {self.monitor} {self.best[0]:.4f} at epoch {self.best[1]})"
-        log.info("epoch %d/%d: %s", epoch, trainer.max_epochs - 1, text)
+        log.info("epoch %d/%d: %s", epoch, trainer.max_epochs, text)
 
-    # kept in checkpoints, so a resumed run names the best epoch before the stop too
+    # kept in checkpoints, so a resumed run names the best epoch before the stop too; "best" held
+    # an epoch counted from 0 in checkpoints of earlier versions
     def state_dict(self) -> dict:
-        return {"best": list(self.best) if self.best else None}
+        return {"best_counted_from_1": list(self.best) if self.best else None}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        best = state_dict.get("best")
+        best = state_dict.get("best_counted_from_1")
+        if best is None and state_dict.get("best"):
+            best = (state_dict["best"][0], int(state_dict["best"][1]) + 1)
         self.best = (float(best[0]), int(best[1])) if best else None

@@ -142,3 +142,16 @@ def versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+def best_epoch_number(metrics: dict) -> int | None:
+    """The best-val epoch of a ``metrics.json``, counted from 1 (``epoch_003.ckpt``: 3).
+
+    ``best_epoch_number`` is counted from 1; runs of earlier versions stored ``best_epoch``,
+    counted from 0 like Lightning's ``epoch`` columns (``csv/metrics.csv``,
+    ``val_predictions.csv``), which still are.
+    """
+    number = metrics.get("best_epoch_number")
+    if number is None and isinstance(metrics.get("best_epoch"), int):
+        number = metrics["best_epoch"] + 1
+    return number

@@ -20,7 +20,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from mtcsnn.errors import MTCSNNError
-from mtcsnn.run.config import changes_training, flatten
+from mtcsnn.run.config import changes_training, current_names, flatten
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ def restore_original(out_dir: Path) -> None:
 
 def config_differences(saved: dict, current: dict) -> list[str]:
     """``key: saved -> now`` for each setting that differs and could change the numbers."""
-    before, after = flatten(saved), flatten(current)
+    before, after = current_names(flatten(saved)), current_names(flatten(current))
     keys = sorted(k for k in set(before) | set(after) if changes_training(k))
     return [
         f"{k}: {before.get(k, '(absent)')!r} -> {after.get(k, '(absent)')!r}"

@@ -17,6 +17,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -25,7 +26,7 @@ from mtcsnn.data.corruptions import check_corruptions
 from mtcsnn.errors import StoppedError
 from mtcsnn.grading.referral import chosen_on_val
 from mtcsnn.models import MTCSNNModule
-from mtcsnn.run.callbacks import AtomicCheckpointIO, RunState
+from mtcsnn.run.callbacks import AtomicCheckpointIO, RunState, epoch_progress_bar, signal_label
 from mtcsnn.run.checkpoint import build_module, initialise_from
 from mtcsnn.run.checks import check_config, cost_warnings
 from mtcsnn.run.config import flatten
@@ -35,6 +36,7 @@ from mtcsnn.run.distributed import end_ddp_job, use_job_commands_for_ddp_childre
 from mtcsnn.run.evaluation import evaluation_results, referral_of
 from mtcsnn.run.failures import clear_failure, in_multirun
 from mtcsnn.run.files import (
+    best_epoch_number,
     keep_weights_only,
     predictions_csv,
     record_in_checkpoint,
@@ -237,12 +239,16 @@ def fit_and_test(cfg: DictConfig, test: bool = True) -> dict:
     wandb_loggers = [lg for lg in loggers if isinstance(lg, WandbLogger)]
     for lg in wandb_loggers:
         lg.log_hyperparams(flatten(model.run_config))  # one readable column per config key
+    bar = progress_bar_wanted(cfg.trainer.get("enable_progress_bar", True))
+    # hard pairing's scores reach the sampler through PairingFeedback, whatever callbacks
+    callbacks = [PairingFeedback(), *instantiate_group(cfg.get("callbacks"))]
+    if bar and not any(isinstance(cb, ProgressBar) for cb in callbacks):  # a user's own wins
+        callbacks.append(epoch_progress_bar())
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
-        # hard pairing's scores reach the sampler through PairingFeedback, whatever callbacks
-        callbacks=[PairingFeedback(), *instantiate_group(cfg.get("callbacks"))],
+        callbacks=callbacks,
         logger=loggers or False,
-        enable_progress_bar=progress_bar_wanted(cfg.trainer.get("enable_progress_bar", True)),
+        enable_progress_bar=bar,
         plugins=[AtomicCheckpointIO()],
     )
 
@@ -255,8 +261,9 @@ def fit_and_test(cfg: DictConfig, test: bool = True) -> dict:
         signal_name = next(
             (cb.stop_signal for cb in trainer.callbacks if isinstance(cb, RunState)), None
         )
+        # current_epoch has moved past the finished epoch: counted from 1, it is that epoch
         raise StoppedError(
-            f"stopped by {signal_name or 'SIGTERM'} after epoch {trainer.current_epoch - 1}; saved "
+            f"stopped by {signal_label(signal_name)} after epoch {trainer.current_epoch}; saved "
             f"{out_dir / 'checkpoints' / 'last.ckpt'}. Resume with the same command plus "
             f"hydra.run.dir={out_dir} resume=true"
         ) from None
@@ -272,12 +279,12 @@ def fit_and_test(cfg: DictConfig, test: bool = True) -> dict:
     if ckpt_path:
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["state_dict"])
-        epoch = int(state["epoch"])
+        epoch = int(state["epoch"]) + 1  # Lightning counts from 0
     results = evaluation_results(
         model, datamodule, cfg.trainer, loggers, test=test, referral=referral_of(cfg)
     )
     results.update(
-        best_epoch=epoch,
+        best_epoch_number=epoch,
         best_checkpoint=ckpt_path or None,
         monitor=checkpoint.monitor if checkpoint is not None else None,
         epochs=trainer.current_epoch,
@@ -337,7 +344,7 @@ def log_results(results: dict, out_dir: Path) -> None:
         log.info(
             "val: auroc %.4f (best val epoch %s; not tested: only the chosen trial is); wrote %s",
             results["val"]["auroc"],
-            results["best_epoch"],
+            best_epoch_number(results),
             out_dir / "metrics.json",
         )
         return
@@ -347,6 +354,6 @@ def log_results(results: dict, out_dir: Path) -> None:
         results["test"]["acc"],
         results["test"]["kappa"],
         results["test"]["mae"],
-        results["best_epoch"],
+        best_epoch_number(results),
         out_dir / "metrics.json",
     )

@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 
 import torch
 from omegaconf import DictConfig
+from pytorch_lightning.loggers import WandbLogger
 
 from mtcsnn.run.files import write_text_atomic
 
@@ -75,13 +76,36 @@ def prepare_wandb(output_dir: Path) -> None:
         os.environ["WANDB_DATA_DIR"] = str(output_dir / "wandb" / "data")
 
 
+class QuietWandbLogger(WandbLogger):
+    """Lightning's WandbLogger, W&B's console lines cut to what a person acts on.
+
+    Offline, W&B prints some 35 lines (its version, advice, the run's history and summary as
+    bar charts): it is made silent, and :func:`finish_wandb` names the run's folder and the
+    command that uploads it. Online it is made quiet: it still names the run's page. A user's
+    own ``WANDB_SILENT`` / ``WANDB_QUIET``, or ``settings`` given here, win.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self._wandb_init.get("anonymous") is None:
+            # Lightning always passes it, and W&B warns that it has no effect
+            self._wandb_init.pop("anonymous", None)
+        chosen = any(os.environ.get(name) for name in ("WANDB_SILENT", "WANDB_QUIET"))
+        if "settings" not in self._wandb_init and not chosen:
+            import wandb
+
+            offline = os.environ.get("WANDB_MODE") in ("offline", "dryrun")
+            quiet = {"silent": True} if offline else {"quiet": True}
+            self._wandb_init["settings"] = wandb.Settings(**quiet)
+
+
 def log_test_results(logger, model, datamodule, results: dict) -> None:
     """Test metrics in the run summary, confusion matrix and ROC plots, a table of test images."""
     import wandb
 
     run = logger.experiment
     run.summary.update({f"test/{k}": v for k, v in results["test"].items()})
-    run.summary.update({"best_epoch": results["best_epoch"]})
+    run.summary.update({"best_epoch_number": results["best_epoch_number"]})  # counted from 1
     predictions = model.test_predictions
     grades = predictions["grade"].tolist()
     probs = predictions["probs"]
@@ -114,5 +138,12 @@ def finish_wandb(failed: bool) -> None:
     """End the W&B run of this job, so each job of a multirun is its own run."""
     import wandb
 
-    if wandb.run is not None:
+    run = wandb.run
+    if run is not None:
+        offline = run.settings._offline
+        folder = run.settings.sync_dir
         wandb.finish(exit_code=1 if failed else 0)
+        if offline:
+            log.info(
+                "W&B: offline run written to %s; upload it with: wandb sync %s", folder, folder
+            )
