@@ -66,13 +66,29 @@ def tiny_cfg(tmp_path: Path):
     GlobalHydra.instance().clear()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    """The best checkpoint of a one-epoch run on a few synthetic images."""
+    """The best checkpoint of a one-epoch run on a few synthetic images.
+
+    One run per worker serves every file: tests read it or copy it, never change it.
+    """
     from mtcsnn.run.training import train
 
     out = tmp_path_factory.mktemp("run")
     train(compose_train(["data=synthetic", *TINY_SYNTHETIC, *TINY, "trainer.max_epochs=1"], out))
+    GlobalHydra.instance().clear()
+    (best,) = (out / "checkpoints").glob("epoch_*.ckpt")
+    return best
+
+
+@pytest.fixture(scope="session")
+def second_checkpoint(tmp_path_factory) -> Path:
+    """The tiny run with another seed: an ensemble's second, different member."""
+    from mtcsnn.run.training import train
+
+    out = tmp_path_factory.mktemp("second")
+    overrides = ["data=synthetic", *TINY_SYNTHETIC, *TINY, "trainer.max_epochs=1", "seed=2"]
+    train(compose_train(overrides, out))
     GlobalHydra.instance().clear()
     (best,) = (out / "checkpoints").glob("epoch_*.ckpt")
     return best

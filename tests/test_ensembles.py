@@ -18,19 +18,10 @@ from mtcsnn.inference.batch import predict_batch
 from mtcsnn.run.checkpoint import CheckpointError, load_checkpoint, load_checkpoints
 
 
-@pytest.fixture(scope="module")
-def two_seeds(tmp_path_factory):
-    from mtcsnn.run.training import train
-
-    paths = []
-    for seed in (1, 2):
-        out = tmp_path_factory.mktemp(f"seed{seed}")
-        overrides = ["data=synthetic", *TINY_SYNTHETIC, *TINY, "trainer.max_epochs=1"]
-        train(compose_train([*overrides, f"seed={seed}"], out))
-        GlobalHydra.instance().clear()
-        (best,) = (out / "checkpoints").glob("epoch_*.ckpt")
-        paths.append(best)
-    return paths
+@pytest.fixture
+def two_seeds(tiny_checkpoint, second_checkpoint) -> list:
+    """The shared tiny run and the same run with another seed: two different members."""
+    return [tiny_checkpoint, second_checkpoint]
 
 
 def test_an_ensemble_predicts_the_mean_of_its_members(two_seeds):

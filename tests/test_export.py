@@ -82,19 +82,6 @@ def test_an_unknown_format_is_refused_naming_the_formats():
         check_format("tflite")
 
 
-@pytest.fixture(scope="module")
-def second_checkpoint(tmp_path_factory):
-    """Another seed of the tiny model: an ensemble's second member."""
-    from mtcsnn.run.training import train
-
-    out = tmp_path_factory.mktemp("second")
-    overrides = ["data=synthetic", *TINY_SYNTHETIC, *TINY, "trainer.max_epochs=1", "seed=11"]
-    train(compose_train(overrides, out))
-    GlobalHydra.instance().clear()
-    (best,) = (out / "checkpoints").glob("epoch_*.ckpt")
-    return best
-
-
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_an_exported_ensemble_averages_its_members_as_predict_does(
     tiny_checkpoint, second_checkpoint, coral_checkpoint, tmp_path, fmt

@@ -21,24 +21,36 @@ def one_error_line(result) -> str:
     return line
 
 
-def test_a_second_run_in_a_held_dir_is_refused_and_writes_nothing(tmp_path):
-    run_dir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def released_run(tmp_path_factory) -> dict:
+    """A run refused in a held dir, then, the dir released, run there (seed 3) to its end.
+
+    What the refused run left is noted before the second run; the two tests below share the
+    one training.
+    """
+    run_dir = tmp_path_factory.mktemp("released") / "run"
     hold(run_dir)  # as a running run holds it
     try:
-        result = run_train(*SMALL, f"hydra.run.dir={run_dir}")
+        refused = run_train(*SMALL, "seed=3", f"hydra.run.dir={run_dir}")
     finally:
         release(run_dir)
-    assert "is in use by another run" in one_error_line(result)
-    assert not (run_dir / "metrics.json").exists()
-    assert not (run_dir / "failed.json").exists()
-    assert not (run_dir / "checkpoints").exists()
+    left = [
+        name for name in ("metrics.json", "failed.json", "checkpoints") if (run_dir / name).exists()
+    ]
     # released (as when the holder dies): the dir can be used again
-    assert run_train(*SMALL, f"hydra.run.dir={run_dir}").returncode == 0
+    finished = run_train(*SMALL, "seed=3", f"hydra.run.dir={run_dir}")
+    return {"refused": refused, "left": left, "finished": finished, "run_dir": run_dir}
 
 
-def test_resume_with_other_settings_is_refused_and_keeps_the_original_overrides(tmp_path):
-    run_dir = tmp_path / "run"
-    assert run_train(*SMALL, "seed=3", f"hydra.run.dir={run_dir}").returncode == 0
+def test_a_second_run_in_a_held_dir_is_refused_and_writes_nothing(released_run):
+    assert "is in use by another run" in one_error_line(released_run["refused"])
+    assert released_run["left"] == []  # no metrics.json, failed.json nor checkpoints
+    assert released_run["finished"].returncode == 0
+
+
+def test_resume_with_other_settings_is_refused_and_keeps_the_original_overrides(released_run):
+    run_dir = released_run["run_dir"]
+    assert released_run["finished"].returncode == 0
     overrides = (run_dir / ".hydra" / "overrides.yaml").read_text()
     metrics = (run_dir / "metrics.json").read_text()
     result = run_train(*SMALL, "seed=4", "loss.lam=2", f"hydra.run.dir={run_dir}", "resume=true")

@@ -29,10 +29,20 @@ def run_without_login(tmp_path, *args, **env):
     return run_train(*TINY, *args, env=clean, inherit=False)
 
 
-@pytest.mark.slow
-def test_no_login_logs_offline_with_summary_and_resolved_config(tmp_path):
+@pytest.fixture(scope="module")
+def logged_run(tmp_path_factory):
+    """One run without a login, logging its best checkpoint: what several tests read."""
+    tmp_path = tmp_path_factory.mktemp("logged")
     run_dir = tmp_path / "run"
-    proc = run_without_login(tmp_path, f"hydra.run.dir={run_dir}", "seed=3")
+    proc = run_without_login(
+        tmp_path, f"hydra.run.dir={run_dir}", "seed=3", "logger.wandb.log_model=true"
+    )
+    return proc, run_dir
+
+
+@pytest.mark.slow
+def test_no_login_logs_offline_with_summary_and_resolved_config(logged_run):
+    proc, run_dir = logged_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     output = proc.stdout + proc.stderr
     assert "no API key or login found" in output and "wandb sync" in output
@@ -115,9 +125,8 @@ def test_api_key_never_lands_in_a_written_file(tmp_path):
 
 
 @pytest.mark.slow
-def test_best_checkpoint_as_artifact_offline(tmp_path):
-    run_dir = tmp_path / "run"
-    proc = run_without_login(tmp_path, f"hydra.run.dir={run_dir}", "logger.wandb.log_model=true")
+def test_best_checkpoint_as_artifact_offline(logged_run):
+    proc, run_dir = logged_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = offline_run(run_dir)
     assert ("model", ["model.ckpt"]) in run["artifacts"]
