@@ -245,6 +245,16 @@ def robust(rows: int, trained: bool = False) -> Callable[[set[Path], str], None]
     return check
 
 
+def measured(count: int) -> Callable[[set[Path], str], None]:
+    """A finished sweep resumed with corruptions: ``count`` robustness tables, no new runs."""
+
+    def check(written: set[Path], output: str) -> None:
+        assert len([p for p in written if p.name == "robustness.csv"]) == count, output
+        assert not folders_with(written, "metrics.json"), output
+
+    return check
+
+
 def reported(written: set[Path], output: str) -> None:
     """The report of one run: its table, in the run's own folder."""
     (folder,) = folders_with(written, "results.md")
@@ -283,6 +293,15 @@ RUN = {
     ),
     "python -m mtcsnn.train experiment=lambda_sweep loss.lam=0.1 loss.difference=absolute "
     "data.pairing=balanced": Run(ONE_SEED, runs(1)),
+    # the default recipe's study, its robustness and its report (docs/results.md), one seed
+    "python -m mtcsnn.train experiment=paper_table model=resnet18 hydra/launcher=parallel "
+    "hydra.launcher.n_jobs=2": Run(ONE_SEED, runs(2)),
+    "python -m mtcsnn.train experiment=paper_table model=resnet18 "
+    "hydra.sweep.dir=logs/paper_table/multiruns/<date>_<time> resume=true corruptions=all": Run(
+        ONE_SEED, measured(2)
+    ),
+    "python -m mtcsnn.report logs/paper_table/multiruns/<date>_<time> "
+    "--out docs/results/default_recipe": Run("", report(2, 1)),
     # 3 backbones x 2 losses, one seed; each MTCSNN row paired with its CE row
     "python -m mtcsnn.report logs/paper_table/multiruns/<date>_<time>": Run("", report(6, 3)),
     "python -m mtcsnn.train hparams_search=resnet18_optuna": Run(
