@@ -16,8 +16,9 @@ they are free, and later commands read them). A chain that starts after the READ
 environment the ``export`` lines before it set.
 
 Once a command is checked, the checkpoints no later command can name are deleted: only the
-newest run of ``logs/train/runs`` (``CKPT=``, ``init_from=``) and the run ``$CKPT`` holds are
-read again. Each is 45-95 MB, and the suite must fit on a small disk.
+newest run of ``logs/train/runs`` (``CKPT=``, ``init_from=``), the run ``$CKPT`` holds and the
+runs of the newest ``paper_table`` sweep (resumed with ``corruptions=all``) are read again.
+Each is 45-95 MB, and the suite must fit on a small disk.
 """
 
 from __future__ import annotations
@@ -577,6 +578,10 @@ def drop_unread_checkpoints(scratch: Path, shell_env: dict[str, str]) -> None:
     keep = {last_run / "checkpoints"} if last_run is not None else set()
     if "CKPT" in shell_env:
         keep.add((scratch / shell_env["CKPT"]).parent)
+    # the newest paper_table sweep: a resumed sweep measures its runs' kept checkpoints
+    last_sweep = newest_or_none(scratch / "logs" / "paper_table" / "multiruns")
+    if last_sweep is not None:
+        keep |= {job / "checkpoints" for job in last_sweep.iterdir() if job.is_dir()}
     for checkpoint in scratch.rglob("*.ckpt"):
         if checkpoint.parent not in keep:
             checkpoint.unlink()
