@@ -35,10 +35,14 @@ def images(n: int, size: int) -> torch.Tensor:
     return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=generator)
 
 
-def export(tiny_checkpoint, tmp_path, fmt: str):
+def export(tiny_checkpoint, tmp_path, fmt: str, *more: str):
     out = tmp_path / fmt
     result = run_module(
-        "mtcsnn.export", f"ckpt_path={tiny_checkpoint}", f"format={fmt}", f"hydra.run.dir={out}"
+        "mtcsnn.export",
+        f"ckpt_path={tiny_checkpoint}",
+        f"format={fmt}",
+        f"hydra.run.dir={out}",
+        *more,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     about = json.loads((out / "model.json").read_text())
@@ -106,3 +110,42 @@ def test_an_exported_ensemble_averages_its_members_as_predict_does(
     one = [predict_batch(m, list(batch), torch.device("cpu"))[0].numpy() for m in modules]
     np.testing.assert_allclose(got_probs, np.mean(one, axis=0), atol=1e-4)
     assert all(np.abs(got_probs - p).max() > 1e-3 for p in one)
+
+
+def test_a_calibrated_export_gives_predicts_calibrated_probabilities_and_threshold(
+    tiny_checkpoint, tmp_path
+):
+    import onnxruntime
+
+    from mtcsnn.grading.calibration import scaled
+
+    path, about = export(tiny_checkpoint, tmp_path, "onnx", "calibrated=true")
+    val = json.loads((tiny_checkpoint.parents[1] / "metrics.json").read_text())["val"]
+    chosen = val["temperature_scaled"]
+    assert about["referral"] == {
+        "referable": "sum of probabilities of grades >= 2",
+        "cut": 2,
+        "threshold": chosen["referable"]["threshold"],
+        "calibrated": True,
+        "temperature": chosen["temperature"],
+    }
+    ckpt = load_checkpoint(tiny_checkpoint)
+    batch = images(6, about["input"]["shape"][-1])
+    raw, _ = predict_batch(ckpt.module, list(batch), torch.device("cpu"))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(["probabilities"], {"images": batch.numpy()})
+    np.testing.assert_allclose(got, scaled(raw, chosen["temperature"]).numpy(), atol=1e-5)
+    assert np.abs(got - raw.numpy()).max() > 1e-4  # the temperature did change them
+
+
+def test_an_ensemble_has_no_calibrated_export(tiny_checkpoint, second_checkpoint, tmp_path):
+    result = run_module(
+        "mtcsnn.export",
+        f"ckpt_path=[{tiny_checkpoint},{second_checkpoint}]",
+        "calibrated=true",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "calibrated=True" in last and "ensemble" in last
+    assert "Traceback" not in result.stderr and not (tmp_path / "model.onnx").exists()

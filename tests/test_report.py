@@ -632,3 +632,48 @@ def test_runs_chosen_on_val_loss_are_scored_at_the_epoch_their_rule_chose(tmp_pa
         "data.augment=noisy, optimized_metric=val/auroc",
         "data.augment=steady, optimized_metric=val/loss",
     ]
+
+
+def test_each_loss_s_val_choice_is_compared_with_ce_s_own(tmp_path):
+    from mtcsnn.reporting.comparing import val_choices_compared
+    from mtcsnn.reporting.predictions import read_predictions
+
+    grades = np.arange(100) % 5
+    # val chooses dihedral for CE and strong for MTCSNN: the pairs cross recipes
+    val_shift = {("ce", "dihedral"): 0.06, ("ce", "strong"): 0.0}
+    val_shift |= {("mtcsnn", "dihedral"): 0.0, ("mtcsnn", "strong"): 0.06}
+    folders = {}
+    for (loss, augment), shift in val_shift.items():
+        for seed in (1, 2, 3):
+            folder = tmp_path / f"{loss}_{augment}_{seed}"
+            skill = {"ce": 1.0, "mtcsnn": 1.5}[loss] + (0.3 if augment == "strong" else 0)
+            write_run(folder, loss, seed, grades, skill)
+            metrics = json.loads((folder / "metrics.json").read_text())
+            metrics["config"]["data"] = {"augment": augment}
+            metrics["val"]["auroc"] += shift
+            (folder / "metrics.json").write_text(json.dumps(metrics))
+            folders[loss, augment, seed] = folder
+    runs, _ = collect_runs(tmp_path)
+    (row,) = val_choices_compared(group_runs(runs), 200)
+    assert dict(row["config"])["config.data.augment"] == "strong"
+    assert dict(row["baseline"])["config.data.augment"] == "dihedral"
+
+    def auroc(folder):
+        test_grades, probs = read_predictions(folder / "test_predictions.csv")
+        return roc_auc_score(test_grades, probs, multi_class="ovr", average="macro")
+
+    expected = np.mean(
+        [
+            auroc(folders["mtcsnn", "strong", s]) - auroc(folders["ce", "dihedral", s])
+            for s in (1, 2, 3)
+        ]
+    )
+    assert row["seeds"] == 3 and row["auroc"][0] == pytest.approx(expected)
+    assert row["auroc"][1] <= expected <= row["auroc"][2]
+    assert main([str(tmp_path), "--bootstrap", "100"]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    (chosen,) = summary["val_choices_vs_ce"]
+    assert chosen["configuration"] == "loss=mtcsnn, data.augment=strong"
+    assert chosen["baseline"] == "loss=ce, data.augment=dihedral"
+    table = (tmp_path / "results.md").read_text().split("## Chosen on val")[1]
+    assert "| loss=mtcsnn, data.augment=strong | loss=ce, data.augment=dihedral | 3 |" in table

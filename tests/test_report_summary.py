@@ -194,3 +194,49 @@ def test_a_damaged_robustness_table_leaves_the_run_out_of_robustness(sweep):  # 
     damaged = json.loads((finished[0] / "metrics.json").read_text())["choices"]["loss"]
     assert damaged not in {r["configuration"].split("=")[1] for r in summary["robustness"]}
     assert len(summary["robustness"]) == 1
+
+
+def test_a_multi_task_run_that_kept_its_scores_refers_by_score_margin(sweep):  # noqa: F811
+    import torch
+
+    from mtcsnn.grading.selective import risk_coverage
+    from mtcsnn.reporting.predictions import read_predictions
+    from mtcsnn.run.files import val_predictions_csv
+
+    rng = np.random.default_rng(0)
+    val_grades = np.arange(40) % 5
+    expected = []
+    for folder in sorted(p for p in sweep.iterdir() if (p / "test_predictions.csv").is_file()):
+        metrics = json.loads((folder / "metrics.json").read_text())
+        metrics["best_epoch_number"] = 2
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+        # epoch 0 of the file is noise; epoch 1 (the tested checkpoint's) places grades at k
+        val_scores = [torch.from_numpy(rng.normal(size=40)), torch.from_numpy(val_grades * 1.0)]
+        probs = [torch.full((40, 5), 0.2)] * 2
+        index, grades = torch.arange(40), torch.from_numpy(val_grades)
+        (folder / "val_predictions.csv").write_text(
+            val_predictions_csv([0, 1], index, grades, probs, val_scores)
+        )
+        test_grades, test_probs = read_predictions(folder / "test_predictions.csv")
+        scores = test_grades + rng.normal(scale=0.6, size=len(test_grades))
+        table = (folder / "test_predictions.csv").read_text().splitlines()
+        rows = [
+            line.rsplit(",", 1)[0] + f",{s:.6f}" for line, s in zip(table[1:], scores, strict=True)
+        ]
+        (folder / "test_predictions.csv").write_text("\n".join([table[0], *rows]) + "\n")
+        if metrics["choices"]["loss"] == "mtcsnn":
+            boundaries = np.arange(4) + 0.5
+            margin = -np.abs(scores[:, None] - boundaries).min(1) / np.std(val_grades * 1.0)
+            expected.append(risk_coverage(test_grades, test_probs, margin)["aurc"])
+    assert main([str(sweep), "--bootstrap", "100"]) == 0
+    summary = json.loads((sweep / "summary.json").read_text())
+    rows = {
+        (r["configuration"], r["models"], r["uncertainty"]): r
+        for r in summary["referring_the_uncertain"]
+    }
+    single = rows["loss=mtcsnn", "single", "score_margin"]
+    assert single["aurc"]["mean"] == pytest.approx(np.mean(expected), abs=1e-6)
+    assert ("loss=mtcsnn", "ensemble", "score_margin") in rows
+    # CE's score head is not trained: no margin row for it
+    assert not [key for key in rows if key[0] == "loss=ce" and key[2] == "score_margin"]
+    assert "| score_margin |" in (sweep / "results.md").read_text()

@@ -64,3 +64,18 @@ def test_disagreement_is_zero_for_agreeing_members_and_needs_them():
     assert (uncertainty(mixed.mean(0), "disagreement", mixed) > 0).all()
     with pytest.raises(ValueError, match="members"):
         uncertainty(probs, "disagreement")
+
+
+def test_score_margin_is_the_distance_to_the_nearest_val_band_boundary():
+    from mtcsnn.grading.selective import score_margin
+
+    val_grades = np.repeat(np.arange(5), 4)
+    val_scores = val_grades.astype(float)  # bands split half-way: boundaries at 0.5 .. 3.5
+    scores = np.array([0.5, 1.0, 2.4, 4.7, -3.0])
+    expected = -np.abs(scores[:, None] - (np.arange(4) + 0.5)[None]).min(1) / np.std(val_scores)
+    assert score_margin(scores, val_scores, val_grades) == pytest.approx(expected)
+    # the score's direction is free: a model whose score falls with the grade is read the same
+    flipped = score_margin(-scores, -val_scores, val_grades)
+    assert flipped == pytest.approx(expected)
+    # a score on a boundary is the least sure, one mid-band surer
+    assert np.argmax(expected) == 0 and expected[1] < expected[2] < 0

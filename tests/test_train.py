@@ -8,7 +8,8 @@ import torch
 from helpers.cli import ONE_SMALL_EPOCH, run_train
 from sklearn.metrics import accuracy_score, cohen_kappa_score, roc_auc_score
 
-from mtcsnn.reporting.predictions import read_val_predictions
+from mtcsnn.grading.score_decoding import fit_thresholds
+from mtcsnn.reporting.predictions import read_val_predictions, read_val_scores
 from mtcsnn.run.checkpoint import load_checkpoint
 from mtcsnn.run.training import train
 
@@ -102,6 +103,14 @@ def check_val_predictions(run_dir: Path, metrics: dict, epochs: int) -> None:
         best = probs[metrics["best_epoch_number"] - 1]  # the file counts from 0
         auroc = roc_auc_score(grades, best, multi_class="ovr", average="macro")
         assert metrics["val"]["auroc"] == pytest.approx(auroc, abs=1e-3)
+    # the tested epoch's val scores: the thresholds the run fitted on val are fitted on them
+    val = read_val_scores(run_dir / "val_predictions.csv", metrics["best_epoch_number"] - 1)
+    assert val is not None and np.array_equal(val[0], grades)
+    decoding = metrics.get("score_decoding", {}).get("thresholds")
+    if decoding:
+        direction, thresholds = fit_thresholds(torch.from_numpy(val[1]), torch.from_numpy(grades))
+        assert direction == decoding["direction"]
+        assert thresholds.tolist() == pytest.approx(decoding["values"], abs=1e-4)
 
 
 def results_model_head(loss: str):

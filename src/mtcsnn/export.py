@@ -1,12 +1,14 @@
 """``python -m mtcsnn.export ckpt_path=... format=onnx|torchscript``: a model to take elsewhere.
 
 ``ckpt_path=[a.ckpt,b.ckpt,...]`` exports an ensemble as one model that averages its members'
-probabilities and scores.
+probabilities and scores. ``calibrated=true`` builds the temperature val chose into the model
+(its probabilities are those ``predict calibrated=true`` writes).
 
 Writes ``model.onnx`` or ``model.pt`` (uint8 images in, class probabilities and severity score
-out, normalisation inside) and ``model.json`` (its input, outputs and intended use, and the
+out, normalisation inside) and ``model.json`` (its input, outputs and intended use, the
 preprocessing step by step with its values, written from the values ``predict`` prepares
-images with) into the output dir. Neither is ever written through a symlink found there.
+images with, and the referral threshold val chose for those probabilities) into the output
+dir. Neither is ever written through a symlink found there.
 """
 
 from __future__ import annotations
@@ -29,19 +31,31 @@ EXAMPLE = f"python -m mtcsnn.export ckpt_path={EXAMPLE_CKPT} format=onnx"
 @command("export", EXAMPLE)
 def main(cfg: DictConfig) -> None:
     # imported here, after the command line's checks (see mtcsnn.run.cli.command)
-    from mtcsnn.inference.export import SUFFIXES, check_format, export_model, model_description
-    from mtcsnn.run.checkpoint import load_checkpoints
+    from mtcsnn.inference.export import (
+        SUFFIXES,
+        check_format,
+        export_model,
+        model_description,
+        referral_description,
+    )
+    from mtcsnn.run.checkpoint import load_checkpoints, referral_of_models
     from mtcsnn.run.console import quiet_libraries
 
     quiet_libraries()
     check_format(cfg.format)
     checkpoints = load_checkpoints(cfg.ckpt_path)  # several: an ensemble, averaged
+    (cut, threshold), temperature, _ = referral_of_models(checkpoints, cfg.calibrated)
     size = checkpoints[0].image_size  # one size for all members (load_checkpoints checks)
     out_dir = Path(cfg.output_dir)
     path = export_model(
-        [c.module for c in checkpoints], size, cfg.format, out_dir / f"model{SUFFIXES[cfg.format]}"
+        [c.module for c in checkpoints],
+        size,
+        cfg.format,
+        out_dir / f"model{SUFFIXES[cfg.format]}",
+        temperature,
     )
     about = model_description(cfg.format, size, [str(c.path) for c in checkpoints], path.name)
+    about["referral"] = referral_description(cut, threshold, temperature)
     write_text_atomic(out_dir / "model.json", json.dumps(about, indent=2) + "\n")
     log.info("wrote %s and %s", path, out_dir / "model.json")
     log.info("%s", about["intended_use"])

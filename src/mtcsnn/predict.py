@@ -14,7 +14,6 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from mtcsnn.errors import ConfigError
 from mtcsnn.run.cli import EXAMPLE_CKPT, command
 
 log = logging.getLogger(__name__)
@@ -28,10 +27,12 @@ def predict(cfg: DictConfig) -> tuple[list[list], list[tuple[str, str]]]:
     # imported here, after the command line's checks (see mtcsnn.run.cli.command)
     from mtcsnn.inference.batch import pick_device, predict_inputs
     from mtcsnn.inference.images import input_list
-    from mtcsnn.run.checkpoint import load_checkpoints
+    from mtcsnn.run.checkpoint import load_checkpoints, referral_of_models
 
     checkpoints = load_checkpoints(cfg.ckpt_path)  # several: an ensemble, averaged
-    referral, temperature = referral_of_models(checkpoints, cfg.calibrated)
+    referral, temperature, no_threshold = referral_of_models(checkpoints, cfg.calibrated)
+    if no_threshold:
+        log.info("refer column left empty: %s", no_threshold)
     return predict_inputs(
         [ckpt.module for ckpt in checkpoints],
         input_list(cfg.inputs),
@@ -42,42 +43,6 @@ def predict(cfg: DictConfig) -> tuple[list[list], list[tuple[str, str]]]:
         referral=referral,
         temperature=temperature,
     )
-
-
-def referral_of_models(
-    checkpoints: list, calibrated: bool
-) -> tuple[tuple[int, float | None], float | None]:
-    """The referral cut and threshold of the ``referable`` and ``refer`` columns, and the
-    temperature of the probabilities (``calibrated=true``): what val chose for a single model.
-
-    An ensemble, or a model tested before these were kept, gets the default cut and no
-    threshold (its ``refer`` column stays empty, and a note says why); asking such a model for
-    calibrated probabilities is an error.
-    """
-    if not isinstance(calibrated, bool):
-        raise ConfigError("calibrated", calibrated, "it must be true or false")
-    if len(checkpoints) > 1:
-        if calibrated:
-            raise ConfigError(
-                "calibrated", True, "an ensemble has no temperature chosen on val; use false"
-            )
-        log.info(
-            "refer column left empty: an ensemble's threshold is not chosen on val here "
-            "(each member's was chosen for that member alone)"
-        )
-        return (2, None), None
-    ckpt = checkpoints[0]
-    if calibrated and ckpt.temperature is None:
-        raise ConfigError(
-            "calibrated", True, f"{ckpt.path} records no temperature chosen on val; use false"
-        )
-    if not ckpt.referral:
-        log.info("refer column left empty: %s records no referral threshold", ckpt.path)
-        return (2, None), ckpt.temperature if calibrated else None
-    first = ckpt.referral[0]
-    if calibrated:
-        return (first.cut, first.scaled_threshold), ckpt.temperature
-    return (first.cut, first.threshold), None
 
 
 def write_results(rows: list, failures: list[tuple[str, str]], output: Path) -> Path:

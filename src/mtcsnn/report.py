@@ -14,7 +14,12 @@ import json
 import sys
 from pathlib import Path
 
-from mtcsnn.reporting.comparing import comparisons, ensemble_rows, pooled_comparison
+from mtcsnn.reporting.comparing import (
+    comparisons,
+    ensemble_rows,
+    pooled_comparison,
+    val_choices_compared,
+)
 from mtcsnn.reporting.figures import write_figures
 from mtcsnn.reporting.grouping import group_runs
 from mtcsnn.reporting.page import results_markdown
@@ -53,12 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     pooled = pooled_comparison(compared, args.bootstrap)
     referrals = referral_rows(groups)
     robust = robustness_rows(groups)
+    choices = val_choices_compared(groups, args.bootstrap)
     markdown = results_markdown(
-        groups, compared, skipped, root, ensembles, pooled, referrals, robust
+        groups, compared, skipped, root, ensembles, pooled, referrals, robust, choices
     )
     write_text_atomic(out / "results.md", markdown)
     summary = report_summary(
-        groups, compared, ensembles, pooled, root, args.bootstrap, referrals, robust
+        groups, compared, ensembles, pooled, root, args.bootstrap, referrals, robust, choices
     )
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     figures = write_figures(groups, out)

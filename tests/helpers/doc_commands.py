@@ -198,11 +198,12 @@ def kept(written: set[Path], output: str) -> None:
     assert not folders_with(written, "metrics.json")
 
 
-def exported(name: str) -> Callable[[set[Path], str], None]:
+def exported(name: str, calibrated: bool = False) -> Callable[[set[Path], str], None]:
     def check(written: set[Path], output: str) -> None:
         (model,) = (p for p in written if p.name == name)
         about = json.loads((model.parent / "model.json").read_text())
         assert about["model"] == name and "not a medical device" in about["intended_use"]
+        assert about["referral"]["calibrated"] is calibrated, about["referral"]
 
     return check
 
@@ -274,6 +275,9 @@ RUN = {
     "python -m mtcsnn.train grading.threshold_rule=youden": Run(SMALL, runs(1)),
     "python -m mtcsnn.predict ckpt_path=$CKPT inputs=[photo.jpg] calibrated=true": Run(
         "progress=false", predicted("photo.jpg", count=1)
+    ),
+    "python -m mtcsnn.export ckpt_path=$CKPT format=onnx calibrated=true": Run(
+        "", exported("model.onnx", calibrated=True)
     ),
     # the 400 test images, clean and under 8 corruptions x 5 severities
     "python -m mtcsnn.eval ckpt_path=$CKPT corruptions=all": Run("", robust(41)),

@@ -4,17 +4,23 @@ person, and see how accuracy grows as more are referred (risk-coverage curves).
 Uncertainty of an image, from its class probabilities: one minus the top probability
 (``max_probability``), or the entropy (``entropy``); for a seed ensemble also the members'
 disagreement (``disagreement``: the mean over members of the total-variation distance between
-a member's probabilities and the ensemble's). Pure NumPy.
+a member's probabilities and the ensemble's). For a multi-task model also its severity score's
+distance to the nearest boundary between grade bands fitted on val (``score_margin``, in units
+of the val scores' spread, so the members of an ensemble can be averaged). NumPy, and the val
+bands of :mod:`mtcsnn.grading.score_decoding`.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from mtcsnn.grading.comparison import quadratic_kappa
+from mtcsnn.grading.score_decoding import fit_thresholds
 
 UNCERTAINTIES = ("max_probability", "entropy")
 ENSEMBLE_UNCERTAINTIES = (*UNCERTAINTIES, "disagreement")
+SCORE_MARGIN = "score_margin"  # a multi-task model's: needs its scores, not only probabilities
 # the operating point the report names: refer the most uncertain 10% to a person
 REFERRED_SHARE = 0.10
 
@@ -31,6 +37,24 @@ def uncertainty(probs: np.ndarray, how: str, members: np.ndarray | None = None) 
             raise ValueError("disagreement needs the ensemble's members")
         return 0.5 * np.abs(members - probs[None]).sum(2).mean(0)
     raise ValueError(f"unknown uncertainty {how!r}: use one of {ENSEMBLE_UNCERTAINTIES}")
+
+
+def score_margin(
+    scores: np.ndarray, val_scores: np.ndarray, val_grades: np.ndarray, num_classes: int = 5
+) -> np.ndarray:
+    """Each image's uncertainty from its severity score: minus the distance of the score to the
+    nearest boundary of the grade bands that fit the val images best
+    (:func:`mtcsnn.grading.score_decoding.fit_thresholds`), over the val scores' standard
+    deviation. A score on a boundary (0) is the least sure; higher: refer sooner."""
+    direction, thresholds = fit_thresholds(
+        torch.as_tensor(val_scores, dtype=torch.float64),
+        torch.as_tensor(val_grades, dtype=torch.long),
+        num_classes,
+    )
+    spread = float(np.std(val_scores)) or 1.0
+    placed = direction * np.asarray(scores, dtype=np.float64)
+    distance = np.abs(placed[:, None] - thresholds.double().numpy()[None, :]).min(1)
+    return -distance / spread
 
 
 def risk_coverage(

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from mtcsnn.errors import ConfigError
-from mtcsnn.grading.calibration import scaled
 from mtcsnn.inference.images import ImageSource, expand_inputs, read_all
 from mtcsnn.models import MTCSNNModule
 from mtcsnn.writing import csv_text as safe_csv_text
@@ -52,15 +51,20 @@ def pick_device(name: str) -> torch.device:
 class Grader(nn.Module):
     """uint8 images N x 3 x S x S -> (class probabilities N x 5, severity score N).
 
-    Several modules (an ensemble): their probabilities and scores averaged. What ``predict``
-    runs, and what ``export`` writes out.
+    Several modules (an ensemble): their probabilities and scores averaged. ``temperature``:
+    the probabilities at that temperature (temperature scaling, as
+    :func:`mtcsnn.grading.calibration.scaled` computes it; None: as the model gives them). What
+    ``predict`` runs, and what ``export`` writes out.
     """
 
-    def __init__(self, modules: MTCSNNModule | Sequence[MTCSNNModule]) -> None:
+    def __init__(
+        self, modules: MTCSNNModule | Sequence[MTCSNNModule], temperature: float | None = None
+    ) -> None:
         super().__init__()
         members = [modules] if isinstance(modules, MTCSNNModule) else list(modules)
         self.nets = nn.ModuleList(module.net for module in members)
         self.losses = nn.ModuleList(module.loss for module in members)
+        self.temperature = temperature
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         batch = images.float() / 255
@@ -70,19 +74,29 @@ class Grader(nn.Module):
             probs.append(loss.probabilities(out).float())
             scores.append(out.score.float())
         if len(probs) == 1:  # one model: its own outputs, no averaging in an exported graph
-            return probs[0], scores[0]
-        return torch.stack(probs).mean(0), torch.stack(scores).mean(0)
+            prob, score = probs[0], scores[0]
+        else:
+            prob, score = torch.stack(probs).mean(0), torch.stack(scores).mean(0)
+        if self.temperature is not None:
+            # scaled(), in the graph: float64 as there, so predict and an export agree
+            logp = torch.log(prob.double().clamp_min(torch.finfo(torch.float64).tiny))
+            prob = torch.softmax(logp / self.temperature, dim=1).float()
+        return prob, score
 
 
 @torch.no_grad()
 def predict_batch(
-    modules: MTCSNNModule | Sequence[MTCSNNModule], images: list[torch.Tensor], device: torch.device
+    modules: MTCSNNModule | Sequence[MTCSNNModule],
+    images: list[torch.Tensor],
+    device: torch.device,
+    temperature: float | None = None,
 ):
     """Class probabilities (N x 5) and severity scores (N) of uint8 images, on the CPU.
 
-    Several modules (an ensemble): their probabilities and scores averaged.
+    Several modules (an ensemble): their probabilities and scores averaged; ``temperature``:
+    see :class:`Grader`.
     """
-    probs, scores = Grader(modules)(torch.stack(images).to(device))
+    probs, scores = Grader(modules, temperature)(torch.stack(images).to(device))
     return probs.cpu(), scores.cpu()
 
 
@@ -126,9 +140,7 @@ def predict_inputs(
     def flush() -> None:
         if not pending:
             return
-        probs, scores = predict_batch(members, [image for _, image in pending], device)
-        if temperature is not None:
-            probs = scaled(probs, temperature).float()
+        probs, scores = predict_batch(members, [image for _, image in pending], device, temperature)
         for (source, _), p, s in zip(pending, probs, scores, strict=True):
             reason = non_finite_reason(torch.cat([p.flatten(), s.flatten()]))
             if reason:

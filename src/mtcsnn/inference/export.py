@@ -31,12 +31,17 @@ def check_format(fmt: object) -> None:
 
 
 def export_model(
-    modules: MTCSNNModule | Sequence[MTCSNNModule], image_size: int, fmt: str, path: Path
+    modules: MTCSNNModule | Sequence[MTCSNNModule],
+    image_size: int,
+    fmt: str,
+    path: Path,
+    temperature: float | None = None,
 ) -> Path:
     """Write ``modules`` (one, or an ensemble averaged) as ``fmt`` to ``path``, written whole or
-    not at all, and never through a symlink planted at ``path``; returns ``path``."""
+    not at all, and never through a symlink planted at ``path``; returns ``path``.
+    ``temperature``: its probabilities at that temperature (see :class:`Grader`)."""
     check_format(fmt)
-    grader = Grader(modules).cpu().eval()
+    grader = Grader(modules, temperature).cpu().eval()
     example = torch.zeros(2, 3, image_size, image_size, dtype=torch.uint8)
     with torch.no_grad():
         if fmt == "torchscript":
@@ -58,6 +63,18 @@ def export_model(
             model = program.model_proto.SerializeToString()
             write_atomic(path, lambda f: f.write(model), binary=True)
     return path
+
+
+def referral_description(cut: int, threshold: float | None, temperature: float | None) -> dict:
+    """``model.json``'s ``referral``: how to read referable DR off the exported probabilities."""
+    return {
+        "referable": f"sum of probabilities of grades >= {cut}",
+        "cut": cut,
+        # chosen on val for these probabilities (calibrated or not); null: none was chosen
+        "threshold": threshold,
+        "calibrated": temperature is not None,
+        "temperature": temperature,
+    }
 
 
 def model_description(

@@ -88,9 +88,9 @@ class MTCSNNModule(pl.LightningModule):
     Logs each loss term (``train/ce_a``, ``train/ce_b``, ``train/reg``, ``train/loss``) and the
     val/test grade metrics. A training step returns its loss and both branches' severity scores
     (``score_a``, ``score_b``), which callbacks such as hard pairing's feedback read; a val
-    step returns each image's index, grade and class probabilities. After a
+    step returns each image's index, grade, class probabilities and severity score. After a
     test epoch, ``test_predictions`` and ``test_confusion`` hold what the run writes to disk;
-    after a val epoch, ``val_predictions`` holds its images' grades and probabilities.
+    after a val epoch, ``val_predictions`` holds its images' grades, probabilities and scores.
     """
 
     def __init__(
@@ -233,9 +233,14 @@ class MTCSNNModule(pl.LightningModule):
     def validation_step(
         self, batch: dict[str, torch.Tensor], batch_idx: int
     ) -> dict[str, torch.Tensor]:
-        _, probs = self._evaluate(batch, "val")
+        output, probs = self._evaluate(batch, "val")
         # what callbacks such as the val prediction log read
-        out = {"index": batch["index"], "grade": batch["grade"], "probs": probs.detach()}
+        out = {
+            "index": batch["index"],
+            "grade": batch["grade"],
+            "probs": probs.detach(),
+            "score": output.score.detach().float(),
+        }
         self._val_outputs.append({key: value.cpu() for key, value in out.items()})
         return out
 

@@ -124,23 +124,48 @@ def baseline_of(config: tuple, groups: dict[tuple, list[Run]]) -> tuple | None:
 
 def comparisons(groups: dict[tuple, list[Run]], num_resamples: int) -> list[dict]:
     rows = []
-    for config, runs in groups.items():
+    for config in groups:
         base = baseline_of(config, groups)
-        if base is None:
-            continue
-        # a pair is one seed tested on the same images; every pair of a row on one test set
-        by_key = {(r.seed, r.tested_on): r for r in groups[base]}
-        pairs = [(r, by_key[r.seed, r.tested_on]) for r in runs if (r.seed, r.tested_on) in by_key]
-        if not pairs:
-            continue
-        # the test set most pairs share (the first of equals)
-        counts = Counter(a.tested_on for a, _ in pairs)
-        most = max(counts, key=counts.__getitem__)
-        pairs = [(a, b) for a, b in pairs if a.tested_on == most]
-        row = {"config": config, "baseline": base, "seeds": len(pairs), "pairs": pairs}
-        for metric in PAIRED_METRICS:
-            row[metric] = paired_difference(pairs, metric, num_resamples)
-        rows.append(row)
+        row = _compared(config, base, groups, num_resamples) if base is not None else None
+        if row is not None:
+            rows.append(row)
+    return rows
+
+
+def _compared(
+    config: tuple, base: tuple, groups: dict[tuple, list[Run]], num_resamples: int
+) -> dict | None:
+    """``config`` - ``base`` seed by seed, or None where no seed of one was tested like the
+    other's."""
+    # a pair is one seed tested on the same images; every pair of a row on one test set
+    by_key = {(r.seed, r.tested_on): r for r in groups[base]}
+    pairs = [
+        (r, by_key[r.seed, r.tested_on]) for r in groups[config] if (r.seed, r.tested_on) in by_key
+    ]
+    if not pairs:
+        return None
+    # the test set most pairs share (the first of equals)
+    counts = Counter(a.tested_on for a, _ in pairs)
+    most = max(counts, key=counts.__getitem__)
+    pairs = [(a, b) for a, b in pairs if a.tested_on == most]
+    row = {"config": config, "baseline": base, "seeds": len(pairs), "pairs": pairs}
+    for metric in PAIRED_METRICS:
+        row[metric] = paired_difference(pairs, metric, num_resamples)
+    return row
+
+
+def val_choices_compared(groups: dict[tuple, list[Run]], num_resamples: int) -> list[dict]:
+    """Each multi-task loss's val-chosen configuration (:func:`chosen_on_val`) against CE's,
+    seed by seed: does the severity loss help when each loss has the settings its own val
+    chose? Empty unless both were chosen among several configurations."""
+    chosen = {row["loss"]: row["ranked"][0] for row in chosen_on_val(groups) if row["ranked"]}
+    if "ce" not in chosen:
+        return []
+    rows = []
+    for loss, config in sorted(chosen.items(), key=lambda kv: str(kv[0])):
+        row = _compared(config, chosen["ce"], groups, num_resamples) if loss != "ce" else None
+        if row is not None:
+            rows.append(row)
     return rows
 
 

@@ -72,6 +72,7 @@ def results_markdown(
     pooled: dict | None = None,
     referrals: list[dict] | None = None,
     robustness: list[dict] | None = None,
+    choices: list[dict] | None = None,
 ) -> str:
     # columns every run has: off-by-one accuracy is missing from runs of older versions
     extra = [
@@ -162,7 +163,7 @@ def results_markdown(
     lines += screening_lines(groups, compared)
     lines += referral_lines(referrals or [])
     lines += robustness_lines(robustness or [])
-    lines += chosen_on_val_lines(groups)
+    lines += chosen_on_val_lines(groups, choices or [])
     lines += score_decoding_lines(groups)
     lines += held_out_problem_lines(groups)
     lines += skipped_lines(skipped)
@@ -343,7 +344,7 @@ def score_decoding_lines(groups: dict[tuple, list[Run]]) -> list[str]:
     ]
 
 
-def chosen_on_val_lines(groups: dict[tuple, list[Run]]) -> list[str]:
+def chosen_on_val_lines(groups: dict[tuple, list[Run]], choices: list[dict]) -> list[str]:
     rows = chosen_on_val(groups)
     if not rows:
         return []
@@ -371,5 +372,23 @@ def chosen_on_val_lines(groups: dict[tuple, list[Run]]) -> list[str]:
             lines.append(
                 f"| {md(row['loss'])} | {by} | {rank} | {name} | {seeds_cell(groups[config])} | "
                 f"{mean_std(*s['val/auroc'])} | {held_out} | {mean_std(*s['test/auroc'])} |"
+            )
+    if choices:
+        lines += [
+            "",
+            "Each loss with the settings its val chose, against CE with its own: mean over seeds "
+            "of the difference, 95% CI from a paired bootstrap over test images.",
+            "",
+            "| chosen | vs CE's choice | paired seeds | AUROC difference [95% CI] "
+            "| accuracy difference [95% CI] | referable AUROC difference [95% CI] |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in choices:
+            low, high = row["referable_auroc"][1:]
+            referable = f"{row['referable_auroc'][0]:+.4f} [{low:+.4f}, {high:+.4f}]"
+            lines.append(
+                f"| {md(label(row['config']))} | {md(label(row['baseline']))} | {row['seeds']} | "
+                + " | ".join([*difference_cells(row), referable])
+                + " |"
             )
     return lines

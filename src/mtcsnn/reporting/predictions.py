@@ -142,6 +142,47 @@ def read_val_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return grades, probs_array
 
 
+def _scores(rows: list[dict[str, str]]) -> np.ndarray | None:
+    """The rows' ``score`` column as numbers; None if a row has none or one not finite."""
+    try:
+        scores = np.array([float(row.get("score") or "nan") for row in rows])
+    except ValueError:
+        return None
+    return scores if np.isfinite(scores).all() else None
+
+
+def read_test_scores(path: Path) -> np.ndarray | None:
+    """The severity scores of ``test_predictions.csv`` in index order (the file already passed
+    :func:`read_predictions`), or None where it has no usable score column."""
+    rows, _ = _prob_rows(path)
+    scores = _scores(rows)
+    if scores is None:
+        return None
+    try:
+        order = np.argsort([int(row["index"]) for row in rows], kind="stable")
+    except (KeyError, ValueError):
+        return None
+    return scores[order]
+
+
+def read_val_scores(path: Path, epoch: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Val grades and severity scores of one epoch of ``val_predictions.csv`` (counted from 0,
+    as the file counts), in index order; None where the file has no score column or no such
+    epoch. Read bounded; anything malformed is None too: the score margin is optional."""
+    try:
+        rows, _ = _prob_rows(path)
+        chosen = [row for row in rows if _whole(row, "epoch", 0) == epoch]
+        index = [_whole(row, "index", 0) for row in chosen]
+        grades = np.array([_whole(row, "grade", 0) for row in chosen])
+    except (PredictionsError, OSError, ValueError):
+        return None
+    scores = _scores(chosen)
+    if scores is None or not chosen or len(set(index)) != len(index):
+        return None
+    order = np.argsort(index, kind="stable")
+    return grades[order], scores[order]
+
+
 def held_out_of(folder: Path, choose_by: str = "val/auroc") -> tuple[float | None, str | None]:
     """The run's held-out val AUROC (its epochs chosen by ``choose_by``, the run's
     ``optimized_metric``), or None and, where it kept a file, why it has none."""

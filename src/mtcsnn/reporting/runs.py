@@ -26,12 +26,19 @@ from mtcsnn.data.untrusted import (
     file_problem,
     read_text,
 )
-from mtcsnn.reporting.predictions import PredictionsError, held_out_of, read_predictions
+from mtcsnn.reporting.predictions import (
+    PredictionsError,
+    held_out_of,
+    read_predictions,
+    read_test_scores,
+    read_val_scores,
+)
 from mtcsnn.run.config import (
     current_names,
     flatten,
 )
 from mtcsnn.run.failures import FAILED, failure_reason
+from mtcsnn.run.files import best_epoch_number
 
 METRICS = ("auroc", "acc", "kappa", "mae")
 # robustness.csv (corruptions=...): {(corruption, severity): {auroc, acc, kappa, referable_auroc}}
@@ -54,6 +61,10 @@ class Run:
     overridden: frozenset[str] = frozenset()
     # its robustness.csv (None: not measured, or not readable as one)
     robustness: RobustnessTable | None = None
+    # test severity scores, and the val grades and scores of the tested checkpoint's epoch
+    # (None: not written, e.g. by runs from before val scores were kept)
+    scores: np.ndarray | None = None
+    val_scores: tuple[np.ndarray, np.ndarray] | None = None
 
     def overrode(self, key: str) -> bool:
         return any(key == k or key.startswith(k + ".") for k in self.overridden)
@@ -172,7 +183,23 @@ def load_run(folder: Path) -> Run | str:
     held_out = held_out_of(folder, chosen_by if isinstance(chosen_by, str) else "val/auroc")
     overridden = overridden_keys(folder, set(metrics.get("choices", {})))
     robustness = read_robustness(folder)
-    return Run(folder, metrics, grades, probs, settings, *held_out, overridden, robustness)
+    run = Run(folder, metrics, grades, probs, settings, *held_out, overridden, robustness)
+    run.scores, run.val_scores = _scores_of(folder, metrics)
+    return run
+
+
+def _scores_of(
+    folder: Path, metrics: dict
+) -> tuple[np.ndarray | None, tuple[np.ndarray, np.ndarray] | None]:
+    """Test scores and the val grades and scores of the tested epoch, where the run kept both."""
+    epoch = best_epoch_number(metrics)
+    val_path = folder / "val_predictions.csv"
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or not val_path.exists():
+        return None, None
+    val = read_val_scores(val_path, epoch - 1)  # the file counts epochs from 0
+    if val is None:
+        return None, None
+    return read_test_scores(folder / "test_predictions.csv"), val
 
 
 def read_robustness(folder: Path) -> RobustnessTable | None:

@@ -106,6 +106,7 @@ def report_summary(
     num_resamples: int,
     referrals: list[dict] | None = None,
     robustness: list[dict] | None = None,
+    choices: list[dict] | None = None,
 ) -> dict:
     """The summary of one report: per configuration, the comparisons, ensembles, val's choice."""
     ordered = sorted(groups.items(), key=lambda kv: label(kv[0]))
@@ -180,6 +181,16 @@ def report_summary(
                 "too_few_seeds": [label(c) for c in row["too_few"]],
             }
             for row in chosen_on_val(groups)
+        ],
+        # each multi-task loss's val-chosen configuration against CE's, seed by seed
+        "val_choices_vs_ce": [
+            {
+                "configuration": label(row["config"]),
+                "baseline": label(row["baseline"]),
+                "paired_seeds": row["seeds"],
+                **_difference(row),
+            }
+            for row in choices or []
         ],
         "versions": [dict(v) for v in versions],
     }

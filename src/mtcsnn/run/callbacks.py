@@ -189,19 +189,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class ValPredictions(pl.Callback):
-    """Every training epoch's val class probabilities, in ``path`` (a CSV written when training
-    ends: epoch, index, grade, one probability per class).
+    """Every training epoch's val class probabilities and severity scores, in ``path`` (a CSV
+    written when training ends: epoch, index, grade, one probability per class, score).
 
     The best-val checkpoint is the maximum of many noisy val evaluations, so its val AUROC
     flatters runs whose val curve swings most; with every epoch's predictions,
     ``mtcsnn.report`` scores a checkpoint chosen on half the val images on the other half.
-    The epochs so far travel in ``last.ckpt``, so a resumed run's file is whole.
+    The epochs so far travel in ``last.ckpt``, so a resumed run's file is whole. The scores let
+    the report place a test image's score among the grade bands fitted on val (its score margin).
     """
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
         self.epochs: list[int] = []
         self.probs: list[torch.Tensor] = []  # one (images x classes) tensor per epoch
+        # one (images,) tensor per epoch; None for epochs of a checkpoint from before scores
+        self.scores: list[torch.Tensor | None] = []
         self.index: torch.Tensor | None = None  # each row's position in the val split
         self.grades: torch.Tensor | None = None
         self._batches: list[dict[str, torch.Tensor]] = []
@@ -210,6 +213,7 @@ class ValPredictions(pl.Callback):
         return {
             "epochs": list(self.epochs),
             "probs": list(self.probs),
+            "scores": list(self.scores),
             "index": self.index,
             "grades": self.grades,
         }
@@ -217,6 +221,7 @@ class ValPredictions(pl.Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         self.epochs = list(state_dict.get("epochs", []))
         self.probs = list(state_dict.get("probs", []))
+        self.scores = list(state_dict.get("scores", [None] * len(self.probs)))
         self.index = state_dict.get("index")
         self.grades = state_dict.get("grades")
 
@@ -229,6 +234,8 @@ class ValPredictions(pl.Callback):
         if isinstance(outputs, dict) and "probs" in outputs:
             self._batches.append({k: outputs[k].detach().cpu() for k in ("index", "grade")})
             self._batches[-1]["probs"] = outputs["probs"].detach().float().cpu()
+            if "score" in outputs:
+                self._batches[-1]["score"] = outputs["score"].detach().float().cpu()
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
         batches, self._batches = self._batches, []
@@ -248,10 +255,13 @@ class ValPredictions(pl.Callback):
         rows = order[first]
         grades = torch.cat([b["grade"] for b in batches])[rows]
         probs = torch.cat([b["probs"] for b in batches])[rows]
+        has_scores = all("score" in b for b in batches)
+        scores = torch.cat([b["score"] for b in batches])[rows] if has_scores else None
         epoch = trainer.current_epoch
         kept = [n for n, e in enumerate(self.epochs) if e < epoch]  # a resumed epoch replaces
         self.epochs = [self.epochs[n] for n in kept] + [epoch]
         self.probs = [self.probs[n] for n in kept] + [probs]
+        self.scores = [self.scores[n] for n in kept] + [scores]
         self.index, self.grades = index[rows], grades
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module) -> None:
@@ -259,5 +269,6 @@ class ValPredictions(pl.Callback):
         if trainer.is_global_zero and self.epochs:
             assert self.index is not None and self.grades is not None
             write_text_atomic(
-                self.path, val_predictions_csv(self.epochs, self.index, self.grades, self.probs)
+                self.path,
+                val_predictions_csv(self.epochs, self.index, self.grades, self.probs, self.scores),
             )

@@ -17,7 +17,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from mtcsnn.errors import MTCSNNError
+from mtcsnn.errors import ConfigError, MTCSNNError
 from mtcsnn.grading.calibration import check_temperature
 from mtcsnn.grading.referral import REFERRAL_KEY, TEMPERATURE_KEY, Referral, parse_thresholds
 from mtcsnn.models.build import build_from_spec
@@ -286,3 +286,35 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path}: {err}") from None
     epoch = _plain_int(state.get("epoch"))
     return Checkpoint(module, spec, epoch, path, seed, referral, temperature)
+
+
+def referral_of_models(
+    checkpoints: list[Checkpoint], calibrated: bool
+) -> tuple[tuple[int, float | None], float | None, str | None]:
+    """The referral cut and threshold, and the temperature of the probabilities
+    (``calibrated=true``): what val chose for a single model; then why there is no threshold
+    (None where there is one). What ``predict`` writes and ``export`` builds in.
+
+    An ensemble, or a model tested before these were kept, gets the default cut and no
+    threshold; asking such a model for calibrated probabilities is an error.
+    """
+    if not isinstance(calibrated, bool):
+        raise ConfigError("calibrated", calibrated, "it must be true or false")
+    if len(checkpoints) > 1:
+        if calibrated:
+            raise ConfigError(
+                "calibrated", True, "an ensemble has no temperature chosen on val; use false"
+            )
+        why = "an ensemble's threshold is not chosen on val here (each member's was chosen "
+        return (2, None), None, why + "for that member alone)"
+    ckpt = checkpoints[0]
+    if calibrated and ckpt.temperature is None:
+        raise ConfigError(
+            "calibrated", True, f"{ckpt.path} records no temperature chosen on val; use false"
+        )
+    temperature = ckpt.temperature if calibrated else None
+    if not ckpt.referral:
+        return (2, None), temperature, f"{ckpt.path} records no referral threshold"
+    first = ckpt.referral[0]
+    threshold = first.scaled_threshold if calibrated else first.threshold
+    return (first.cut, threshold), temperature, None

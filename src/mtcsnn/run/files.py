@@ -95,20 +95,33 @@ def write_json(path: str | Path, data: dict) -> None:
 
 
 def val_predictions_csv(
-    epochs: list[int], index: torch.Tensor, grades: torch.Tensor, probs: list[torch.Tensor]
+    epochs: list[int],
+    index: torch.Tensor,
+    grades: torch.Tensor,
+    probs: list[torch.Tensor],
+    scores: list[torch.Tensor | None] | None = None,
 ) -> str:
-    """CSV text: epoch, index, true grade, one probability per class; a row per image and epoch.
+    """CSV text: epoch, index, true grade, one probability per class and, where every epoch has
+    one, the severity score; a row per image and epoch.
 
-    ``index``: each image's position in the val split; ``probs``: one tensor per epoch.
+    ``index``: each image's position in the val split; ``probs`` and ``scores``: one tensor per
+    epoch (a run resumed from a checkpoint written before scores were kept has none for its
+    first epochs, and its file has no score column).
     """
     num_classes = probs[0].shape[1] if probs else 0
+    kept = [s.tolist() for s in scores or [] if s is not None]
+    with_scores = bool(probs) and len(kept) == len(probs)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["epoch", "index", "grade", *[f"prob_{c}" for c in range(num_classes)]])
+    header = ["epoch", "index", "grade", *[f"prob_{c}" for c in range(num_classes)]]
+    writer.writerow([*header, "score"] if with_scores else header)
     images = list(zip(index.tolist(), grades.tolist(), strict=True))
-    for epoch, epoch_probs in zip(epochs, probs, strict=True):
-        for (i, grade), row in zip(images, epoch_probs.tolist(), strict=True):
-            writer.writerow([epoch, i, grade, *(f"{p:.6g}" for p in row)])
+    for n, (epoch, epoch_probs) in enumerate(zip(epochs, probs, strict=True)):
+        for m, ((i, grade), row) in enumerate(zip(images, epoch_probs.tolist(), strict=True)):
+            cells = [epoch, i, grade, *(f"{p:.6g}" for p in row)]
+            if with_scores:
+                cells.append(f"{kept[n][m]:.6g}")
+            writer.writerow(cells)
     return buf.getvalue()
 
 
