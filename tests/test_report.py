@@ -677,3 +677,25 @@ def test_each_loss_s_val_choice_is_compared_with_ce_s_own(tmp_path):
     assert chosen["baseline"] == "loss=ce, data.augment=dihedral"
     table = (tmp_path / "results.md").read_text().split("## Chosen on val")[1]
     assert "| loss=mtcsnn, data.augment=strong | loss=ce, data.augment=dihedral | 3 |" in table
+
+
+def test_runs_of_several_folders_are_compared_together(tmp_path, capsys):
+    grades = np.arange(100) % 5
+    for loss, skill in (("ce", 0.5), ("mtcsnn", 3.0)):
+        for seed in (1, 2, 3):
+            write_run(tmp_path / f"sweep_{loss}" / str(seed), loss, seed, grades, skill)
+    a, b, out = tmp_path / "sweep_ce", tmp_path / "sweep_mtcsnn", tmp_path / "report"
+    assert main([str(a), str(b)]) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == "error: several folders need --out (where to write the report)"
+    )
+    assert not (a / "results.md").exists()
+    # a folder given twice, or inside another given, counts its runs once
+    assert main([str(a), str(b), str(b / "1"), "--out", str(out), "--bootstrap", "100"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    by_name = {c["configuration"]: c for c in summary["configurations"]}
+    assert by_name["loss=ce"]["seeds"] == [1, 2, 3] and by_name["loss=mtcsnn"]["seeds"] == [1, 2, 3]
+    assert by_name["loss=mtcsnn"]["runs"] == ["sweep_mtcsnn/1", "sweep_mtcsnn/2", "sweep_mtcsnn/3"]
+    (compared,) = summary["mtcsnn_vs_ce"]
+    assert compared["paired_seeds"] == 3

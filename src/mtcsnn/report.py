@@ -1,4 +1,5 @@
-"""``python -m mtcsnn.report <folder>``: one table and a few figures from the runs under a folder.
+"""``python -m mtcsnn.report <folder> [<folder> ...]``: one table and a few figures from the runs
+under one folder, or several compared together (``--out`` names where).
 
 Each configuration gets the mean and standard deviation over its seeds, MTCSNN is compared with
 CE seed by seed and as seed ensembles, and val chooses among configurations: see
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -32,23 +34,37 @@ from mtcsnn.run.files import write_text_atomic
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mtcsnn-report", description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path, help="a run folder or a multirun folder")
-    parser.add_argument("--out", type=Path, help="where to write (default: the folder)")
+    parser.add_argument(
+        "folders",
+        type=Path,
+        nargs="+",
+        metavar="folder",
+        help="run folders or multirun folders (several: their runs compared together)",
+    )
+    parser.add_argument("--out", type=Path, help="where to write (default: the one folder)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     args = parser.parse_args(argv)
 
-    root: Path = args.folder
-    if not root.is_dir():
-        print(f"error: {root} is not a folder", file=sys.stderr)
+    for folder in args.folders:
+        if not folder.is_dir():
+            print(f"error: {folder} is not a folder", file=sys.stderr)
+            return 2
+    if len(args.folders) > 1 and args.out is None:
+        print("error: several folders need --out (where to write the report)", file=sys.stderr)
         return 2
-    runs, skipped = collect_runs(root)
+    runs, skipped = collect_all(args.folders)
+    try:  # the runs are named from the folders' common part
+        root = Path(os.path.commonpath(args.folders))
+    except ValueError:  # some relative, some absolute
+        root = Path(os.path.commonpath([f.absolute() for f in args.folders]))
     for path, why in skipped:
         print(f"skipped {path}: {why}", file=sys.stderr)
     for run in runs:
         if run.held_out_problem:
             print(f"note {run.path}: {run.held_out_problem}", file=sys.stderr)
     if not runs:
-        print(f"error: no finished runs under {root}", file=sys.stderr)
+        names = ", ".join(str(f) for f in args.folders)
+        print(f"error: no finished runs under {names}", file=sys.stderr)
         return 1
     out = args.out or root
     out.mkdir(parents=True, exist_ok=True)
@@ -60,7 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     robust = robustness_rows(groups)
     choices = val_choices_compared(groups, args.bootstrap)
     markdown = results_markdown(
-        groups, compared, skipped, root, ensembles, pooled, referrals, robust, choices
+        groups,
+        compared,
+        skipped,
+        ", ".join(map(str, args.folders)),
+        ensembles,
+        pooled,
+        referrals,
+        robust,
+        choices,
     )
     write_text_atomic(out / "results.md", markdown)
     summary = report_summary(
@@ -74,6 +98,18 @@ def main(argv: list[str] | None = None) -> int:
     for figure in figures:
         print(f"wrote {figure}")
     return 0
+
+
+def collect_all(folders: list[Path]) -> tuple[list, list]:
+    """The runs under every folder (a run reached from two folders counts once) and the
+    folders skipped, with why."""
+    runs, skipped, seen = [], [], set()
+    for folder in folders:
+        found, passed_over = collect_runs(folder)
+        runs += [r for r in found if os.path.realpath(r.path) not in seen]
+        seen |= {os.path.realpath(r.path) for r in found}
+        skipped += passed_over
+    return runs, skipped
 
 
 if __name__ == "__main__":

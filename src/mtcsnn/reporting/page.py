@@ -67,7 +67,7 @@ def results_markdown(
     groups: dict[tuple, list[Run]],
     compared: list[dict],
     skipped: list[tuple[Path, str]],
-    root: Path,
+    root: Path | str,
     ensembles: list[dict] | None = None,
     pooled: dict | None = None,
     referrals: list[dict] | None = None,
