@@ -254,8 +254,8 @@ def test_only_the_images_with_non_finite_outputs_go_to_failures(
         photograph(tmp_path / "in" / f"{i}.png", seed=i)
     real = batch.predict_batch
 
-    def some_not_finite(modules, images, device):
-        probs, scores = real(modules, images, device)
+    def some_not_finite(modules, images, device, temperature=None):
+        probs, scores = real(modules, images, device, temperature)
         probs[1, 2] = float("nan")
         scores[3] = float("inf")
         return probs, scores
