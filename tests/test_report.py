@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 import pytest
+from helpers.metrics import write_robustness
 from sklearn.metrics import roc_auc_score
 
 from mtcsnn.grading.comparison import ovr_auroc
@@ -635,8 +636,13 @@ def test_runs_chosen_on_val_loss_are_scored_at_the_epoch_their_rule_chose(tmp_pa
 
 
 def test_each_loss_s_val_choice_is_compared_with_ce_s_own(tmp_path):
+    from mtcsnn.grading.calibration import top_grade_ece
+    from mtcsnn.grading.selective import risk_coverage
     from mtcsnn.reporting.comparing import val_choices_compared
     from mtcsnn.reporting.predictions import read_predictions
+
+    def area_by_top_probability(grades, probs):
+        return risk_coverage(grades, probs, 1 - probs.max(1))["aurc"]
 
     grades = np.arange(100) % 5
     # val chooses dihedral for CE and strong for MTCSNN: the pairs cross recipes
@@ -652,6 +658,7 @@ def test_each_loss_s_val_choice_is_compared_with_ce_s_own(tmp_path):
             metrics["config"]["data"] = {"augment": augment}
             metrics["val"]["auroc"] += shift
             (folder / "metrics.json").write_text(json.dumps(metrics))
+            write_robustness(folder, 0.75, {"contrast_down": 0.03 if loss == "ce" else 0.06})
             folders[loss, augment, seed] = folder
     runs, _ = collect_runs(tmp_path)
     (row,) = val_choices_compared(group_runs(runs), 200)
@@ -670,9 +677,23 @@ def test_each_loss_s_val_choice_is_compared_with_ce_s_own(tmp_path):
     )
     assert row["seeds"] == 3 and row["auroc"][0] == pytest.approx(expected)
     assert row["auroc"][1] <= expected <= row["auroc"][2]
+    # calibration and referral of the unsure compared alike
+    for metric, of in (("ece", top_grade_ece), ("aurc", area_by_top_probability)):
+        expected = np.mean(
+            [
+                of(*read_predictions(folders["mtcsnn", "strong", s] / "test_predictions.csv"))
+                - of(*read_predictions(folders["ce", "dihedral", s] / "test_predictions.csv"))
+                for s in (1, 2, 3)
+            ]
+        )
+        assert row[metric][0] == pytest.approx(expected, abs=1e-6)
+        assert row[metric][1] <= row[metric][0] <= row[metric][2]
     assert main([str(tmp_path), "--bootstrap", "100"]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     (chosen,) = summary["val_choices_vs_ce"]
+    assert chosen["ece"]["difference"] == pytest.approx(row["ece"][0])
+    # the chosen one's corruption error over CE's choice's: (0.25 + 0.06) / (0.25 + 0.03)
+    assert chosen["mce"] == pytest.approx(0.31 / 0.28)
     assert chosen["configuration"] == "loss=mtcsnn, data.augment=strong"
     assert chosen["baseline"] == "loss=ce, data.augment=dihedral"
     table = (tmp_path / "results.md").read_text().split("## Chosen on val")[1]

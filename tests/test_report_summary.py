@@ -5,7 +5,7 @@ import re
 
 import numpy as np
 import pytest
-from helpers.metrics import numbers_in
+from helpers.metrics import numbers_in, write_robustness
 from test_report import sweep, write_run  # noqa: F401  (the fixture and the run writer)
 
 from mtcsnn.report import main
@@ -145,15 +145,6 @@ def test_report_refers_the_uncertain_for_single_models_and_ensembles(sweep):  # 
     for figure in ("reliability.png", "risk_coverage.png"):
         assert (sweep / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert (sweep / figure).stat().st_size > 5000
-
-
-def write_robustness(folder, clean: float, lost: dict[str, float]) -> None:
-    """A robustness.csv whose AUROC under each corruption is clean - lost * severity / 3."""
-    lines = ["corruption,severity,auroc,acc,kappa,referable_auroc", f"none,0,{clean},0.5,0.4,0.8"]
-    for name, per_step in lost.items():
-        for s in range(1, 6):
-            lines.append(f"{name},{s},{clean - per_step * s / 3},0.5,0.4,0.8")
-    (folder / "robustness.csv").write_text("\n".join(lines) + "\n")
 
 
 def test_report_summarises_robustness_and_the_corruption_error_against_ce(sweep):  # noqa: F811

@@ -79,3 +79,25 @@ def test_score_margin_is_the_distance_to_the_nearest_val_band_boundary():
     assert flipped == pytest.approx(expected)
     # a score on a boundary is the least sure, one mid-band surer
     assert np.argmax(expected) == 0 and expected[1] < expected[2] < 0
+
+
+def test_the_bootstrap_s_area_and_ece_match_one_model_s():
+    from mtcsnn.grading.comparison import aurc, ece
+
+    grades, probs = predictions(300, 4)
+    probs = np.round(probs, 2)  # ties in the top probability: both must order them alike
+    batch = np.stack([np.arange(300), np.roll(np.arange(300), 7)])
+    areas = aurc(grades[batch], probs[batch])
+    for row, area in zip(batch, areas, strict=True):
+        g, p = grades[row], probs[row]
+        curve = risk_coverage(g, p, uncertainty(p, "max_probability"))
+        assert area == pytest.approx(curve["aurc"])
+    # ECE (15 equal-width bins of the top probability) computed directly
+    confidence, correct = probs.max(1), probs.argmax(1) == grades
+    bins = np.searchsorted(np.linspace(0, 1, 16)[1:-1], confidence, side="left")
+    expected = sum(
+        abs(confidence[bins == b].mean() - correct[bins == b].mean()) * (bins == b).mean()
+        for b in np.unique(bins)
+    )
+    # torchmetrics sums in float32
+    assert ece(grades[None], probs[None])[0] == pytest.approx(expected, abs=1e-6)

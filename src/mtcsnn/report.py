@@ -26,7 +26,7 @@ from mtcsnn.reporting.figures import write_figures
 from mtcsnn.reporting.grouping import group_runs
 from mtcsnn.reporting.page import results_markdown
 from mtcsnn.reporting.referring import referral_rows
-from mtcsnn.reporting.robustness import robustness_rows
+from mtcsnn.reporting.robustness import add_corruption_errors, robustness_rows
 from mtcsnn.reporting.runs import collect_runs
 from mtcsnn.reporting.summary import report_summary
 from mtcsnn.run.files import write_text_atomic
@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     referrals = referral_rows(groups)
     robust = robustness_rows(groups)
     choices = val_choices_compared(groups, args.bootstrap)
+    add_corruption_errors(choices, groups)
     markdown = results_markdown(
         groups,
         compared,

@@ -1,4 +1,4 @@
-"""What several tests do with ``metrics.json``."""
+"""What several tests do with ``metrics.json`` and a run's other files."""
 
 from __future__ import annotations
 
@@ -24,3 +24,12 @@ def numbers_in(value) -> list[float]:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return [float(value)]
     return []
+
+
+def write_robustness(folder, clean: float, lost: dict[str, float]) -> None:
+    """A robustness.csv whose AUROC under each corruption is clean - lost * severity / 3."""
+    lines = ["corruption,severity,auroc,acc,kappa,referable_auroc", f"none,0,{clean},0.5,0.4,0.8"]
+    for name, per_step in lost.items():
+        for s in range(1, 6):
+            lines.append(f"{name},{s},{clean - per_step * s / 3},0.5,0.4,0.8")
+    (folder / "robustness.csv").write_text("\n".join(lines) + "\n")

@@ -24,13 +24,21 @@ def _tensor(values, dtype=torch.float64) -> torch.Tensor:
     return torch.as_tensor(np.asarray(values), dtype=dtype)
 
 
+def top_grade_ece(grades, probs) -> float:
+    """Expected calibration error of the top grade's probability, 15 equal-width bins."""
+    probs = _tensor(probs)
+    return float(
+        multiclass_calibration_error(
+            probs, _tensor(grades, torch.long), probs.shape[1], n_bins=ECE_BINS, norm="l1"
+        )
+    )
+
+
 def calibration(grades, probs) -> dict[str, float]:
     """ECE of the top-grade probability (15 bins), multi-class Brier score and NLL."""
+    ece = top_grade_ece(grades, probs)
     probs = _tensor(probs)
     grades = _tensor(grades, torch.long)
-    ece = multiclass_calibration_error(
-        probs, grades, num_classes=probs.shape[1], n_bins=ECE_BINS, norm="l1"
-    )
     onehot = torch.nn.functional.one_hot(grades, probs.shape[1]).to(probs.dtype)
     brier = ((probs - onehot) ** 2).sum(1).mean()
     taken = probs.gather(1, grades[:, None]).squeeze(1)

@@ -1,10 +1,13 @@
-"""Comparing two models on the same test images: AUROC and accuracy of many resamples at once,
-and a paired bootstrap of their difference. Pure NumPy, used by ``mtcsnn.report``."""
+"""Comparing two models on the same test images: AUROC, accuracy, referable AUROC, ECE and the
+area under the risk-coverage curve of many resamples at once, and a paired bootstrap of their
+difference. NumPy (and torchmetrics' ECE), used by ``mtcsnn.report``."""
 
 from __future__ import annotations
 
 import numpy as np
 from scipy.stats import rankdata
+
+from mtcsnn.grading.calibration import top_grade_ece
 
 # one run's test predictions: grades (n,) and class probabilities (n, C)
 Predictions = tuple[np.ndarray, np.ndarray]
@@ -84,7 +87,33 @@ def referable_auroc(grades: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return np.where((n_pos > 0) & (n_neg > 0), auroc, np.nan)
 
 
-PAIRED_METRICS = {"auroc": ovr_auroc, "acc": accuracy, "referable_auroc": referable_auroc}
+def ece(grades: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """ECE of the top grade's probability (:func:`top_grade_ece`) of each row of a batch."""
+    grades, probs = np.atleast_2d(grades), probs.reshape(-1, *probs.shape[-2:])
+    return np.array([top_grade_ece(g, p) for g, p in zip(grades, probs, strict=True)])
+
+
+def area_under_risk_coverage(correct: np.ndarray, uncertainty: np.ndarray) -> np.ndarray:
+    """Mean error of the images kept, over every number kept, as the most uncertain images are
+    referred first (equal uncertainty: the later image first); per row of a batch."""
+    kept_first = np.argsort(-uncertainty, axis=-1, kind="stable")[..., ::-1]
+    kept_correct = np.take_along_axis(correct, kept_first, axis=-1)
+    counts = np.arange(1, correct.shape[-1] + 1)
+    return (1.0 - np.cumsum(kept_correct, axis=-1) / counts).mean(-1)
+
+
+def aurc(grades: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Area under the risk-coverage curve referring by the top probability, per row."""
+    return area_under_risk_coverage(probs.argmax(-1) == grades, 1.0 - probs.max(-1))
+
+
+PAIRED_METRICS = {
+    "auroc": ovr_auroc,
+    "acc": accuracy,
+    "referable_auroc": referable_auroc,
+    "ece": ece,
+    "aurc": aurc,
+}
 
 
 def _pair_deltas(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mtcsnn.grading.comparison import quadratic_kappa
+from mtcsnn.grading.comparison import area_under_risk_coverage, quadratic_kappa
 from mtcsnn.grading.score_decoding import fit_thresholds
 
 UNCERTAINTIES = ("max_probability", "entropy")
@@ -100,6 +100,6 @@ def risk_coverage(
     return {
         "coverage": coverage[::-1],
         "accuracy": accuracy[::-1],
-        "aurc": float(np.mean(1.0 - accuracy)),
+        "aurc": float(area_under_risk_coverage(correct, scores)),
         "at_referred_share": operating_point,
     }

@@ -54,9 +54,9 @@ def seeds_cell(runs: list[Run]) -> str:
     return f"{seeds} ({len(runs)} runs: repeats of a seed)"
 
 
-def difference_cells(row: dict) -> list[str]:
-    """AUROC and accuracy differences of a comparison row: ``+0.0034 [-0.0027, +0.0095]``."""
-    return [f"{p:+.4f} [{lo:+.4f}, {hi:+.4f}]" for p, lo, hi in (row["auroc"], row["acc"])]
+def difference_cells(row: dict, metrics: tuple[str, ...] = ("auroc", "acc")) -> list[str]:
+    """Differences of a comparison row (AUROC and accuracy): ``+0.0034 [-0.0027, +0.0095]``."""
+    return [f"{p:+.4f} [{lo:+.4f}, {hi:+.4f}]" for p, lo, hi in map(row.get, metrics)]
 
 
 def mean_std(mean: float, std: float) -> str:
@@ -377,18 +377,20 @@ def chosen_on_val_lines(groups: dict[tuple, list[Run]], choices: list[dict]) -> 
         lines += [
             "",
             "Each loss with the settings its val chose, against CE with its own: mean over seeds "
-            "of the difference, 95% CI from a paired bootstrap over test images.",
+            "of the difference, 95% CI from a paired bootstrap over test images (ECE and AURC: "
+            "lower is better); mCE: the chosen one's corruption error over CE's choice's.",
             "",
             "| chosen | vs CE's choice | paired seeds | AUROC difference [95% CI] "
-            "| accuracy difference [95% CI] | referable AUROC difference [95% CI] |",
-            "|---|---|---|---|---|---|",
+            "| accuracy difference [95% CI] | referable AUROC difference [95% CI] "
+            "| ECE difference [95% CI] | AURC difference [95% CI] | mCE vs CE's choice |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for row in choices:
-            low, high = row["referable_auroc"][1:]
-            referable = f"{row['referable_auroc'][0]:+.4f} [{low:+.4f}, {high:+.4f}]"
+            cells = difference_cells(row, ("auroc", "acc", "referable_auroc", "ece", "aurc"))
+            mce = f"{row['mce']:.4f}" if row.get("mce") is not None else "-"
             lines.append(
                 f"| {md(label(row['config']))} | {md(label(row['baseline']))} | {row['seeds']} | "
-                + " | ".join([*difference_cells(row), referable])
+                + " | ".join([*cells, mce])
                 + " |"
             )
     return lines

@@ -25,6 +25,16 @@ def _mean_over(runs: list[Run], corruption: str) -> float:
     return float(np.mean([r.robustness[corruption, s]["auroc"] for r in runs for s in SEVERITIES]))
 
 
+def corruption_error(runs: list[Run], base_runs: list[Run]) -> float | None:
+    """ImageNet-C's mCE of ``runs`` against ``base_runs``: per corruption both measured, the sum
+    over severities of 1 - AUROC over the base's, averaged; None where none is shared."""
+    shared = [c for c in _measured(runs) if c in _measured(base_runs)]
+    if not shared:
+        return None
+    errors = [(1 - _mean_over(runs, c)) / (1 - _mean_over(base_runs, c)) for c in shared]
+    return float(np.mean(errors))
+
+
 def robustness_rows(groups: dict[tuple, list[Run]]) -> list[dict]:
     """Per configuration whose runs all measured robustness: clean AUROC, AUROC lost to each
     corruption (mean over severities and seeds) and to all of them, and against the CE
@@ -45,9 +55,17 @@ def robustness_rows(groups: dict[tuple, list[Run]]) -> list[dict]:
             "mean_drop": float(np.mean(list(drops.values()))),
         }
         base = baseline_of(config, groups)
-        shared = [c for c in corruptions if c in _measured(groups[base])] if base else []
-        if shared:
-            ratios = [(1 - _mean_over(runs, c)) / (1 - _mean_over(groups[base], c)) for c in shared]
-            row.update(baseline=base, mce=float(np.mean(ratios)))
+        mce = corruption_error(runs, groups[base]) if base is not None else None
+        if mce is not None:
+            row.update(baseline=base, mce=mce)
         rows.append(row)
     return rows
+
+
+def add_corruption_errors(compared: list[dict], groups: dict[tuple, list[Run]]) -> None:
+    """Sets each comparison row's ``mce`` (:func:`corruption_error` of its configuration against
+    its baseline) where both measured robustness."""
+    for row in compared:
+        mce = corruption_error(groups[row["config"]], groups[row["baseline"]])
+        if mce is not None:
+            row["mce"] = mce

@@ -189,6 +189,7 @@ def report_summary(
                 "baseline": label(row["baseline"]),
                 "paired_seeds": row["seeds"],
                 **_difference(row),
+                **({"mce": _number(row["mce"])} if "mce" in row else {}),
             }
             for row in choices or []
         ],
