@@ -264,6 +264,19 @@ def reported(written: set[Path], output: str) -> None:
     assert "| test AUROC" in (folder / "results.md").read_text()
 
 
+PAPER_TABLE = "python -m mtcsnn.train experiment=paper_table model=resnet18 "
+VAL_CHOSEN_CE = PAPER_TABLE + (
+    "loss=ce model/optimizer=adamw model/scheduler=cosine optimized_metric=val/loss "
+    "hydra.sweep.dir=logs/paper_table/multiruns/val_chosen_ce"
+)
+VAL_CHOSEN_MTCSNN = PAPER_TABLE + (
+    "loss=mtcsnn loss.label_smoothing=0.1 optimized_metric=val/loss "
+    "hydra.sweep.dir=logs/paper_table/multiruns/val_chosen_mtcsnn"
+)
+STRONG_CORRUPT = PAPER_TABLE + (
+    "data.augment=strong_corrupt hydra.sweep.dir=logs/paper_table/multiruns/strong_corrupt"
+)
+
 RUN = {
     "python -m mtcsnn.train": Run("trainer.max_epochs=1", runs(1)),
     "python -m mtcsnn.train trainer.max_epochs=10": Run(SMALL, runs(1)),
@@ -307,6 +320,16 @@ RUN = {
     ),
     "python -m mtcsnn.report logs/paper_table/multiruns/<date>_<time> "
     "--out docs/results/default_recipe": Run("", report(2, 1)),
+    # each loss's val-chosen settings and the corruption augmentation (docs/results.md), one seed
+    VAL_CHOSEN_CE: Run(ONE_SEED, runs(1)),
+    VAL_CHOSEN_CE + " resume=true corruptions=all": Run(ONE_SEED, measured(1)),
+    VAL_CHOSEN_MTCSNN: Run(ONE_SEED, runs(1)),
+    VAL_CHOSEN_MTCSNN + " resume=true corruptions=all": Run(ONE_SEED, measured(1)),
+    STRONG_CORRUPT + " hydra/launcher=parallel hydra.launcher.n_jobs=2": Run(ONE_SEED, runs(2)),
+    STRONG_CORRUPT + " resume=true corruptions=all": Run(ONE_SEED, measured(2)),
+    "python -m mtcsnn.report logs/paper_table/multiruns/<date>_<time> "
+    "logs/paper_table/multiruns/val_chosen_ce logs/paper_table/multiruns/val_chosen_mtcsnn "
+    "logs/paper_table/multiruns/strong_corrupt --out docs/results/screening": Run("", report(6, 2)),
     # 3 backbones x 2 losses, one seed; each MTCSNN row paired with its CE row
     "python -m mtcsnn.report logs/paper_table/multiruns/<date>_<time>": Run("", report(6, 3)),
     "python -m mtcsnn.train hparams_search=resnet18_optuna": Run(
@@ -491,16 +514,25 @@ def photo_folders(project: Path, rng: np.random.Generator) -> None:
     (project / "aptos" / "train.csv").write_text("\n".join(aptos) + "\n")
 
 
-def newest_or_none(folder: Path) -> Path | None:
-    """The most recently written sub-folder of ``folder``; None when there is none yet."""
+# what ``<date>_<time>`` stands for: a folder Hydra named (a sweep named by the docs is not one)
+DATED = re.compile(r"\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}")
+
+
+def newest_or_none(folder: Path, named: re.Pattern | None = None) -> Path | None:
+    """The most recently written sub-folder of ``folder`` (whose name ``named`` matches);
+    None when there is none yet."""
     if not folder.is_dir():
         return None
-    found = sorted((p for p in folder.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    found = [p for p in folder.iterdir() if p.is_dir()]
+    found = sorted(
+        (p for p in found if named is None or named.fullmatch(p.name)),
+        key=lambda p: p.stat().st_mtime,
+    )
     return found[-1] if found else None
 
 
-def newest(folder: Path) -> Path:
-    found = newest_or_none(folder)
+def newest(folder: Path, named: re.Pattern | None = None) -> Path:
+    found = newest_or_none(folder, named)
     if found is None:
         pytest.fail(f"{folder} is empty: this command needs the commands above it")
     return found
@@ -525,7 +557,8 @@ def fill_placeholders(text: str, cwd: Path) -> str:
         text = text.replace("<same sweep>", overrides_of(sweep_dir, multirun=True))
         text = text.replace("<sweep dir>", str(sweep_dir.relative_to(cwd)))
     for match in re.finditer(r"([^\s=]*?)/<date>_<time>", text):
-        text = text.replace(match.group(0), str(newest(cwd / match.group(1)).relative_to(cwd)))
+        made = newest(cwd / match.group(1), DATED)
+        text = text.replace(match.group(0), str(made.relative_to(cwd)))
     placeholder = re.search(r"([^\s=]+)/epoch_012\.ckpt", text)
     if placeholder:  # the best epoch of the run: whichever one it is
         (best,) = (cwd / placeholder.group(1)).glob("epoch_*.ckpt")
