@@ -18,7 +18,12 @@ class ConfigError(MTCSNNError, ValueError):
 
 
 class StoppedError(MTCSNNError):
-    """The run was stopped from outside (SIGTERM, Ctrl-C) and can be resumed."""
+    """The run was stopped from outside (SIGTERM, Ctrl-C, SLURM's warning) and can be resumed;
+    ``signal`` names the signal (``"SIGTERM"``, ``"SIGINT"``, ``"SIGUSR2"``)."""
+
+    def __init__(self, message: str, signal: str | None = None) -> None:
+        super().__init__(message)
+        self.signal = signal
 
 
 class DivergenceError(MTCSNNError):

@@ -78,7 +78,12 @@ SKIPPED = {
     "python -m mtcsnn.train --multirun hydra/launcher=slurm experiment=paper_table trainer=gpu "
     "hydra.launcher.partition=gpu hydra.launcher.account=my_lab "
     "hydra.launcher.timeout_min=30": (
-        "needs a SLURM cluster; tests/test_configs.py composes the launcher config"
+        "needs GPU nodes; tests/test_cluster.py runs the CPU variant below on CI's SLURM cluster"
+    ),
+    "python -m mtcsnn.train --multirun hydra/launcher=slurm trainer=cpu "
+    "hydra.launcher.gpus_per_node=0 hydra.launcher.cpus_per_task=2 hydra.launcher.mem_gb=4 "
+    "loss=ce,mtcsnn seed=1,2,3": (
+        "runs as typed on CI's SLURM cluster, in its own step: tests/test_cluster.py"
     ),
     "python -m mtcsnn.report logs/paper_table/multiruns/<date>_<time>#slurm": (
         "reads the SLURM sweep above (the same report command runs after experiment=paper_table)"

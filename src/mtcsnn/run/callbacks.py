@@ -20,6 +20,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.imports import _RICH_AVAILABLE
 
+from mtcsnn.run.distributed import SLURM_WARNING
 from mtcsnn.run.files import val_predictions_csv, write_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ LIGHTNING_SIGNAL_LOGGER = "pytorch_lightning.trainer.connectors.signal_connector
 SIGNAL_NAMES = {
     "SIGINT": "SIGINT (Ctrl-C)",
     "SIGTERM": "SIGTERM",
+    "SIGUSR2": "SIGUSR2 (SLURM: preemption or the time limit ahead)",
 }
 
 
@@ -83,7 +85,8 @@ def epoch_progress_bar() -> ProgressBar:
 
 
 class RunState(pl.Callback):
-    """Keeps the random state in checkpoints, and stops a run on SIGTERM at an epoch end.
+    """Keeps the random state in checkpoints, and stops a run on SIGTERM (or SLURM's warning,
+    SIGUSR2) at an epoch end.
 
     Lightning checkpoints hold weights, optimiser, schedule and loop counters, not the random
     number generators; the augmentation draws from torch's generator, so a resumed run would
@@ -96,8 +99,10 @@ class RunState(pl.Callback):
 
     def __init__(self, dirpath: str) -> None:
         self.dirpath = Path(dirpath)
-        self.stop_signal: str | None = None  # "SIGTERM" or "SIGINT" once one asked to stop
+        # "SIGTERM", "SIGINT" or "SIGUSR2" once one asked to stop
+        self.stop_signal: str | None = None
         self._lightning_handler = None
+        self._slurm_handler = None
 
     @property
     def last_path(self) -> Path:
@@ -119,6 +124,9 @@ class RunState(pl.Callback):
     def _note_sigterm(self, signum, frame) -> None:
         self.stop_signal = "SIGTERM"  # nothing else: this runs between any two bytecodes
 
+    def _note_slurm_warning(self, signum, frame) -> None:
+        self.stop_signal = self.stop_signal or "SIGUSR2"
+
     def _note_sigint(self, signum, frame) -> None:
         """Ctrl-C: stop like SIGTERM at the epoch end; a second Ctrl-C stops at once."""
         if self.stop_signal == "SIGINT":
@@ -134,6 +142,14 @@ class RunState(pl.Callback):
         if current != self._note_sigterm:
             self._lightning_handler = current
             signal.signal(signal.SIGTERM, self._note_sigterm)
+        if (
+            SLURM_WARNING is not None
+            and signal.getsignal(SLURM_WARNING) != self._note_slurm_warning
+        ):
+            # in a SLURM job the run stops at the epoch end too, then the job is requeued
+            # (mtcsnn.run.slurm); whatever handled the signal before gets it back at teardown
+            self._slurm_handler = signal.getsignal(SLURM_WARNING)
+            signal.signal(SLURM_WARNING, self._note_slurm_warning)
         if callable(self._lightning_handler) and signal.getsignal(signal.SIGINT) in (
             signal.default_int_handler,
             self._note_sigint,
@@ -144,6 +160,8 @@ class RunState(pl.Callback):
         if threading.current_thread() is threading.main_thread():
             if signal.getsignal(signal.SIGINT) == self._note_sigint:
                 signal.signal(signal.SIGINT, signal.default_int_handler)
+            if SLURM_WARNING is not None and self._slurm_handler is not None:
+                signal.signal(SLURM_WARNING, self._slurm_handler)
 
     def on_sanity_check_start(self, trainer: pl.Trainer, pl_module) -> None:
         self._defer_sigterm()

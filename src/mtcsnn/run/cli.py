@@ -173,6 +173,21 @@ def missing_arguments_message(cfg: DictConfig, example: str) -> str | None:
     return f"{' and '.join(missing)} {verb} required, e.g. {example}"
 
 
+def register_launchers() -> None:
+    """Our Hydra launchers, also where Hydra's plugin scan cannot see them (an editable
+    install maps ``hydra_plugins.mtcsnn_slurm_launcher`` through a finder that the scan does
+    not walk); without the cluster extra there is none."""
+    from importlib.util import find_spec
+
+    if find_spec("hydra_plugins.hydra_submitit_launcher") is None:
+        return
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.mtcsnn_slurm_launcher import SlurmLauncher
+
+    Plugins.instance().register(SlurmLauncher)
+
+
 def command(
     config_name: str, example: str = ""
 ) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
@@ -209,6 +224,7 @@ def command(
         @functools.wraps(task)
         def main() -> Any:
             register_resolvers()  # the configs composed below use them (idempotent)
+            register_launchers()
             argv = sys.argv[1:]
             overrides = [a for a in argv if not a.startswith("-")]
             message = unknown_option_message(overrides) or unknown_key_message(

@@ -20,6 +20,7 @@ from mtcsnn.grading.score_decoding import decode_if_trained
 from mtcsnn.models import MTCSNNModule
 from mtcsnn.models.lit_module import NonFiniteOutputError
 from mtcsnn.run.console import metrics_line, screening_line
+from mtcsnn.run.distributed import cluster_environment
 from mtcsnn.run.files import (
     data_fingerprint,
 )
@@ -173,7 +174,7 @@ def validate_and_test(
     Each is one short pass: no progress bar, and the metrics are logged with 4 digits here
     instead of Lightning's full-precision tables.
     """
-    quiet = {"callbacks": [], "enable_progress_bar": False}
+    quiet = {"callbacks": [], "enable_progress_bar": False, "plugins": cluster_environment()}
     validator: pl.Trainer = instantiate(trainer_cfg, **quiet, logger=False)
     val = validator.validate(model, datamodule=datamodule, verbose=False)[0]
     val_metrics = {k.removeprefix("val/"): float(v) for k, v in val.items()}

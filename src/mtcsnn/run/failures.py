@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import sys
 import traceback
@@ -25,6 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from mtcsnn.errors import ConfigError, MTCSNNError, StoppedError
+from mtcsnn.run.distributed import owns_run_dir
 from mtcsnn.run.files import write_json
 from mtcsnn.run.run_dir import RunDirError, hold, release
 
@@ -79,7 +79,7 @@ def recorded(run: Callable[[DictConfig], dict], cfg: DictConfig) -> dict | None:
     not failures of this run: nothing is recorded.
     """
     out_dir = Path(cfg.paths.output_dir)
-    launcher = "LOCAL_RANK" not in os.environ  # DDP's other processes work in the same dir
+    launcher = owns_run_dir()  # DDP's other processes (or SLURM tasks) work in the same dir
     if launcher:
         hold(out_dir)
     try:

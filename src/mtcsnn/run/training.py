@@ -32,7 +32,12 @@ from mtcsnn.run.checks import check_config, cost_warnings
 from mtcsnn.run.config import flatten
 from mtcsnn.run.config_spec import spec_of_config
 from mtcsnn.run.console import progress_bar_wanted, quiet_libraries
-from mtcsnn.run.distributed import end_ddp_job, use_job_commands_for_ddp_children
+from mtcsnn.run.distributed import (
+    cluster_environment,
+    end_ddp_job,
+    owns_run_dir,
+    use_job_commands_for_ddp_children,
+)
 from mtcsnn.run.evaluation import evaluation_results, referral_of
 from mtcsnn.run.failures import clear_failure, in_multirun
 from mtcsnn.run.files import (
@@ -111,9 +116,9 @@ def train(cfg: DictConfig, test: bool = True) -> dict:
     """
     quiet_libraries()
     check_config(cfg)
-    launches_ddp = "LOCAL_RANK" not in os.environ  # Lightning sets it in every DDP process
+    launches_ddp = owns_run_dir()  # DDP's other processes (or SLURM tasks) join this run
     out_dir = Path(cfg.paths.output_dir)
-    if launches_ddp:  # DDP's other processes work in the same dir, for the same run
+    if launches_ddp:
         claim_run_dir(cfg, out_dir)  # before anything is printed or written
     for warning in cost_warnings(cfg):
         log.warning(warning)
@@ -249,7 +254,7 @@ def fit_and_test(cfg: DictConfig, test: bool = True) -> dict:
         callbacks=callbacks,
         logger=loggers or False,
         enable_progress_bar=bar,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(), *cluster_environment()],
     )
 
     start = time.perf_counter()
@@ -265,7 +270,8 @@ def fit_and_test(cfg: DictConfig, test: bool = True) -> dict:
         raise StoppedError(
             f"stopped by {signal_label(signal_name)} after epoch {trainer.current_epoch}; saved "
             f"{out_dir / 'checkpoints' / 'last.ckpt'}. Resume with the same command plus "
-            f"hydra.run.dir={out_dir} resume=true"
+            f"hydra.run.dir={out_dir} resume=true",
+            signal=signal_name,
         ) from None
     fit_seconds = time.perf_counter() - start
 
@@ -291,6 +297,7 @@ def fit_and_test(cfg: DictConfig, test: bool = True) -> dict:
         resumed_from=str(resumed_from) if resumed_from else None,
         seed=cfg.seed,
         threads=torch.get_num_threads(),
+        world_size=trainer.world_size,  # processes that trained it (DDP), 1 alone
         choices=config_choices(),
         wall_time_s={
             "fit": round(fit_seconds, 2),
