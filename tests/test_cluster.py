@@ -166,3 +166,42 @@ def test_a_preempted_job_is_requeued_and_ends_with_an_uninterrupted_run_s_number
     whole = run_train(*longer, f"hydra.run.dir={tmp_path / 'whole'}")
     assert whole.returncode == 0, whole.stderr[-3000:]
     same_numbers(sweep / "0", tmp_path / "whole")
+
+
+def test_the_documented_array_of_search_workers_runs_as_typed(tmp_path):
+    """docs/cluster.md's SLURM array of search workers, as typed but for a tiny trial."""
+    text = (ROOT / "docs" / "cluster.md").read_text()
+    (typed,) = [line for line in text.splitlines() if line.startswith("sbatch --array=")]
+    wrapped = shlex.split(typed)
+    tiny = "data=synthetic data.num_train=40 data.num_val=20 data.num_test=20"
+    wrapped[-1] += f" {tiny} trainer.max_epochs=1 hparams_search.n_trials=4"
+    submitted = subprocess.run(
+        [*wrapped[:-2], "--parsable", "--wrap", wrapped[-1]],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    array = submitted.stdout.strip().split(";")[0]
+    deadline = time.monotonic() + 600
+    while subprocess.run(["squeue", "-h", "-j", array], capture_output=True, text=True).stdout:
+        assert time.monotonic() < deadline, "the array did not end"
+        time.sleep(1)
+    outputs = "".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
+    assert "Traceback" not in outputs, outputs[-3000:]
+    import optuna
+
+    from mtcsnn.run.search import study_storage
+
+    journal = re.search(r"hparams_search.storage=(\S+)", typed).group(1)
+    study = optuna.load_study(
+        study_name="resnet18_mtcsnn", storage=study_storage(str(tmp_path / journal))
+    )
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 4 and len({t.number for t in complete}) == 4
+    tested = [
+        t.number
+        for t in complete
+        if json.loads((Path(t.user_attrs["run_dir"]) / "metrics.json").read_text())["test"]
+    ]
+    assert tested == [study.best_trial.number]

@@ -58,9 +58,9 @@ def test_search_trains_each_trial_and_resumes_a_stored_study(tmp_path):
     )
     assert (first.stdout + first.stderr).count("- test: auroc") == 1
 
-    again = run_train(
+    again = run_train(  # n_trials is the study's total: one more
         *TINY_SEARCH,
-        "hparams_search.n_trials=1",
+        "hparams_search.n_trials=3",
         f"hparams_search.storage={storage}",
         f"hydra.run.dir={tmp_path / 'b'}",
     )

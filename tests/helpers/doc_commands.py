@@ -80,6 +80,11 @@ SKIPPED = {
     "hydra.launcher.timeout_min=30": (
         "needs GPU nodes; tests/test_cluster.py runs the CPU variant below on CI's SLURM cluster"
     ),
+    'sbatch --array=0-3 --cpus-per-task=2 --mem=4G --wrap "python -m mtcsnn.train '
+    "hparams_search=resnet18_optuna hparams_search.n_trials=40 "
+    'hparams_search.storage=logs/resnet18.journal trainer=cpu"': (
+        "runs as typed on CI's SLURM cluster, in its own step: tests/test_cluster.py"
+    ),
     "python -m mtcsnn.train --multirun hydra/launcher=slurm trainer=cpu "
     "hydra.launcher.gpus_per_node=0 hydra.launcher.cpus_per_task=2 hydra.launcher.mem_gb=4 "
     "loss=ce,mtcsnn seed=1,2,3": (
@@ -445,7 +450,8 @@ def tag_repeats(commands: list[Command]) -> list[Command]:
     tagged = []
     for i, command in enumerate(commands):
         key = command.text
-        if i and "hydra/launcher=slurm" in commands[i - 1].text:
+        after_slurm = i and "hydra/launcher=slurm" in commands[i - 1].text
+        if after_slurm and command.text.startswith("python -m mtcsnn.report"):
             key += "#slurm"
         tagged.append(Command(command.doc, command.line, command.text, key))
     return tagged
