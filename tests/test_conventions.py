@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from mtcsnn.report import main as report_main
-from mtcsnn.reporting.page import md
+from mtcsnn.reporting.markdown import md
 from mtcsnn.reporting.runs import DEBUG_RUN, collect_runs
 from mtcsnn.run.config import CONFIG_PATH
 from mtcsnn.run.training import train

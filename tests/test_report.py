@@ -11,7 +11,7 @@ from mtcsnn.grading.selection import held_out_auroc
 from mtcsnn.report import main
 from mtcsnn.reporting.comparing import baseline_of, chosen_on_val, paired_difference
 from mtcsnn.reporting.grouping import group_runs, label
-from mtcsnn.reporting.page import md
+from mtcsnn.reporting.markdown import md
 from mtcsnn.reporting.predictions import read_val_predictions
 from mtcsnn.reporting.runs import collect_runs
 from mtcsnn.run.files import predictions_csv, val_predictions_csv

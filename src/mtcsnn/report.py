@@ -22,6 +22,14 @@ from mtcsnn.reporting.comparing import (
     pooled_comparison,
     val_choices_compared,
 )
+from mtcsnn.reporting.cross_validation import (
+    FoldSet,
+    combine_folds,
+    cv_lines,
+    cv_rows,
+    cv_summary,
+    oof_comparisons,
+)
 from mtcsnn.reporting.figures import write_figures
 from mtcsnn.reporting.grouping import group_runs
 from mtcsnn.reporting.page import results_markdown
@@ -53,6 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         print("error: several folders need --out (where to write the report)", file=sys.stderr)
         return 2
     runs, skipped = collect_all(args.folders)
+    found = len(runs)
+    runs, incomplete = combine_folds(runs)  # the fold runs of each seed of a CV sweep as one
+    skipped = sorted(skipped + incomplete)
+    sets = sum(isinstance(r, FoldSet) for r in runs)
+    if sets:
+        print(f"{found - len(runs) + sets} fold runs put together as {sets} cross-validation sets")
     try:  # the runs are named from the folders' common part
         root = Path(os.path.commonpath(args.folders))
     except ValueError:  # some relative, some absolute
@@ -76,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     robust = robustness_rows(groups)
     choices = val_choices_compared(groups, args.bootstrap)
     add_corruption_errors(choices, groups)
+    folds, folds_compared = cv_rows(groups), oof_comparisons(groups, args.bootstrap)
     markdown = results_markdown(
         groups,
         compared,
@@ -86,11 +101,14 @@ def main(argv: list[str] | None = None) -> int:
         referrals,
         robust,
         choices,
+        cv_lines(folds, folds_compared),
     )
     write_text_atomic(out / "results.md", markdown)
     summary = report_summary(
         groups, compared, ensembles, pooled, root, args.bootstrap, referrals, robust, choices
     )
+    if folds:
+        summary["cross_validation"] = cv_summary(folds, folds_compared)
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     figures = write_figures(groups, out)
     print(f"{len(runs)} run(s) in {len(groups)} configuration(s), {len(skipped)} skipped")

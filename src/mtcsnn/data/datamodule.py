@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from mtcsnn.data.augment import augment, check_augment
 from mtcsnn.data.datasets import ImageDataset, PairDataset
+from mtcsnn.data.folds import check_folds, fold_split
 from mtcsnn.data.pairing import PairSampler, check_pairing
 from mtcsnn.errors import ConfigError, DataError
 
@@ -72,6 +73,11 @@ class PairDataModule(pl.LightningDataModule):
     during training) after they reach the device, in :meth:`on_after_batch_transfer`. On a GPU,
     each split that fits :data:`RESIDENT_MAX_BYTES` is uploaded once and batches are gathered
     on the device (:meth:`split_on_device`).
+
+    With ``folds`` (K-fold cross-validation, :mod:`mtcsnn.data.folds`) the train and val splits
+    are pooled, fold ``fold`` becomes val and the others train; test stays as it is.
+    ``ids[split]`` names each image of a split: its position in that split, or in a CV run its
+    position in the pool (train images first, then val); predictions files call it ``index``.
     """
 
     def __init__(
@@ -82,11 +88,16 @@ class PairDataModule(pl.LightningDataModule):
         pairing: str = "random",
         seed: int = 0,
         num_workers: int = 0,
+        folds: int | None = None,
+        fold: int = 0,
+        fold_seed: int = 0,
     ) -> None:
         super().__init__()
         check_batch_size(batch_size)
         check_augment(augment)
         check_pairing(pairing)
+        check_folds(folds, fold)
+        self.folds, self.fold, self.fold_seed = folds, fold, fold_seed
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.augment = augment
@@ -94,6 +105,7 @@ class PairDataModule(pl.LightningDataModule):
         self.seed = seed
         self.num_workers = num_workers
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.ids: dict[str, torch.Tensor] = {}
         self._resident: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
@@ -112,11 +124,32 @@ class PairDataModule(pl.LightningDataModule):
         for split in SPLITS:
             if split not in self.splits:
                 self.splits[split] = self.load_split(split)
+        self.ids = {split: torch.arange(len(self.splits[split][1])) for split in SPLITS}
+        if self.folds is not None:
+            self._fold_train_and_val()
         check_scorable(
             {split: grades for split, (_, grades) in self.splits.items()},
             type(self).__name__,
             "Use more val and test images.",
         )
+
+    def _fold_train_and_val(self) -> None:
+        """Fold ``fold`` of the pooled train and val images becomes val, the rest train."""
+        (train_images, train_grades), (val_images, val_grades) = (
+            self.splits["train"],
+            self.splits["val"],
+        )
+        images, grades = (
+            torch.cat([train_images, val_images]),
+            torch.cat([train_grades, val_grades]),
+        )
+        train, val = (
+            torch.from_numpy(positions)
+            for positions in fold_split(grades.numpy(), self.folds, self.fold, self.fold_seed)
+        )
+        self.splits["train"] = (images[train], grades[train])
+        self.splits["val"] = (images[val], grades[val])
+        self.ids["train"], self.ids["val"] = train, val
 
     def _rank(self) -> tuple[int, int]:
         """(rank, world size) of this process; (0, 1) outside data-parallel training."""
@@ -168,7 +201,8 @@ class PairDataModule(pl.LightningDataModule):
         rank, world_size = self._rank()
         share = torch.arange(len(images), device=images.device).tensor_split(world_size)[rank]
         batches = list(share.split(self.eval_batch_size))
-        return self._loader(ImageDataset(images, grades), batches)
+        ids = self.ids.get(split, torch.arange(len(grades))).to(images.device)
+        return self._loader(ImageDataset(images, grades, ids), batches)
 
     def _loader(self, dataset: Any, sampler: Any) -> DataLoader:
         # The sampler yields whole batches of indices and the dataset indexes them at once,

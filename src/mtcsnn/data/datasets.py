@@ -32,13 +32,17 @@ class PairDataset(Dataset):
 
 
 class ImageDataset(Dataset):
-    """Single images for evaluation: indexed by a 1-d tensor of indices, returns a batch dict."""
+    """Single images for evaluation: indexed by a 1-d tensor of indices, returns a batch dict
+    whose ``index`` is each image's id (``ids``; by default its position)."""
 
-    def __init__(self, images: torch.Tensor, grades: torch.Tensor) -> None:
+    def __init__(
+        self, images: torch.Tensor, grades: torch.Tensor, ids: torch.Tensor | None = None
+    ) -> None:
         self.images, self.grades = images, grades
+        self.ids = ids if ids is not None else torch.arange(len(grades), device=grades.device)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"image": self.images[index], "grade": self.grades[index], "index": index}
+        return {"image": self.images[index], "grade": self.grades[index], "index": self.ids[index]}

@@ -35,14 +35,14 @@ IGNORED_PREFIXES = tuple(f"{section}." for section in NOT_TRAINING_SECTIONS)
 IGNORED_SUFFIXES = NOT_TRAINING_SUFFIXES
 
 
-def _ignored(key: str) -> bool:
+def ignored(key: str) -> bool:
     name = key.split(".", 1)[1]  # choices.logger -> logger, config.loss.lam -> loss.lam
     return name in IGNORED_KEYS or not changes_training(name)
 
 
 def varying_keys(runs: list[Run]) -> list[str]:
     """Settings that tell configurations apart: chosen config files, then values within them."""
-    keys = sorted({k for r in runs for k in r.settings if not _ignored(k)})
+    keys = sorted({k for r in runs for k in r.settings if not ignored(k)})
     varying = [k for k in keys if len({r.settings.get(k) for r in runs}) > 1]
     # a key missing from older runs and constant where present (a setting added later, at its
     # default) does not tell configurations apart

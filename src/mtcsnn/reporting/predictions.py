@@ -118,6 +118,13 @@ def read_val_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
     the same grades in every epoch, each once, and finite probabilities that sum to 1 is a
     ValueError.
     """
+    _, _, grades, probs = read_val_epochs(path)
+    return grades, probs
+
+
+def read_val_epochs(path: Path) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`read_val_predictions` with what it leaves out: the file's epochs (counted from
+    0, as it counts them) and the images' ``index`` (n,), in the order of the rows returned."""
     rows, classes = _prob_rows(path)
     by_epoch: dict[int, dict[int, tuple[int, list[float]]]] = defaultdict(dict)
     for line, row in enumerate(rows, start=2):
@@ -139,7 +146,7 @@ def read_val_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
     probs_array = np.array(probs)
     if not np.isfinite(probs_array).all():
         raise ValueError("a probability is not a finite number")
-    return grades, probs_array
+    return epochs, np.array(images), grades, probs_array
 
 
 def _scores(rows: list[dict[str, str]]) -> np.ndarray | None:

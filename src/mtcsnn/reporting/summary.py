@@ -21,19 +21,21 @@ from mtcsnn.reporting.runs import Run
 SUMMARY_FORMAT = 1
 
 
-def _number(value: float) -> float | None:
+def number_or_null(value: float) -> float | None:
     """JSON has no NaN: a figure that does not exist (the std of one seed) is null."""
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def _mean_std(pair: tuple[float, float]) -> dict[str, float | None]:
-    return {"mean": _number(pair[0]), "std": _number(pair[1])}
+def mean_std_summary(pair: tuple[float, float]) -> dict[str, float | None]:
+    return {"mean": number_or_null(pair[0]), "std": number_or_null(pair[1])}
 
 
-def _difference(row: dict) -> dict[str, dict[str, float | None]]:
+def difference_summary(row: dict) -> dict[str, dict[str, float | None]]:
     """``{"auroc": {"difference", "low", "high"}, "acc": ...}`` of a comparison row."""
     return {
-        metric: dict(zip(("difference", "low", "high"), map(_number, row[metric]), strict=True))
+        metric: dict(
+            zip(("difference", "low", "high"), map(number_or_null, row[metric]), strict=True)
+        )
         for metric in PAIRED_METRICS
     }
 
@@ -45,14 +47,14 @@ def _configuration(config: tuple, runs: list[Run], root: Path) -> dict:
         if key == HELD_OUT:
             continue
         stage, metric = key.split("/", 1)
-        stages[stage][metric] = _mean_std(pair)
+        stages[stage][metric] = mean_std_summary(pair)
     if HELD_OUT in numbers:
-        stages["val"]["auroc_held_out"] = _mean_std(numbers[HELD_OUT])
+        stages["val"]["auroc_held_out"] = mean_std_summary(numbers[HELD_OUT])
     decoded = [r.metrics["score_decoding"] for r in runs if "score_decoding" in r.metrics]
     if decoded:  # the severity score as a grader (test): thresholds fitted on val, pairwise
         stages["test"]["score_decoding"] = {
             way: {
-                m: _mean_std(_mean_and_std([d[way]["test"][m] for d in decoded]))
+                m: mean_std_summary(_mean_and_std([d[way]["test"][m] for d in decoded]))
                 for m in ("acc", "kappa", "mae")
             }
             for way in ("thresholds", "pairwise")
@@ -60,10 +62,10 @@ def _configuration(config: tuple, runs: list[Run], root: Path) -> dict:
     for key, pair in screening_summary(runs).items():
         section, _, name = key.rpartition(".")
         target = stages["test"].setdefault(section, {}) if section else stages["test"]
-        target[name] = _mean_std(pair)
+        target[name] = mean_std_summary(pair)
     for stage, figures in stages.items():  # every other figure all the runs have (recall_2, loss)
         for name, values in _common_figures(runs, stage).items():
-            figures.setdefault(name, _mean_std(_mean_and_std(values)))
+            figures.setdefault(name, mean_std_summary(_mean_and_std(values)))
     return {
         "configuration": label(config),
         "settings": {key.split(".", 1)[1]: value for key, value in config},
@@ -126,12 +128,16 @@ def report_summary(
                 "configuration": label(row["config"]),
                 "baseline": label(row["baseline"]),
                 "paired_seeds": row["seeds"],
-                **_difference(row),
+                **difference_summary(row),
             }
             for row in compared
         ],
         "pooled": (
-            {"configurations": pooled["configs"], "pairs": pooled["pairs"], **_difference(pooled)}
+            {
+                "configurations": pooled["configs"],
+                "pairs": pooled["pairs"],
+                **difference_summary(pooled),
+            }
             if pooled
             else None
         ),
@@ -139,9 +145,9 @@ def report_summary(
             {
                 "configuration": label(row["config"]),
                 "seeds": row["seeds"],
-                "test": {m: _number(v) for m, v in row["scores"].items()},
+                "test": {m: number_or_null(v) for m, v in row["scores"].items()},
                 **(
-                    {"baseline": label(row["baseline"]), "vs_baseline": _difference(row)}
+                    {"baseline": label(row["baseline"]), "vs_baseline": difference_summary(row)}
                     if "baseline" in row
                     else {}
                 ),
@@ -154,7 +160,7 @@ def report_summary(
                 "models": row["models"],
                 "seeds": row["seeds"],
                 "uncertainty": row["uncertainty"],
-                **{f: _mean_std(row[f]) for f in REFERRAL_FIGURES if f in row},
+                **{f: mean_std_summary(row[f]) for f in REFERRAL_FIGURES if f in row},
             }
             for row in referrals or []
         ],
@@ -188,8 +194,8 @@ def report_summary(
                 "configuration": label(row["config"]),
                 "baseline": label(row["baseline"]),
                 "paired_seeds": row["seeds"],
-                **_difference(row),
-                **({"mce": _number(row["mce"])} if "mce" in row else {}),
+                **difference_summary(row),
+                **({"mce": number_or_null(row["mce"])} if "mce" in row else {}),
             }
             for row in choices or []
         ],
