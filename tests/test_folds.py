@@ -10,11 +10,12 @@ import pytest
 import torch
 from conftest import REAL_NPZ
 from helpers.cli import run_module, run_train
+from helpers.photos import photo_folder
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from sklearn.metrics import roc_auc_score
 
-from mtcsnn.data import RetinaMNISTDataModule, SyntheticDataModule
+from mtcsnn.data import FundusFolderDataModule, RetinaMNISTDataModule, SyntheticDataModule
 from mtcsnn.data.folds import check_folds, fold_split
 from mtcsnn.errors import ConfigError, DataError
 from mtcsnn.run.config import CONFIG_PATH
@@ -105,6 +106,26 @@ def test_retinamnist_folds_pool_its_1200_train_and_val_images_and_never_touch_te
     assert torch.equal(folded.splits["test"][0], official.splits["test"][0])
     pool = torch.cat([official.splits["train"][1], official.splits["val"][1]])
     assert torch.equal(folded.splits["val"][1], pool[folded.ids["val"]])
+
+
+def test_a_photograph_folders_train_and_val_rows_are_pooled_the_same_way(tmp_path):
+    rows = photo_folder(tmp_path, count=50)
+    # the CSV's own split column: 30 train, 10 val, 10 test
+    splits = ["train"] * 30 + ["val"] * 10 + ["test"] * 10
+    lines = ["path,grade,split"] + [f"{p},{g},{s}" for (p, g), s in zip(rows, splits, strict=True)]
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    labels = str(tmp_path / "labels.csv")
+    official = FundusFolderDataModule(labels, size=32)
+    official.setup()
+    pool = torch.cat([official.splits["train"][1], official.splits["val"][1]])
+    seen = []
+    for fold in range(2):
+        folded = FundusFolderDataModule(labels, size=32, folds=2, fold=fold)
+        folded.setup()
+        assert torch.equal(folded.splits["val"][1], pool[folded.ids["val"]])
+        assert torch.equal(folded.splits["test"][0], official.splits["test"][0])
+        seen.append(folded.ids["val"])
+    assert torch.equal(torch.sort(torch.cat(seen)).values, torch.arange(40))
 
 
 def test_experiment_cv_sweeps_the_five_folds_and_composes_with_other_sweeps():

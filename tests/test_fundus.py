@@ -9,21 +9,12 @@ import numpy as np
 import pytest
 from helpers.cli import run_module, run_train
 from helpers.metrics import flat
+from helpers.photos import fundus, photo_folder
 from PIL import Image
 
 from mtcsnn.data.fundus import disc_box, prepare_image
 from mtcsnn.data.fundus_folder import FundusFolderDataModule, stratified_split
 from mtcsnn.errors import DataError
-
-
-def fundus(width: int, height: int, radius: float, level: int = 150, seed: int = 0) -> np.ndarray:
-    """A bright disc of ``radius`` pixels centred in a black frame (cut where it is larger)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width]
-    disc = (xx - width / 2) ** 2 + (yy - height / 2) ** 2 < radius**2
-    image = np.zeros((height, width, 3), dtype=np.uint8)
-    image[disc] = (level, level // 2, level // 4)
-    return image + rng.integers(0, 8, image.shape, dtype=np.uint8)  # sensor noise in the border
 
 
 def test_a_disc_wider_than_the_frame_keeps_its_edges():
@@ -64,20 +55,6 @@ def test_the_stratified_split_keeps_each_grades_share_and_its_seed():
     assert (small == "val").sum() == 1 and (small == "test").sum() == 2
     assert np.array_equal(split, stratified_split(grades, 0.1, 0.2, seed=3))
     assert not np.array_equal(split, stratified_split(grades, 0.1, 0.2, seed=4))
-
-
-def photo_folder(root, count: int = 40, size=(96, 64)) -> list[tuple[str, int]]:
-    (root / "photos").mkdir(parents=True)
-    rows = []
-    for i in range(count):
-        grade = i % 5
-        name = f"photos/eye_{i:02d}.png"
-        image = fundus(*size, radius=size[1] * 0.6, level=60 + 40 * grade, seed=i)
-        Image.fromarray(image).save(root / name)
-        rows.append((name, grade))
-    with open(root / "labels.csv", "w", newline="") as f:
-        csv.writer(f).writerows([("path", "grade"), *rows])
-    return rows
 
 
 @pytest.mark.parametrize(

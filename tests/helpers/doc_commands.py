@@ -158,6 +158,20 @@ def report(rows: int, compared: int = 0) -> Callable[[set[Path], str], None]:
     return check
 
 
+def cross_validated(configurations: int) -> Callable[[set[Path], str], None]:
+    """A report with ``configurations`` rows of cross-validation (each seed's folds as one)."""
+
+    def check(written: set[Path], output: str) -> None:
+        (folder,) = folders_with(written, "results.md")
+        summary = json.loads((folder / "summary.json").read_text())
+        rows = summary["cross_validation"]["configurations"]
+        assert len(rows) == configurations, output
+        assert all(0 <= row["out_of_fold"]["auroc"] <= 1 for row in rows)
+        assert "## Cross-validation" in (folder / "results.md").read_text()
+
+    return check
+
+
 def search(trials: int) -> Callable[[set[Path], str], None]:
     def check(written: set[Path], output: str) -> None:
         (folder,) = folders_with(written, "search.json")
@@ -316,6 +330,11 @@ RUN = {
     "python -m mtcsnn.train --multirun loss.lam=0,0.25,0.5,1,2 seed=1,2,3": Run(ONE_SEED, runs(5)),
     "python -m mtcsnn.train experiment=paper_table": Run(ONE_SEED, runs(6)),
     "python -m mtcsnn.train experiment=lambda_sweep": Run(ONE_SEED, runs(6)),
+    # two folds of one seed for each loss
+    "python -m mtcsnn.train experiment=cv loss=ce,mtcsnn seed=1,2,3": Run(
+        ONE_SEED + " data.folds=2 'data.fold=range(0,2)'", runs(4)
+    ),
+    "python -m mtcsnn.report logs/cv/multiruns/<date>_<time>": Run("", cross_validated(2)),
     "python -m mtcsnn.train experiment=lambda_sweep loss.lam=0.1 loss.difference=signed": Run(
         ONE_SEED, runs(1)
     ),
