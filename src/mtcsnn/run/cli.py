@@ -176,10 +176,12 @@ def missing_arguments_message(cfg: DictConfig, example: str) -> str | None:
 def register_launchers() -> None:
     """Our Hydra launchers, also where Hydra's plugin scan cannot see them (an editable
     install maps ``hydra_plugins.mtcsnn_slurm_launcher`` through a finder that the scan does
-    not walk); without the cluster extra there is none."""
+    not walk); without the cluster extra there is none, nor in an editable install made before
+    the launcher existed (every other command still runs; reinstalling adds it)."""
     from importlib.util import find_spec
 
-    if find_spec("hydra_plugins.hydra_submitit_launcher") is None:
+    needed = ("hydra_plugins.hydra_submitit_launcher", "hydra_plugins.mtcsnn_slurm_launcher")
+    if any(find_spec(name) is None for name in needed):
         return
     from hydra.core.plugins import Plugins
 
