@@ -190,6 +190,7 @@ def test_the_report_puts_each_seeds_folds_together_out_of_fold_and_as_an_ensembl
     for loss in ("ce", "mtcsnn"):
         row = rows[f"loss={loss}"]
         assert row["folds"] == 3 and row["seeds"] == 1
+        assert len(row["chosen_epochs"]) == 3 and set(row["chosen_epochs"]) <= {1, 2}
         val = np.concatenate(by_hand[loss, 1]["val"])
         order = np.argsort(val["index"])
         assert np.array_equal(val["index"][order], np.arange(60))  # every pooled image once

@@ -186,11 +186,14 @@ def cv_rows(groups: dict[tuple, list[Run]]) -> list[dict]:
         if not sets:
             continue
         fold_val = [v for s in sets for v in s.fold_val_auroc]
+        epochs = [best_epoch_number(r.metrics) for s in sets for r in s.folds]
         row = {
             "config": config,
             "folds": len(sets[0].folds),
             "seeds": len(sets),
             "fold_val_auroc": (float(np.mean(fold_val)), float(np.std(fold_val, ddof=1))),
+            # the epochs the folds' val chose: how long a model of all the pool would train
+            "chosen_epochs": [int(e) for e in epochs if isinstance(e, int)],
         }
         for stage, name in (("val", "oof"), ("test", "ensemble")):
             for metric in METRICS:
@@ -244,8 +247,8 @@ def cv_lines(rows: list[dict], compared: list[dict]) -> list[str]:
         "",
         "| configuration | folds | seeds | fold val AUROC | out-of-fold AUROC "
         "| out-of-fold accuracy | out-of-fold kappa | fold ensemble test AUROC "
-        "| fold ensemble test accuracy | fold ensemble test kappa |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| fold ensemble test accuracy | fold ensemble test kappa | epochs chosen (median) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in sorted(rows, key=lambda r: label(r["config"])):
         cells = [
@@ -253,6 +256,7 @@ def cv_lines(rows: list[dict], compared: list[dict]) -> list[str]:
             str(row["seeds"]),
             mean_std(*row["fold_val_auroc"]),
             *(f"{row[f'{s}_{m}']:.4f}" for s in ("oof", "ensemble") for m in METRICS),
+            _epochs_cell(row["chosen_epochs"]),
         ]
         lines.append(f"| {md(label(row['config']))} | " + " | ".join(cells) + " |")
     if compared:
@@ -274,6 +278,12 @@ def cv_lines(rows: list[dict], compared: list[dict]) -> list[str]:
     return lines
 
 
+def _epochs_cell(epochs: list[int]) -> str:
+    if not epochs:
+        return "-"
+    return f"{min(epochs)}-{max(epochs)} ({float(np.median(epochs)):g})"
+
+
 def cv_summary(rows: list[dict], compared: list[dict]) -> dict:
     """The cross-validation section of ``summary.json``: the numbers of :func:`cv_lines`."""
     return {
@@ -283,6 +293,7 @@ def cv_summary(rows: list[dict], compared: list[dict]) -> dict:
                 "folds": row["folds"],
                 "seeds": row["seeds"],
                 "fold_val_auroc": mean_std_summary(row["fold_val_auroc"]),
+                "chosen_epochs": row["chosen_epochs"],
                 "out_of_fold": {m: number_or_null(row[f"oof_{m}"]) for m in METRICS},
                 "fold_ensemble_test": {m: number_or_null(row[f"ensemble_{m}"]) for m in METRICS},
             }
