@@ -1,16 +1,7 @@
 import json
 
 import pytest
-from helpers.cli import run_train
-
-TINY_SEARCH = [
-    "hparams_search=resnet18_optuna",
-    "data=synthetic",
-    "data.num_train=40",
-    "data.num_val=20",
-    "data.num_test=20",
-    "trainer.max_epochs=1",
-]
+from helpers.cli import TINY_SEARCH, run_train
 
 
 @pytest.mark.slow

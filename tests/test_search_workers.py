@@ -15,20 +15,13 @@ import uuid
 from pathlib import Path
 
 import pytest
+from helpers.cli import TINY_SEARCH as TINY
 
 pytestmark = pytest.mark.cluster
 
 POSTGRES = os.environ.get(
     "MTCSNN_TEST_POSTGRES", "postgresql+psycopg://mtcsnn:mtcsnn@localhost/mtcsnn"
 )
-TINY = [
-    "hparams_search=resnet18_optuna",
-    "data=synthetic",
-    "data.num_train=40",
-    "data.num_val=20",
-    "data.num_test=20",
-    "trainer.max_epochs=1",
-]
 
 
 def postgres_up() -> bool:

@@ -14,6 +14,16 @@ ONE_SMALL_EPOCH = (
     "trainer.enable_progress_bar=false",
 )
 
+# a search of one-epoch trials on a few synthetic images
+TINY_SEARCH = (
+    "hparams_search=resnet18_optuna",
+    "data=synthetic",
+    "data.num_train=40",
+    "data.num_val=20",
+    "data.num_test=20",
+    "trainer.max_epochs=1",
+)
+
 
 def run_train(*args: str, env: dict | None = None, inherit: bool = True):
     """``python -m mtcsnn.train`` with ``args``; flags such as ``--multirun`` go first."""

@@ -15,6 +15,7 @@ reason.
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,7 +114,7 @@ def fold_set(runs: list[Run]) -> FoldSet | str:
     }
     settings = {k: v for k, v in first.settings.items() if k != FOLD}
     return FoldSet(
-        path=Path(_common_folder([r.path for r in ordered])),
+        path=Path(os.path.commonpath([r.path.absolute() for r in ordered])),
         metrics=metrics,
         grades=first.grades,
         probs=test_probs,
@@ -164,16 +165,6 @@ def _confusion(grades: np.ndarray, probs: np.ndarray) -> np.ndarray:
     confusion = np.zeros((classes, classes), dtype=np.int64)
     np.add.at(confusion, (grades, probs.argmax(1)), 1)
     return confusion
-
-
-def _common_folder(paths: list[Path]) -> str:
-    parts = [p.absolute().parts for p in paths]
-    common = []
-    for level in zip(*parts, strict=False):
-        if len(set(level)) != 1:
-            break
-        common.append(level[0])
-    return str(Path(*common)) if common else str(paths[0].parent)
 
 
 def cv_rows(groups: dict[tuple, list[Run]]) -> list[dict]:
