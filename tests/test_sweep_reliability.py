@@ -170,7 +170,7 @@ TRAINING = [
 def test_resume_and_report_both_ignore_a_setting_that_cannot_change_training(key):
     assert not changes_training(key)
     assert config_differences({key: 1}, {key: 2}) == []
-    assert grouping._ignored(f"config.{key}")
+    assert grouping.ignored(f"config.{key}")
 
 
 @pytest.mark.parametrize("key", TRAINING)
@@ -181,8 +181,8 @@ def test_a_resume_compares_every_setting_that_changes_training(key):
 
 
 def test_the_report_ignores_the_choice_of_a_logger_but_not_of_callbacks():
-    assert grouping._ignored("choices.logger") and grouping._ignored("choices.paths")
-    assert not grouping._ignored("choices.callbacks")
+    assert grouping.ignored("choices.logger") and grouping.ignored("choices.paths")
+    assert not grouping.ignored("choices.callbacks")
 
 
 # --- a start removes what a killed write left ------------------------------------------------
