@@ -1,10 +1,12 @@
-"""Run the command-line tools in a subprocess, as a user would."""
+"""Run the command-line tools in a new process, as a user would (helpers/forkserver.py)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+
+from helpers import forkserver
 
 # one epoch on a small synthetic set: for tests of sweeps and launchers, not of learning
 ONE_SMALL_EPOCH = (
@@ -38,10 +40,13 @@ def run_module(module: str, *args: str, env: dict | None = None, inherit: bool =
     base = {**os.environ, "WANDB_MODE": "offline"} if inherit else {}
     flags = [a for a in args if a.startswith("--")]
     overrides = [a for a in args if not a.startswith("--")]
+    env = {**base, **(env or {})}
+    if forkserver.wanted(env):
+        return forkserver.run(module, [*flags, *overrides], env)
     return subprocess.run(
         [sys.executable, "-m", module, *flags, *overrides],
         capture_output=True,
         text=True,
-        env={**base, **(env or {})},
+        env=env,
         timeout=600,
     )

@@ -39,6 +39,8 @@ import yaml
 from conftest import DATA_DIR, ROOT
 from PIL import Image
 
+from helpers import forkserver
+
 
 def nav_pages() -> list[str]:
     """The docs pages in the order of the site's navigation (mkdocs.yml), as repository paths."""
@@ -622,14 +624,19 @@ def run_as_written(command: Command, scratch: Path, shell_env: dict[str, str]) -
         shell_env[name] = value
         return
     before = {p: p.stat().st_mtime_ns for p in scratch.rglob("*") if p.is_file()}
-    result = subprocess.run(
-        ["bash", "-c", f"{text} {spec.append}".strip()],
-        cwd=scratch,
-        env=shell_env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    line = f"{text} {spec.append}".strip()
+    module = forkserver.module_command(line, shell_env)
+    if module is not None and forkserver.wanted(shell_env):
+        result = forkserver.run(*module, env=shell_env, cwd=scratch)
+    else:
+        result = subprocess.run(
+            ["bash", "-c", line],
+            cwd=scratch,
+            env=shell_env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"{text} {spec.append}\n{output[-4000:]}"
     assert "Traceback" not in output, output[-4000:]
