@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 from helpers import forkserver
 
@@ -40,13 +38,4 @@ def run_module(module: str, *args: str, env: dict | None = None, inherit: bool =
     base = {**os.environ, "WANDB_MODE": "offline"} if inherit else {}
     flags = [a for a in args if a.startswith("--")]
     overrides = [a for a in args if not a.startswith("--")]
-    env = {**base, **(env or {})}
-    if forkserver.wanted(env):
-        return forkserver.run(module, [*flags, *overrides], env)
-    return subprocess.run(
-        [sys.executable, "-m", module, *flags, *overrides],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    return forkserver.run(module, [*flags, *overrides], {**base, **(env or {})})

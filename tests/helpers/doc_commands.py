@@ -626,7 +626,7 @@ def run_as_written(command: Command, scratch: Path, shell_env: dict[str, str]) -
     before = {p: p.stat().st_mtime_ns for p in scratch.rglob("*") if p.is_file()}
     line = f"{text} {spec.append}".strip()
     module = forkserver.module_command(line, shell_env)
-    if module is not None and forkserver.wanted(shell_env):
+    if module is not None:
         result = forkserver.run(*module, env=shell_env, cwd=scratch)
     else:
         result = subprocess.run(

@@ -1,11 +1,11 @@
 """Run ``python -m <module> args`` in a new process without paying for its imports each time.
 
-A command of this project spends ~6 s of CPU importing torch, torchvision, Lightning and Hydra
-before it starts; the suite runs a few hundred of them. Each pytest worker starts one server
-that imports those libraries once (never mtcsnn, nor runs any computation). Each command is a
+A command of this project spends ~6 s of CPU importing torch, torchvision and Hydra before it
+starts; the suite runs a few hundred of them. Each pytest worker starts one server that imports
+those libraries once (never mtcsnn or Lightning, nor runs any computation). Each command is a
 process forked from it, with its own pid, environment, working folder, argv, stdin (empty),
-stdout and stderr files; mtcsnn is imported afresh in it, ``runpy`` runs the module as
-``python -m`` does, and it ends through the interpreter's normal shutdown (atexit, logging).
+stdout and stderr files; mtcsnn and Lightning are imported afresh in it, ``runpy`` runs the
+module as ``python -m`` does, and it ends through the interpreter's normal shutdown.
 Variables the libraries read as they load (``OMP_NUM_THREADS``, ...) get a server of their own
 started with them; a command that changes how Python starts (``PYTHONPATH``) gets a new one.
 
@@ -74,8 +74,13 @@ def module_command(text: str, env: dict[str, str]) -> tuple[str, list[str]] | No
 def run(
     module: str, args: list[str], env: dict[str, str], cwd: str | Path | None = None, timeout=600
 ) -> subprocess.CompletedProcess:
-    """``python -m module *args`` in a process forked from this worker's server."""
+    """``python -m module *args`` in a process forked from this worker's server, or where the
+    environment needs it (:func:`wanted`) with a new interpreter."""
     command = [sys.executable, "-m", module, *args]
+    if not wanted(env):
+        return subprocess.run(
+            command, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout
+        )
     with tempfile.TemporaryDirectory(prefix="forked-") as folder:
         out, err = Path(folder, "stdout"), Path(folder, "stderr")
         request = {
@@ -112,7 +117,7 @@ def _server_socket(env: dict[str, str]) -> str:
     key = tuple(sorted(loaded.items()))
     server = _servers.get(key)
     if server is None or server[0].poll() is not None:
-        path = tempfile.mktemp(prefix="mtcsnn-forkserver-", suffix=".sock")
+        path = str(Path(tempfile.mkdtemp(prefix="mtcsnn-forkserver-"), "server.sock"))
         own = {k: v for k, v in os.environ.items() if not k.startswith(LOAD_TIME_PREFIXES)}
         process = subprocess.Popen(
             [sys.executable, __file__, path],
@@ -131,6 +136,7 @@ def _stop(process: subprocess.Popen, path: str) -> None:
     process.kill()
     process.wait()
     Path(path).unlink(missing_ok=True)
+    Path(path).parent.rmdir()
 
 
 def _serve(path: str) -> None:
@@ -170,7 +176,7 @@ def _wait_for_command(connection: socket.socket) -> None:
 
 
 def _become_command(request: dict) -> None:
-    """This process becomes ``python -m module args``; the module runs when this returns."""
+    """This process becomes ``python -m module args`` and runs it."""
     import runpy
 
     os.chdir(request["cwd"])
