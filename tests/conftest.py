@@ -20,6 +20,12 @@ REAL_NPZ = DATA_DIR / "retinamnist.npz"
 # W&B must never reach the network or ask for a key in tests.
 os.environ.setdefault("WANDB_MODE", "offline")
 
+# pytest-xdist's workers share the cores: what a worker runs gets its share of the threads, as
+# each job of the parallel launcher does, instead of every worker's commands using all cores.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+
 
 def compose_command(
     config_name: str, overrides: list[str], output_dir: Path, log_dir: bool = False

@@ -19,8 +19,8 @@ from mtcsnn.data.untrusted import (
 )
 from mtcsnn.grading.selection import held_out_auroc
 
-# how far from 1 a row's probabilities may sum: written with 7 significant digits they are
-# within 1e-6, and CORAL's differences of cumulative probabilities, clamped at 0, within a
+# how far from 1 a row's probabilities may sum: written with 7 or 9 significant digits they
+# are within 1e-6, and CORAL's differences of cumulative probabilities, clamped at 0, within a
 # little more; a file of logits, scores or shifted columns is far off
 SUM_TOLERANCE = 0.01
 

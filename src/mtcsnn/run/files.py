@@ -23,7 +23,7 @@ __all__ = [
     "FILE_MODE",
     "create_new",
     "data_fingerprint",
-    "keep_weights_only",
+    "finish_checkpoint",
     "predictions_csv",
     "val_predictions_csv",
     "versions",
@@ -58,8 +58,9 @@ WEIGHTS_KEYS = (
 )
 
 
-def keep_weights_only(path: str | Path) -> None:
-    """Rewrite a Lightning checkpoint in place without optimiser, schedule and loop state.
+def finish_checkpoint(path: str | Path, entries: dict[str, object], weights_only: bool) -> None:
+    """Add ``entries`` (plain data) to a checkpoint and, with ``weights_only``, drop its
+    optimiser, schedule and loop state: one rewrite, whole or not at all.
 
     An Adam checkpoint is three times its weights; a finished run needs only the weights.
     """
@@ -67,17 +68,9 @@ def keep_weights_only(path: str | Path) -> None:
 
     path = Path(path)
     state = torch.load(path, map_location="cpu", weights_only=True)
-    slim = {key: state[key] for key in WEIGHTS_KEYS if key in state}
-    write_atomic(path, lambda f: torch.save(slim, f), binary=True)
-
-
-def record_in_checkpoint(path: str | Path, entries: dict[str, object]) -> None:
-    """Add ``entries`` (plain data) to a checkpoint, rewriting it whole or not at all."""
-    import torch
-
-    path = Path(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
     state.update(entries)
+    if weights_only:
+        state = {key: state[key] for key in (*WEIGHTS_KEYS, *entries) if key in state}
     write_atomic(path, lambda f: torch.save(state, f), binary=True)
 
 
@@ -92,6 +85,12 @@ def data_fingerprint(images: torch.Tensor, grades: torch.Tensor) -> str:
 
 def write_json(path: str | Path, data: dict) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def _exact(value: float) -> str:
+    """9 significant digits: a float32 reads back exactly, so metrics recomputed from a
+    predictions file tie no two images the model told apart."""
+    return f"{value:.9g}"
 
 
 def val_predictions_csv(
@@ -118,9 +117,9 @@ def val_predictions_csv(
     images = list(zip(index.tolist(), grades.tolist(), strict=True))
     for n, (epoch, epoch_probs) in enumerate(zip(epochs, probs, strict=True)):
         for m, ((i, grade), row) in enumerate(zip(images, epoch_probs.tolist(), strict=True)):
-            cells = [epoch, i, grade, *(f"{p:.6g}" for p in row)]
+            cells = [epoch, i, grade, *map(_exact, row)]
             if with_scores:
-                cells.append(f"{kept[n][m]:.6g}")
+                cells.append(_exact(kept[n][m]))
             writer.writerow(cells)
     return buf.getvalue()
 
@@ -140,7 +139,7 @@ def predictions_csv(predictions: dict[str, torch.Tensor]) -> str:
                 int(predictions["index"][i]),
                 int(predictions["grade"][i]),
                 int(probs[i].argmax()),
-                *[f"{p:.7g}" for p in probs[i].tolist()],
+                *map(_exact, probs[i].tolist()),
                 f"{float(predictions['score'][i]):.6f}",
             ]
         )

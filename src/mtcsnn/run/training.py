@@ -42,9 +42,8 @@ from mtcsnn.run.evaluation import evaluation_results, referral_of
 from mtcsnn.run.failures import clear_failure, in_multirun
 from mtcsnn.run.files import (
     best_epoch_number,
-    keep_weights_only,
+    finish_checkpoint,
     predictions_csv,
-    record_in_checkpoint,
     versions,
     write_json,
     write_text_atomic,
@@ -307,15 +306,18 @@ def fit_and_test(cfg: DictConfig, test: bool = True) -> dict:
         config=model.run_config,
     )
     if trainer.is_global_zero:  # under DDP every process has the results; one writes them
+        keep_training_state = bool(cfg.get("keep_training_state"))
         if ckpt_path:  # what val chose, for predict (kept before the run is marked finished)
-            record_in_checkpoint(ckpt_path, chosen_on_val(results["val"]))
+            finish_checkpoint(
+                ckpt_path, chosen_on_val(results["val"]), weights_only=not keep_training_state
+            )
         corruptions = check_corruptions(cfg.get("corruptions"))
         if test and corruptions:  # before metrics.json, the file that marks the run finished
             rows = robustness_rows([model], datamodule.splits["test"], corruptions, cfg.seed)
             write_robustness(out_dir / "robustness.csv", rows)
         write_outputs(out_dir, model, results)
-        if not cfg.get("keep_training_state"):
-            drop_training_state(out_dir, ckpt_path)
+        if not keep_training_state:  # only resuming needs it, and the run is finished
+            (out_dir / "checkpoints" / "last.ckpt").unlink(missing_ok=True)
         if test:
             for lg in wandb_loggers:
                 log_test_results(lg, model, datamodule, results)
@@ -334,16 +336,6 @@ def write_outputs(
         tested = predictions if predictions is not None else model.test_predictions
         write_text_atomic(out_dir / "test_predictions.csv", predictions_csv(tested))
     write_json(out_dir / "metrics.json", results)
-
-
-def drop_training_state(out_dir: Path, best_checkpoint: str) -> None:
-    """A finished run keeps the best checkpoint's weights; resuming state is no longer needed.
-
-    Logger callbacks (W&B ``log_model``) have uploaded their copies by now.
-    """
-    (out_dir / "checkpoints" / "last.ckpt").unlink(missing_ok=True)
-    if best_checkpoint:
-        keep_weights_only(best_checkpoint)
 
 
 def log_results(results: dict, out_dir: Path) -> None:
