@@ -1,5 +1,7 @@
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -247,6 +249,21 @@ def test_off_by_one_accuracy_comes_from_the_predictions_when_metrics_lack_it(swe
 def test_report_on_a_single_run(sweep, tmp_path):
     assert main([str(sweep / "0"), "--bootstrap", "50"]) == 0
     assert "| all runs | 1 | 0.7000 |" in (sweep / "0" / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_reader_that_stops_reading_gets_the_files_and_no_traceback(sweep):
+    """``mtcsnn.report ... | true``: the reader is gone before the report prints."""
+    line = (
+        f'"{sys.executable}" -m mtcsnn.report "$1" --bootstrap 50 | true; exit ${{PIPESTATUS[0]}}'
+    )
+    result = subprocess.run(
+        ["bash", "-c", line, "bash", str(sweep)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 141, result.stderr  # as a shell tool stopped by the pipe
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+    assert "| test AUROC" in (sweep / "results.md").read_text()
+    assert json.loads((sweep / "summary.json").read_text())
 
 
 def test_report_on_a_folder_without_runs(tmp_path, capsys):

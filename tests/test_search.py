@@ -95,3 +95,31 @@ def test_search_refuses_a_test_metric(tmp_path):
     assert proc.returncode != 0
     assert "optimized_metric" in proc.stderr and "use a val metric" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_dead_workers_trial_enqueued_again_is_run_even_when_the_study_looks_full():
+    """The dead worker's trial goes stale only after this worker's own trial: it is enqueued
+    again, and counted, but this worker must still run it rather than end the study."""
+    import time
+
+    import optuna
+
+    from mtcsnn.run.search import HEARTBEAT, run_trials
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study()
+    dead = study.ask({"lam": optuna.distributions.FloatDistribution(0, 1)})
+    dead.set_user_attr(HEARTBEAT, time.time() - 100)  # its worker stopped long ago
+    done = study.ask({"lam": optuna.distributions.FloatDistribution(0, 1)})
+    study.tell(done, 0.5)
+    ran = []
+
+    def objective(trial: optuna.Trial) -> float:
+        ran.append(trial.suggest_float("lam", 0, 1))
+        return 0.6
+
+    run_trials(study, objective, n_trials=2, heartbeat_s=1, stale_after_s=4)
+    states = [t.state.name for t in study.trials]
+    assert states == ["FAIL", "COMPLETE", "COMPLETE"], states
+    assert ran == [dead.params["lam"]]
+    assert study.trials[2].user_attrs["retry_of"] == 0

@@ -1,7 +1,8 @@
 """A search that several workers share: on a real PostgreSQL server (`.ci/postgres_up`, which
 the cluster step of CI starts) and on a journal file. Two workers at once end the study with
 exactly n_trials distinct trials, the chosen one tested once; a worker that dies leaves a trial
-that the next worker marks failed and runs again with the same values."""
+that the next worker marks failed and runs again with the same values; workers started together
+on a new database all find its tables."""
 
 from __future__ import annotations
 
@@ -32,6 +33,44 @@ def postgres_up() -> bool:
             return True
     except Exception:
         return False
+
+
+# opens the study storage at a given moment: several at once race to create the tables
+OPEN_AT = """
+import sys, time
+from mtcsnn.run.search import study_storage
+url, start = sys.argv[1], float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))
+study_storage(url)
+"""
+
+
+def test_workers_started_together_on_a_new_database_all_open_it():
+    if not postgres_up():
+        pytest.skip(f"no PostgreSQL at {POSTGRES}: .ci/postgres_up")
+    import sqlalchemy
+
+    name = f"mtcsnn_new_{uuid.uuid4().hex[:12]}"
+    admin = sqlalchemy.create_engine(POSTGRES, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    try:
+        url, start = f"{POSTGRES.rsplit('/', 1)[0]}/{name}", time.time() + 8
+        opening = [
+            subprocess.Popen(
+                [sys.executable, "-c", OPEN_AT, url, str(start)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for _ in range(6)
+        ]
+        outputs = [p.communicate(timeout=120)[0] for p in opening]
+        assert [p.returncode for p in opening] == [0] * 6, "\n".join(outputs)[-3000:]
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sqlalchemy.text(f"DROP DATABASE {name} WITH (FORCE)"))
+        admin.dispose()
 
 
 def worker(folder: Path, *overrides: str) -> subprocess.Popen:

@@ -21,9 +21,14 @@ import sys
 from pathlib import Path
 
 from mtcsnn.errors import MTCSNNError
+from mtcsnn.run.stdout import quiet_on_closed_pipe
 
 
 def main(argv: list[str] | None = None) -> int:
+    return quiet_on_closed_pipe(lambda: bench(argv))
+
+
+def bench(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="mtcsnn-bench", description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="train config overrides, e.g. model=resnet50")
     parser.add_argument("--steps", type=int, default=30, help="timed training steps")

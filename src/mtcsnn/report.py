@@ -38,9 +38,14 @@ from mtcsnn.reporting.robustness import add_corruption_errors, robustness_rows
 from mtcsnn.reporting.runs import collect_runs
 from mtcsnn.reporting.summary import report_summary
 from mtcsnn.run.files import write_text_atomic
+from mtcsnn.run.stdout import quiet_on_closed_pipe
 
 
 def main(argv: list[str] | None = None) -> int:
+    return quiet_on_closed_pipe(lambda: report(argv))
+
+
+def report(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="mtcsnn-report", description=__doc__.splitlines()[0])
     parser.add_argument(
         "folders",

@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -163,7 +164,23 @@ def study_storage(location: str | None) -> optuna.storages.BaseStorage | None:
         from optuna.storages.journal import JournalFileBackend
 
         return JournalStorage(JournalFileBackend(str(location)))
-    return optuna.storages.RDBStorage(str(location))
+    return _database(str(location))
+
+
+def _database(url: str, attempts: int = 3) -> optuna.storages.RDBStorage:
+    """A database storage; its tables are created by whichever worker comes first.
+
+    Workers started together on a new database (a SLURM array) each create the tables: one
+    wins, the others' ``CREATE`` fail on what it made, and they try again, finding it there.
+    """
+    import sqlalchemy.exc
+
+    for attempt in range(1, attempts):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            time.sleep(attempt * (0.5 + random.random()))  # apart from the others this time
+    return optuna.storages.RDBStorage(url)  # the last try: its error, if any, is the error
 
 
 def counts(trial: FrozenTrial) -> bool:
@@ -182,7 +199,11 @@ def run_trials(
     a failed run (an error of ours) is recorded and the next trial drawn."""
     while True:
         retry_stale(study, stale_after_s)
-        if sum(map(counts, study.get_trials(deepcopy=False))) >= n_trials:
+        trials = study.get_trials(deepcopy=False)
+        # an enqueued trial (a dead worker's, to run again) counts but has yet to run: ask() gives
+        # it to the first worker that asks
+        waiting = any(t.state == TrialState.WAITING for t in trials)
+        if sum(map(counts, trials)) >= n_trials and not waiting:
             return
         trial = study.ask()
         before = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
