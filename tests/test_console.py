@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.cli import run_with_the_reader_gone
 
 SLURM_CHECK = """
 import warnings, sys
@@ -93,16 +94,10 @@ def test_the_progress_bar_counts_epochs_from_1(tmp_path, kind):
 def test_a_console_whose_reader_leaves_stops_printing_and_the_run_goes_on(tmp_path):
     """``python -m mtcsnn.train | true``: the reader is gone before the first line."""
     run_dir = tmp_path / "run"
-    train = (
-        f'"{sys.executable}" -m mtcsnn.train data=synthetic data.num_train=32 data.num_val=20 '
-        f'data.num_test=20 data.batch_size=16 trainer.max_epochs=1 "hydra.run.dir={run_dir}"'
-    )
-    result = subprocess.run(
-        ["bash", "-c", f"{train} | true; exit ${{PIPESTATUS[0]}}"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "WANDB_MODE": "offline"},
-        timeout=600,
+    result = run_with_the_reader_gone(
+        "mtcsnn.train",
+        *("data=synthetic", "data.num_train=32", "data.num_val=20", "data.num_test=20"),
+        *("data.batch_size=16", "trainer.max_epochs=1", f"hydra.run.dir={run_dir}"),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Logging error" not in result.stderr and "BrokenPipe" not in result.stderr

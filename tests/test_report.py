@@ -1,10 +1,9 @@
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from helpers.cli import run_with_the_reader_gone
 from helpers.metrics import write_robustness
 from sklearn.metrics import roc_auc_score
 
@@ -254,12 +253,7 @@ def test_report_on_a_single_run(sweep, tmp_path):
 @pytest.mark.slow
 def test_a_reader_that_stops_reading_gets_the_files_and_no_traceback(sweep):
     """``mtcsnn.report ... | true``: the reader is gone before the report prints."""
-    line = (
-        f'"{sys.executable}" -m mtcsnn.report "$1" --bootstrap 50 | true; exit ${{PIPESTATUS[0]}}'
-    )
-    result = subprocess.run(
-        ["bash", "-c", line, "bash", str(sweep)], capture_output=True, text=True, timeout=300
-    )
+    result = run_with_the_reader_gone("mtcsnn.report", str(sweep), "--bootstrap", "50")
     assert result.returncode == 141, result.stderr  # as a shell tool stopped by the pipe
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
     assert "| test AUROC" in (sweep / "results.md").read_text()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shlex
+import subprocess
+import sys
 
 from helpers import forkserver
 
@@ -39,3 +42,16 @@ def run_module(module: str, *args: str, env: dict | None = None, inherit: bool =
     flags = [a for a in args if a.startswith("--")]
     overrides = [a for a in args if not a.startswith("--")]
     return forkserver.run(module, [*flags, *overrides], {**base, **(env or {})})
+
+
+def run_with_the_reader_gone(module: str, *args: str) -> subprocess.CompletedProcess:
+    """``python -m <module> args | true`` in bash: the reader of its output is gone before it
+    prints; the status is the command's own."""
+    command = shlex.join([sys.executable, "-m", module, *args])
+    return subprocess.run(
+        ["bash", "-c", f"{command} | true; exit ${{PIPESTATUS[0]}}"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "WANDB_MODE": "offline"},
+        timeout=600,
+    )
