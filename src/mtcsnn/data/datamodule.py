@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from mtcsnn.data.augment import augment, check_augment
 from mtcsnn.data.datasets import ImageDataset, PairDataset
-from mtcsnn.data.folds import check_folds, fold_split
+from mtcsnn.data.folds import ALL, check_folds, fold_split
 from mtcsnn.data.pairing import PairSampler, check_pairing
 from mtcsnn.errors import ConfigError, DataError
 
@@ -75,7 +75,9 @@ class PairDataModule(pl.LightningDataModule):
     on the device (:meth:`split_on_device`).
 
     With ``folds`` (K-fold cross-validation, :mod:`mtcsnn.data.folds`) the train and val splits
-    are pooled, fold ``fold`` becomes val and the others train; test stays as it is.
+    are pooled, fold ``fold`` becomes val and the others train; test stays as it is. With
+    ``fold="all"`` (a refit) the whole pool trains, and val is the pool too: a refit never
+    validates (its val figures are its cross-validation's out-of-fold ones).
     ``ids[split]`` names each image of a split: its position in that split, or in a CV run its
     position in the pool (train images first, then val); predictions files call it ``index``.
     """
@@ -89,7 +91,7 @@ class PairDataModule(pl.LightningDataModule):
         seed: int = 0,
         num_workers: int = 0,
         folds: int | None = None,
-        fold: int = 0,
+        fold: int | str = 0,
         fold_seed: int = 0,
     ) -> None:
         super().__init__()
@@ -143,10 +145,13 @@ class PairDataModule(pl.LightningDataModule):
             torch.cat([train_images, val_images]),
             torch.cat([train_grades, val_grades]),
         )
-        train, val = (
-            torch.from_numpy(positions)
-            for positions in fold_split(grades.numpy(), self.folds, self.fold, self.fold_seed)
-        )
+        if self.fold == ALL:
+            train = val = torch.arange(len(grades))
+        else:
+            train, val = (
+                torch.from_numpy(positions)
+                for positions in fold_split(grades.numpy(), self.folds, self.fold, self.fold_seed)
+            )
         self.splits["train"] = (images[train], grades[train])
         self.splits["val"] = (images[val], grades[val])
         self.ids["train"], self.ids["val"] = train, val

@@ -2,7 +2,8 @@
 
 The pool is the train split's images, then the val split's, in file order (RetinaMNIST's
 ``.npz``; a fundus folder's CSV rows of each split). Fold ``k`` of ``K`` is the val split, the
-other ``K - 1`` folds the training split. Folds are drawn by scikit-learn's
+other ``K - 1`` folds the training split; fold ``all`` (:data:`ALL`, a refit) trains on the
+whole pool. Folds are drawn by scikit-learn's
 ``StratifiedKFold`` (each grade's share of every fold close to its share of the pool), from
 ``fold_seed``, so the same settings give the same folds on every machine.
 """
@@ -16,17 +17,25 @@ from sklearn.model_selection import StratifiedKFold
 
 from mtcsnn.errors import ConfigError, DataError
 
+# data.fold of a refit: every fold trains (``refit_from=<a CV sweep>``, mtcsnn.run.refit)
+ALL = "all"
+
 
 def check_folds(folds: object, fold: object) -> None:
-    """``folds``: None (the official split) or a whole number >= 2; ``fold``: 0 .. folds-1."""
+    """``folds``: None (the official split) or a whole number >= 2; ``fold``: 0 .. folds-1, or
+    ``all`` (every fold trains: a refit)."""
     if folds is None:
         return
     if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
         raise ConfigError(
             "folds", folds, "it must be null (the official split) or a whole number >= 2"
         )
+    if fold == ALL:
+        return
     if not isinstance(fold, int) or isinstance(fold, bool) or not 0 <= fold < folds:
-        raise ConfigError("fold", fold, f"with data.folds={folds} it must be 0 .. {folds - 1}")
+        raise ConfigError(
+            "fold", fold, f"with data.folds={folds} it must be 0 .. {folds - 1} or {ALL}"
+        )
 
 
 def fold_split(

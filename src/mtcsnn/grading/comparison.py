@@ -195,3 +195,9 @@ def grade_scores(grades: np.ndarray, probs: np.ndarray) -> dict[str, float]:
         "kappa": quadratic_kappa(grades, pred, probs.shape[-1]),
         "mae": float(np.abs(pred - grades).mean()),
     }
+
+
+def grade_figures(grades: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """:func:`grade_scores` and the off-by-one accuracy: the grade metrics a run's pass logs."""
+    within = float(np.mean(np.abs(probs.argmax(-1) - grades) <= 1))
+    return {**grade_scores(grades, probs), "acc_within1": within}

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mtcsnn.grading.comparison import PAIRED_METRICS, grade_scores
+from mtcsnn.data.folds import ALL
+from mtcsnn.grading.comparison import PAIRED_METRICS, grade_figures
 from mtcsnn.grading.comparison import paired_difference as compare
 from mtcsnn.reporting.comparing import baseline_of
 from mtcsnn.reporting.grouping import ignored, label
@@ -35,6 +36,7 @@ from mtcsnn.run.files import best_epoch_number
 FOLDS = "config.data.folds"
 METRICS = ("auroc", "acc", "kappa")  # of the out-of-fold predictions and the fold ensemble
 FOLD = "config.data.fold"
+EACH = "each"
 
 
 @dataclass
@@ -50,7 +52,8 @@ class FoldSet(Run):
 
 
 def is_fold_run(run: Run) -> bool:
-    return run.settings.get(FOLDS) is not None
+    """A run of one fold (a refit trains on all of them, ``data.fold=all``)."""
+    return run.settings.get(FOLDS) is not None and run.settings.get(FOLD) != ALL
 
 
 def combine_folds(runs: list[Run]) -> tuple[list[Run], list[tuple[Path, str]]]:
@@ -102,17 +105,18 @@ def fold_set(runs: list[Run]) -> FoldSet | str:
     index, grades, probs = pooled
     test_probs = np.mean([r.probs for r in ordered], axis=0)
     first = ordered[0]
-    test = _scores(first.grades, test_probs)
+    test = grade_figures(first.grades, test_probs)
     metrics = {
         "test": test,
-        "val": _scores(grades, probs),
+        "val": grade_figures(grades, probs),
         "seed": first.seed,
         "test_data": first.metrics.get("test_data"),
         "test_confusion": _confusion(first.grades, test_probs).tolist(),
         "config": first.metrics.get("config"),
         "choices": first.metrics.get("choices"),
     }
-    settings = {k: v for k, v in first.settings.items() if k != FOLD}
+    # "each" fold its own model, told apart from a refit's "all" where both are reported
+    settings = {**first.settings, FOLD: EACH}
     return FoldSet(
         path=Path(os.path.commonpath([r.path.absolute() for r in ordered])),
         metrics=metrics,
@@ -153,11 +157,6 @@ def out_of_fold(runs: list[Run]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | 
         return "the folds' val images overlap or leave images of the pool out"
     order = np.argsort(index)
     return index[order], np.concatenate(grades)[order], np.concatenate(probs)[order]
-
-
-def _scores(grades: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    within = float(np.mean(np.abs(probs.argmax(1) - grades) <= 1))
-    return {**grade_scores(grades, probs), "acc_within1": within}
 
 
 def _confusion(grades: np.ndarray, probs: np.ndarray) -> np.ndarray:

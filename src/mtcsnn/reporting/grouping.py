@@ -20,6 +20,8 @@ IGNORED_KEYS = NOT_TRAINING_KEYS | {
     # names of a sweep and its folder, not settings: what an experiment sets shows in the config
     "experiment",
     "task_name",
+    # a refit shows as data.fold=all; the sweep it came from is in its metrics.json
+    "refit_from",
     # repeats of a configuration differ in their seeds
     "seed",
     "data.seed",

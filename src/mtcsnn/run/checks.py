@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from mtcsnn.data.augment import check_augment
 from mtcsnn.data.corruptions import check_corruptions
 from mtcsnn.data.datamodule import PairDataModule, check_batch_size
+from mtcsnn.data.folds import ALL
 from mtcsnn.data.pairing import check_pairing
 from mtcsnn.errors import ConfigError, require
 from mtcsnn.grading import MONITORABLE, metric_mode
@@ -137,6 +138,32 @@ def check_optimisation(cfg: DictConfig) -> None:
             ) from None
 
 
+def check_refit(cfg: DictConfig) -> None:
+    """``refit_from``: null or a sweep's folder, on a run of the official split; a refit's
+    folds (``data.fold=all``) are set by it alone, as training on every fold leaves nothing
+    to validate on (mtcsnn.run.refit)."""
+    refit_from = _value(cfg, "refit_from")
+    refit = refit_from not in (_ABSENT, None)
+    if refit and not (isinstance(refit_from, str) and refit_from.strip()):
+        raise ConfigError("refit_from", refit_from, "it must be null or a sweep's folder")
+    if refit and _value(cfg, "data.folds") not in (_ABSENT, None):
+        raise ConfigError(
+            "data.folds",
+            _value(cfg, "data.folds"),
+            "a refit trains one model on every fold of its sweep, which says how many: "
+            "leave data.folds and experiment=cv out of the refit's command",
+        )
+    if refit and cfg.get("hparams_search"):
+        raise ConfigError("refit_from", refit_from, "a search does not refit: drop one of them")
+    if not refit and _value(cfg, "data.fold") == ALL:
+        raise ConfigError(
+            "data.fold",
+            ALL,
+            "training on every fold leaves no val images to choose a checkpoint on: "
+            "refit_from=<a cross-validation sweep> trains that way, for the epochs its folds chose",
+        )
+
+
 def check_config(cfg: DictConfig) -> None:
     """Reject values that would fail later, naming the key and what is allowed."""
     check_extras(cfg)
@@ -205,4 +232,5 @@ def check_config(cfg: DictConfig) -> None:
     max_epochs = _value(cfg, "trainer.max_epochs")
     if max_epochs is not _ABSENT and not (_is_int(max_epochs) and max_epochs >= 1):
         raise ConfigError("trainer.max_epochs", max_epochs, "it must be an integer >= 1")
+    check_refit(cfg)
     check_optimisation(cfg)  # after max_epochs: the schedule's milestones are drawn from it

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mtcsnn.data import PairDataModule
-from mtcsnn.grading.comparison import grade_scores
+from mtcsnn.grading.comparison import grade_figures, grade_scores
 from mtcsnn.grading.metrics import warn_once_together
 from mtcsnn.grading.referral import ReferralSettings, screening_metrics
 from mtcsnn.grading.score_decoding import decode_if_trained
@@ -24,6 +24,7 @@ from mtcsnn.run.distributed import cluster_environment
 from mtcsnn.run.files import (
     data_fingerprint,
 )
+from mtcsnn.run.refit import Refit
 
 # named as the run's own lines: train.log and the console show one name for a run's passes
 log = logging.getLogger("mtcsnn.run.training")
@@ -66,6 +67,37 @@ def evaluation_results(
         if decoded is not None:
             results["score_decoding"] = decoded
     return results
+
+
+def refit_results(
+    model: MTCSNNModule,
+    datamodule: PairDataModule,
+    trainer_cfg: DictConfig,
+    refit: Refit,
+    loggers: list | None = None,
+    referral: ReferralSettings | None = None,
+) -> dict:
+    """:func:`evaluation_results` of a refit (:mod:`mtcsnn.run.refit`): one test pass; its val
+    figures, temperature and referral thresholds are its sweep's out-of-fold predictions, as a
+    refit has no images of its own to validate on. The score is not decoded (its thresholds
+    would be fitted on val scores, and the sweep's are other models')."""
+    val = grade_figures(refit.grades, refit.probs)
+    log.info("val  %s (out-of-fold, %d folds of %s)", metrics_line(val), refit.folds, refit.sweep)
+    test_metrics = test_pass(model, datamodule, trainer_cfg, loggers)
+    refuse_non_finite(model.test_predictions, "test")
+    out_of_fold = {
+        "grade": torch.from_numpy(refit.grades),
+        "probs": torch.from_numpy(refit.probs),
+    }
+    add_screening(
+        val, test_metrics, out_of_fold, model.test_predictions, referral or ReferralSettings()
+    )
+    return {
+        "val": val,
+        "test": test_metrics,
+        "test_confusion": model.test_confusion,
+        "test_data": data_fingerprint(*datamodule.splits["test"]),
+    }
 
 
 def ensemble_results(
@@ -182,9 +214,20 @@ def validate_and_test(
         log.info("val  %s", metrics_line(val_metrics))
     if not test:
         return val_metrics, None
+    return val_metrics, test_pass(model, datamodule, trainer_cfg, loggers)
+
+
+def test_pass(
+    model: pl.LightningModule,
+    datamodule: pl.LightningDataModule,
+    trainer_cfg: DictConfig,
+    loggers: list | None = None,
+) -> dict[str, float]:
+    """One test pass (logged) of ``model`` as it is now: its metrics."""
+    quiet = {"callbacks": [], "enable_progress_bar": False, "plugins": cluster_environment()}
     evaluator: pl.Trainer = instantiate(trainer_cfg, **quiet, logger=loggers or False)
     tested = evaluator.test(model, datamodule=datamodule, verbose=False)[0]
     test_metrics = {k.removeprefix("test/"): float(v) for k, v in tested.items()}
-    if validator.is_global_zero:
+    if evaluator.is_global_zero:
         log.info("test %s", metrics_line(test_metrics))
-    return val_metrics, test_metrics
+    return test_metrics

@@ -38,7 +38,7 @@ from mtcsnn.run.distributed import (
     owns_run_dir,
     use_job_commands_for_ddp_children,
 )
-from mtcsnn.run.evaluation import evaluation_results, referral_of
+from mtcsnn.run.evaluation import evaluation_results, referral_of, refit_results
 from mtcsnn.run.failures import clear_failure, in_multirun
 from mtcsnn.run.files import (
     best_epoch_number,
@@ -48,6 +48,7 @@ from mtcsnn.run.files import (
     write_json,
     write_text_atomic,
 )
+from mtcsnn.run.refit import Refit, refit_config
 from mtcsnn.run.robustness import measure_finished_run, robustness_rows, write_robustness
 from mtcsnn.run.run_dir import (
     ResumeError,
@@ -108,10 +109,11 @@ def set_threads(cfg: DictConfig) -> int:
     return torch.get_num_threads()
 
 
-def train(cfg: DictConfig, test: bool = True) -> dict:
+def train(cfg: DictConfig, test: bool = True, refit: Refit | None = None) -> dict:
     """Fit, then validate and test the best-val checkpoint; returns what ``metrics.json`` holds.
 
     ``test=False`` (a search trial) stops after val: only the chosen configuration is tested.
+    ``refit``: train on every fold of a cross-validation sweep instead (:mod:`mtcsnn.run.refit`).
     """
     quiet_libraries()
     check_config(cfg)
@@ -129,7 +131,7 @@ def train(cfg: DictConfig, test: bool = True) -> dict:
     use_job_commands_for_ddp_children()
     failed = True
     try:
-        results = fit_and_test(cfg, test)
+        results = fit_and_test(cfg, test, refit)
         failed = False
     finally:
         if wandb:
@@ -221,7 +223,7 @@ def _unresumable(path: Path) -> str | None:
     return None
 
 
-def fit_and_test(cfg: DictConfig, test: bool = True) -> dict:
+def fit_and_test(cfg: DictConfig, test: bool = True, refit: Refit | None = None) -> dict:
     out_dir = Path(cfg.paths.output_dir)
     clear_failure(out_dir)
     if cfg.get("resume") and (out_dir / "metrics.json").exists():
@@ -229,6 +231,8 @@ def fit_and_test(cfg: DictConfig, test: bool = True) -> dict:
         log.info("resume=true: %s already finished, kept as it is", out_dir)
         measure_finished_run(cfg, out_dir, check_corruptions(cfg.get("corruptions")))
         return json.loads((out_dir / "metrics.json").read_text())
+    if refit is not None:
+        refit_config(cfg, refit)
     run_config = OmegaConf.to_container(cfg, resolve=True)
     spec = spec_of_config(
         run_config, own=True
@@ -248,12 +252,15 @@ def fit_and_test(cfg: DictConfig, test: bool = True) -> dict:
     callbacks = [PairingFeedback(), *instantiate_group(cfg.get("callbacks"))]
     if bar and not any(isinstance(cb, ProgressBar) for cb in callbacks):  # a user's own wins
         callbacks.append(epoch_progress_bar())
+    # a refit stops at the folds' epoch under the schedule of trainer.max_epochs, unvalidated
+    stop = {} if refit is None else {"max_epochs": refit.epochs, "limit_val_batches": 0}
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
         callbacks=callbacks,
         logger=loggers or False,
         enable_progress_bar=bar,
         plugins=[AtomicCheckpointIO(), *cluster_environment()],
+        **stop,
     )
 
     start = time.perf_counter()
@@ -285,9 +292,13 @@ def fit_and_test(cfg: DictConfig, test: bool = True) -> dict:
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["state_dict"])
         epoch = int(state["epoch"]) + 1  # Lightning counts from 0
-    results = evaluation_results(
-        model, datamodule, cfg.trainer, loggers, test=test, referral=referral_of(cfg)
-    )
+    if refit is None:
+        results = evaluation_results(
+            model, datamodule, cfg.trainer, loggers, test=test, referral=referral_of(cfg)
+        )
+    else:
+        results = refit_results(model, datamodule, cfg.trainer, refit, loggers, referral_of(cfg))
+        results["refit"] = refit.record()
     results.update(
         best_epoch_number=epoch,
         best_checkpoint=ckpt_path or None,
@@ -347,12 +358,18 @@ def log_results(results: dict, out_dir: Path) -> None:
             out_dir / "metrics.json",
         )
         return
+    refit = results.get("refit")
+    chosen = (
+        f"refit: epoch {refit['epochs']}, the median of its folds'"
+        if refit
+        else f"best val epoch {best_epoch_number(results)}"
+    )
     log.info(
-        "test: auroc %.4f acc %.4f kappa %.4f mae %.4f (best val epoch %s); wrote %s",
+        "test: auroc %.4f acc %.4f kappa %.4f mae %.4f (%s); wrote %s",
         results["test"]["auroc"],
         results["test"]["acc"],
         results["test"]["kappa"],
         results["test"]["mae"],
-        best_epoch_number(results),
+        chosen,
         out_dir / "metrics.json",
     )
