@@ -126,6 +126,10 @@ def test_a_photograph_folders_train_and_val_rows_are_pooled_the_same_way(tmp_pat
         assert torch.equal(folded.splits["test"][0], official.splits["test"][0])
         seen.append(folded.ids["val"])
     assert torch.equal(torch.sort(torch.cat(seen)).values, torch.arange(40))
+    refit = FundusFolderDataModule(labels, size=32, folds=2, fold="all")  # a refit: all train
+    refit.setup()
+    assert torch.equal(refit.splits["train"][1], pool)
+    assert torch.equal(refit.splits["test"][0], official.splits["test"][0])
 
 
 def test_experiment_cv_sweeps_the_five_folds_and_composes_with_other_sweeps():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -123,6 +124,32 @@ def test_a_refit_trains_the_folds_median_epoch_and_takes_its_val_from_out_of_fol
     assert "optimizer_states" not in checkpoint
     tested = np.genfromtxt(out / "test_predictions.csv", delimiter=",", names=True)
     assert len(tested) == 20
+
+    # eval validates a fold's model on its own fold, and refuses a refit on the data it saw
+    fold_run = next(
+        p.parent
+        for p in sweep.glob("*/metrics.json")
+        if json.loads(p.read_text())["config"]["data"]["fold"] == 1
+    )
+    fold_metrics = json.loads((fold_run / "metrics.json").read_text())
+    (fold_ckpt,) = (fold_run / "checkpoints").glob("epoch_*.ckpt")
+    evaluated = run_module(
+        "mtcsnn.eval", f"ckpt_path={fold_ckpt}", *SMALL[:4], f"hydra.run.dir={tmp_path / 'ev'}"
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "val is that fold here" in evaluated.stdout + evaluated.stderr
+    val = json.loads((tmp_path / "ev" / "metrics.json").read_text())["val"]
+    assert val["auroc"] == pytest.approx(fold_metrics["val"]["auroc"], abs=1e-6)
+    line = _one_error_line(
+        run_module(
+            "mtcsnn.eval",
+            f"ckpt_path={out / 'checkpoints' / f'epoch_{epochs:03d}.ckpt'}",
+            *SMALL[:4],
+            f"hydra.run.dir={tmp_path / 'ev_refit'}",
+        )
+    )
+    assert "refit on every train and val image" in line
+    shutil.rmtree(tmp_path / "ev")  # not a training run of the report below
 
     # the report keeps it apart from the fold sets it came from
     report = run_module("mtcsnn.report", str(tmp_path), "--bootstrap=20")

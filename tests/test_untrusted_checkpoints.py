@@ -199,6 +199,30 @@ BAD_SPECS = {
         },
         "trained_on.split",
     ),
+    "fold beyond the folds": (
+        {
+            "trained_on": {
+                "data": "synthetic",
+                "labels": None,
+                "folds": {"folds": 5, "fold": 5, "seed": 0},
+            }
+        },
+        "trained_on.folds.fold",
+    ),
+    "fold as a word": (
+        {
+            "trained_on": {
+                "data": "synthetic",
+                "labels": None,
+                "folds": {"folds": 5, "fold": "${oc.env:HOME}", "seed": 0},
+            }
+        },
+        "trained_on.folds.fold",
+    ),
+    "one fold": (
+        {"trained_on": {"data": "synthetic", "labels": None, "folds": {"folds": 1, "fold": 0}}},
+        "trained_on.folds",
+    ),
     "not a mapping": (None, "mapping"),
 }
 

@@ -49,6 +49,8 @@ def data_config(cfg: DictConfig, spec, data_kind: str | None) -> DictConfig:
             )
         if spec.split is not None:
             split_as_trained(data, spec.split, where)
+    if spec.folds is not None and data_kind == spec.trained_on:
+        folds_as_trained(data, spec.folds, where)
     elif data_kind is not None and data_kind != spec.trained_on:
         log.warning(
             "%s was trained on %s data; evaluating it on data=%s",
@@ -81,6 +83,33 @@ def split_as_trained(data: DictConfig, split: tuple[float, float, int], where: s
             where,
             ", ".join(f"data.{k}={v}" for k, v in trained.items()),
             ", ".join(f"data.{k}={v}" for k, v in given.items()),
+        )
+    with open_dict(data):
+        for key, value in trained.items():
+            data[key] = value
+
+
+def folds_as_trained(data: DictConfig, folds: tuple[int, int | str, int], where: str) -> None:
+    """Validate a model of a cross-validation fold on that fold, as its run did: the official
+    val split (or another fold) holds images it trained on. A refit trained on every fold, so
+    no image of its data is left to validate on."""
+    count, fold, seed = folds
+    if fold == "all":
+        raise EvalDataError(
+            f"{where} was refit on every train and val image of its data (refit_from): "
+            "evaluated here, it would be validated on images it trained on. Its run's "
+            "metrics.json holds its out-of-fold val figures and its test figures; evaluate it "
+            "on other data"
+        )
+    trained = {"folds": count, "fold": fold, "fold_seed": seed}
+    given = {key: data.get(key) for key in trained}
+    if given != trained:
+        log.warning(
+            "%s was trained on fold %s of %s (fold seed %s): val is that fold here, as in its run",
+            where,
+            fold,
+            count,
+            seed,
         )
     with open_dict(data):
         for key, value in trained.items():

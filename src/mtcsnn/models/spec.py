@@ -102,6 +102,9 @@ class ModelSpec:
     # how a folder without a split column was split: (val_fraction, test_fraction, seed); eval
     # splits the same way, so its test images are never ones the model trained on
     split: tuple[float, float, int] | None = None
+    # the cross-validation folds it trained on: (folds, fold or "all" for a refit, fold seed);
+    # eval validates on the same fold, so never on images the model trained on
+    folds: tuple[int, int | str, int] | None = None
     version: int = SPEC_VERSION
 
     def to_dict(self) -> dict:
@@ -123,6 +126,9 @@ class ModelSpec:
                 "split": None
                 if self.split is None
                 else dict(zip(SPLIT_KEYS, self.split, strict=True)),
+                "folds": None
+                if self.folds is None
+                else dict(zip(FOLDS_KEYS, self.folds, strict=True)),
             },
         }
 
@@ -210,6 +216,23 @@ def _split(value: object) -> tuple[float, float, int] | None:
     return val, test, _whole("trained_on.split.seed", fields["seed"], 0, MAX_SEED)
 
 
+FOLDS_KEYS = ("folds", "fold", "seed")
+MAX_FOLDS = 1000
+EVERY_FOLD = "all"  # a refit's fold: it trained on all of them
+
+
+def _folds(value: object) -> tuple[int, int | str, int] | None:
+    """null, or the number of folds, the fold that was val (or ``all``) and the fold seed."""
+    if value is None:
+        return None
+    fields = _mapping("trained_on.folds", value, set(FOLDS_KEYS))
+    folds = _whole("trained_on.folds.folds", fields["folds"], 2, MAX_FOLDS)
+    fold = fields["fold"]
+    if fold != EVERY_FOLD:
+        fold = _whole("trained_on.folds.fold", fold, 0, folds - 1)
+    return folds, fold, _whole("trained_on.folds.seed", fields["seed"], 0, MAX_SEED)
+
+
 def _labels_name(value: object) -> str | None:
     if value is None:
         return None
@@ -290,9 +313,11 @@ def parse_spec(raw: object) -> ModelSpec:
     norm = _mapping("normalisation", fields["normalisation"], {"mean", "std"})
     prep = _mapping("preparation", fields["preparation"], {"name", "version"})
     origin_raw = fields["trained_on"]
-    # ``split`` may be left out (null): a spec of data with no drawn split
+    # ``split`` and ``folds`` may be left out (null): no drawn split, no cross-validation
     origin_keys = {"data", "labels"} | (
-        {"split"} if isinstance(origin_raw, Mapping) and "split" in origin_raw else set()
+        {key for key in ("split", "folds") if key in origin_raw}
+        if isinstance(origin_raw, Mapping)
+        else set()
     )
     origin = _mapping("trained_on", origin_raw, origin_keys)
     preparation = _choice("preparation.name", prep["name"], PREPARATIONS)
@@ -322,4 +347,5 @@ def parse_spec(raw: object) -> ModelSpec:
         trained_on=trained_on,
         labels_name=_labels_name(origin["labels"]),
         split=_split(origin.get("split")),
+        folds=_folds(origin.get("folds")),
     )

@@ -172,6 +172,13 @@ def _spec_of_config(config: Mapping, own: bool) -> ModelSpec:
             "data": kind,
             "labels": labels_name(labels),
             "split": drawn_split(data) if kind == "fundus_folder" else None,
+            "folds": None
+            if data.get("folds") is None
+            else {
+                "folds": data["folds"],
+                "fold": data.get("fold", 0),
+                "seed": data.get("fold_seed", 0),
+            },
         },
     }
     return parse_spec(raw)

@@ -360,7 +360,7 @@ def log_results(results: dict, out_dir: Path) -> None:
         return
     refit = results.get("refit")
     chosen = (
-        f"refit: epoch {refit['epochs']}, the median of its folds'"
+        f"refit for {refit['epochs']} epochs, its folds' median"
         if refit
         else f"best val epoch {best_epoch_number(results)}"
     )
