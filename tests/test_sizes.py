@@ -63,7 +63,7 @@ def test_cifar_stem_at_224_warns_before_training(tiny_cfg, caplog, monkeypatch):
     import mtcsnn.run.training as train_module
 
     # no 224px training here
-    monkeypatch.setattr(train_module, "fit_and_test", lambda cfg, test=True: {})
+    monkeypatch.setattr(train_module, "fit_and_test", lambda cfg, test=True, refit=None: {})
     with caplog.at_level(logging.WARNING, logger="mtcsnn.run.training"):
         train(tiny_cfg("model.net.stem=cifar", "data.size=224"))
     assert "model.net.stem=cifar at data.size=224" in caplog.text

@@ -174,6 +174,15 @@ def cross_validated(configurations: int) -> Callable[[set[Path], str], None]:
     return check
 
 
+def refitted(written: set[Path], output: str) -> None:
+    """One run trained on every fold of the sweep above it, its val figures out-of-fold."""
+    runs(1)(written, output)
+    (folder,) = folders_with(written, "metrics.json")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["refit"]["folds"] == 2 and metrics["config"]["data"]["fold"] == "all", output
+    assert metrics["best_epoch_number"] == metrics["refit"]["epochs"]
+
+
 def search(trials: int) -> Callable[[set[Path], str], None]:
     def check(written: set[Path], output: str) -> None:
         (folder,) = folders_with(written, "search.json")
@@ -337,6 +346,10 @@ RUN = {
         ONE_SEED + " data.folds=2 'data.fold=range(0,2)'", runs(4)
     ),
     "python -m mtcsnn.report logs/cv/multiruns/<date>_<time>": Run("", cross_validated(2)),
+    # the settings of the sweep above: its folds of seed 1
+    "python -m mtcsnn.train refit_from=logs/cv/multiruns/<date>_<time> loss=mtcsnn seed=1": Run(
+        SMALL, refitted
+    ),
     "python -m mtcsnn.train experiment=lambda_sweep loss.lam=0.1 loss.difference=signed": Run(
         ONE_SEED, runs(1)
     ),
