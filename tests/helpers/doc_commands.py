@@ -174,13 +174,18 @@ def cross_validated(configurations: int) -> Callable[[set[Path], str], None]:
     return check
 
 
-def refitted(written: set[Path], output: str) -> None:
-    """One run trained on every fold of the sweep above it, its val figures out-of-fold."""
-    runs(1)(written, output)
-    (folder,) = folders_with(written, "metrics.json")
-    metrics = json.loads((folder / "metrics.json").read_text())
-    assert metrics["refit"]["folds"] == 2 and metrics["config"]["data"]["fold"] == "all", output
-    assert metrics["best_epoch_number"] == metrics["refit"]["epochs"]
+def refitted(count: int) -> Callable[[set[Path], str], None]:
+    """``count`` runs trained on every fold of the sweep above, their val figures out-of-fold."""
+
+    def check(written: set[Path], output: str) -> None:
+        runs(count)(written, output)
+        for folder in folders_with(written, "metrics.json"):
+            metrics = json.loads((folder / "metrics.json").read_text())
+            assert metrics["refit"]["folds"] == 2, output
+            assert metrics["config"]["data"]["fold"] == "all", output
+            assert metrics["best_epoch_number"] == metrics["refit"]["epochs"]
+
+    return check
 
 
 def search(trials: int) -> Callable[[set[Path], str], None]:
@@ -311,6 +316,15 @@ VAL_CHOSEN_MTCSNN = PAPER_TABLE + (
 STRONG_CORRUPT = PAPER_TABLE + (
     "data.augment=strong_corrupt hydra.sweep.dir=logs/paper_table/multiruns/strong_corrupt"
 )
+CV_RECIPE = (
+    "python -m mtcsnn.train experiment=cv loss=ce,mtcsnn seed=1,2,3 hydra/launcher=parallel "
+    "hydra.launcher.n_jobs=2 hydra.sweep.dir=logs/cv/multiruns/seeds123"
+)
+REFIT_RECIPE = (
+    "python -m mtcsnn.train --multirun refit_from=logs/cv/multiruns/seeds123 loss=ce,mtcsnn "
+    "seed=1,2,3 hydra/launcher=parallel hydra.launcher.n_jobs=2 "
+    "hydra.sweep.dir=logs/refit/multiruns/seeds123"
+)
 
 RUN = {
     "python -m mtcsnn.train": Run("trainer.max_epochs=1", runs(1)),
@@ -348,7 +362,7 @@ RUN = {
     "python -m mtcsnn.report logs/cv/multiruns/<date>_<time>": Run("", cross_validated(2)),
     # the settings of the sweep above: its folds of seed 1
     "python -m mtcsnn.train refit_from=logs/cv/multiruns/<date>_<time> loss=mtcsnn seed=1": Run(
-        SMALL, refitted
+        SMALL, refitted(1)
     ),
     "python -m mtcsnn.train experiment=lambda_sweep loss.lam=0.1 loss.difference=signed": Run(
         ONE_SEED, runs(1)
@@ -364,6 +378,11 @@ RUN = {
     ),
     "python -m mtcsnn.report logs/paper_table/multiruns/<date>_<time> "
     "--out docs/results/default_recipe": Run("", report(2, 1)),
+    # the default recipe cross-validated and refit (docs/results.md): two folds of one seed
+    CV_RECIPE: Run(ONE_SEED + " data.folds=2 'data.fold=range(0,2)'", runs(4)),
+    REFIT_RECIPE: Run(SMALL + " seed=1", refitted(2)),
+    "python -m mtcsnn.report logs/cv/multiruns/seeds123 logs/refit/multiruns/seeds123 "
+    "--out docs/results/cv": Run("", cross_validated(2)),
     # each loss's val-chosen settings and the corruption augmentation (docs/results.md), one seed
     VAL_CHOSEN_CE: Run(ONE_SEED, runs(1)),
     VAL_CHOSEN_CE + " resume=true corruptions=all": Run(ONE_SEED, measured(1)),
