@@ -118,7 +118,7 @@ def fold_set(runs: list[Run]) -> FoldSet | str:
     # "each" fold its own model, told apart from a refit's "all" where both are reported
     settings = {**first.settings, FOLD: EACH}
     return FoldSet(
-        path=Path(os.path.commonpath([r.path.absolute() for r in ordered])),
+        path=_common_folder([r.path for r in ordered]),
         metrics=metrics,
         grades=first.grades,
         probs=test_probs,
@@ -130,6 +130,14 @@ def fold_set(runs: list[Run]) -> FoldSet | str:
         oof_grades=grades,
         oof_probs=probs,
     )
+
+
+def _common_folder(paths: list[Path]) -> Path:
+    """The folder the fold runs share, as the report was given it (relative stays relative)."""
+    try:
+        return Path(os.path.commonpath(paths))
+    except ValueError:  # relative and absolute paths together
+        return Path(os.path.commonpath([p.absolute() for p in paths]))
 
 
 def out_of_fold(runs: list[Run]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | str:
