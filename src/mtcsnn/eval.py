@@ -75,7 +75,7 @@ def split_as_trained(data: DictConfig, split: tuple[float, float, int], where: s
     """Split photographs without a split column as the model's training run did: another draw
     would put images it trained on into val and test. Numbers only are taken from the spec."""
     trained = dict(zip(("val_fraction", "test_fraction", "split_seed"), split, strict=True))
-    given = {key: data.get(key) for key in trained}
+    given = _take(data, trained)
     if given != trained:
         log.warning(
             "%s was trained on photographs split with %s: without a split column they are split "
@@ -84,17 +84,16 @@ def split_as_trained(data: DictConfig, split: tuple[float, float, int], where: s
             ", ".join(f"data.{k}={v}" for k, v in trained.items()),
             ", ".join(f"data.{k}={v}" for k, v in given.items()),
         )
-    with open_dict(data):
-        for key, value in trained.items():
-            data[key] = value
 
 
 def folds_as_trained(data: DictConfig, folds: tuple[int, int | str, int], where: str) -> None:
     """Validate a model of a cross-validation fold on that fold, as its run did: the official
     val split (or another fold) holds images it trained on. A refit trained on every fold, so
     no image of its data is left to validate on."""
+    from mtcsnn.models.spec import EVERY_FOLD  # torch: imported after the command line's checks
+
     count, fold, seed = folds
-    if fold == "all":
+    if fold == EVERY_FOLD:
         raise EvalDataError(
             f"{where} was refit on every train and val image of its data (refit_from): "
             "evaluated here, it would be validated on images it trained on. Its run's "
@@ -102,8 +101,7 @@ def folds_as_trained(data: DictConfig, folds: tuple[int, int | str, int], where:
             "on other data"
         )
     trained = {"folds": count, "fold": fold, "fold_seed": seed}
-    given = {key: data.get(key) for key in trained}
-    if given != trained:
+    if _take(data, trained) != trained:
         log.warning(
             "%s was trained on fold %s of %s (fold seed %s): val is that fold here, as in its run",
             where,
@@ -111,9 +109,15 @@ def folds_as_trained(data: DictConfig, folds: tuple[int, int | str, int], where:
             count,
             seed,
         )
+
+
+def _take(data: DictConfig, trained: dict) -> dict:
+    """Set ``trained``'s values in ``data``; returns the values the command line had."""
+    given = {key: data.get(key) for key in trained}
     with open_dict(data):
         for key, value in trained.items():
             data[key] = value
+    return given
 
 
 def evaluate(cfg: DictConfig) -> dict:

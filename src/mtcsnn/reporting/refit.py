@@ -19,8 +19,8 @@ from mtcsnn.run.files import best_epoch_number
 from mtcsnn.run.refit import Refit
 
 FOLD_SEED = "config.data.fold_seed"
-# what a refit's own command line leaves to its sweep (the folds) or names it by
-NOT_COMPARED = {FOLDS, FOLD, FOLD_SEED, "config.refit_from"}
+# what a refit's own command line leaves to its sweep: the folds (refit_from is ignored() too)
+NOT_COMPARED = {FOLDS, FOLD, FOLD_SEED}
 SHOWN_DIFFERENCES = 4
 
 
@@ -47,8 +47,7 @@ def refit_plan(cfg: DictConfig, choices: dict[str, str]) -> Refit:
     )
     same = [s for s in sets if _compared(s.settings) == own]
     if not same:
-        nearest = min(sets, key=lambda s: len(_differences(own, _compared(s.settings))))
-        shown = _differences(own, _compared(nearest.settings))
+        shown = min((_differences(own, _compared(s.settings)) for s in sets), key=len)
         raise DataError(
             f"refit_from={sweep}: no cross-validated configuration there is this run's; the "
             f"nearest differs in {'; '.join(shown[:SHOWN_DIFFERENCES])}"

@@ -37,20 +37,36 @@ def evaluation_results(
     loggers: list | None = None,
     test: bool = True,
     referral: ReferralSettings | None = None,
+    refit: Refit | None = None,
 ) -> dict:
     """What one val and one test pass of ``model`` give: the metrics of ``metrics.json``.
 
     Shared by a training run (its best checkpoint), ``mtcsnn.eval`` (any checkpoint) and a
     search (its chosen trial). ``test=False`` stops after val. Beside the grade metrics: the
     referable-DR figures (thresholds chosen on val) and calibration of ``referral``'s settings.
+    A ``refit`` (:mod:`mtcsnn.run.refit`) has no images of its own to validate on: its val
+    figures, temperature and thresholds are its sweep's out-of-fold predictions, and its score
+    is not decoded (that would fit thresholds on its own val scores).
     """
-    val, test_metrics = validate_and_test(model, datamodule, trainer_cfg, loggers, test=test)
+    if refit is None:
+        val, test_metrics = validate_and_test(model, datamodule, trainer_cfg, loggers, test=test)
+        val_predictions = model.val_predictions
+    else:
+        val = grade_figures(refit.grades, refit.probs)
+        log.info(
+            "val  %s (out-of-fold, %d folds of %s)", metrics_line(val), refit.folds, refit.sweep
+        )
+        test_metrics = test_pass(model, datamodule, trainer_cfg, loggers)
+        val_predictions = {
+            "grade": torch.from_numpy(refit.grades),
+            "probs": torch.from_numpy(refit.probs),
+        }
     if test:  # the test pass refuses them already; nothing graded from NaN reaches metrics.json
         refuse_non_finite(model.test_predictions, "test")
     add_screening(
         val,
         test_metrics,
-        model.val_predictions,
+        val_predictions,
         model.test_predictions if test else None,
         referral or ReferralSettings(),
     )
@@ -61,43 +77,12 @@ def evaluation_results(
         # runs tested on other images are never paired by mtcsnn.report
         "test_data": data_fingerprint(*datamodule.splits["test"]) if test else None,
     }
-    if test:
+    if test and refit is None:
         # the severity score as a grader: thresholds fitted on val, pairwise inference
         decoded = decode_if_trained(model.net, model.loss, datamodule.splits)
         if decoded is not None:
             results["score_decoding"] = decoded
     return results
-
-
-def refit_results(
-    model: MTCSNNModule,
-    datamodule: PairDataModule,
-    trainer_cfg: DictConfig,
-    refit: Refit,
-    loggers: list | None = None,
-    referral: ReferralSettings | None = None,
-) -> dict:
-    """:func:`evaluation_results` of a refit (:mod:`mtcsnn.run.refit`): one test pass; its val
-    figures, temperature and referral thresholds are its sweep's out-of-fold predictions, as a
-    refit has no images of its own to validate on. The score is not decoded (its thresholds
-    would be fitted on val scores, and the sweep's are other models')."""
-    val = grade_figures(refit.grades, refit.probs)
-    log.info("val  %s (out-of-fold, %d folds of %s)", metrics_line(val), refit.folds, refit.sweep)
-    test_metrics = test_pass(model, datamodule, trainer_cfg, loggers)
-    refuse_non_finite(model.test_predictions, "test")
-    out_of_fold = {
-        "grade": torch.from_numpy(refit.grades),
-        "probs": torch.from_numpy(refit.probs),
-    }
-    add_screening(
-        val, test_metrics, out_of_fold, model.test_predictions, referral or ReferralSettings()
-    )
-    return {
-        "val": val,
-        "test": test_metrics,
-        "test_confusion": model.test_confusion,
-        "test_data": data_fingerprint(*datamodule.splits["test"]),
-    }
 
 
 def ensemble_results(

@@ -7,7 +7,7 @@ one) and stops after the median of the folds' best-val epochs, over every seed o
 configuration in the sweep. Nothing is left to validate on, so it never validates: its val
 figures, the temperature and the referral thresholds are its seed's out-of-fold predictions
 (each pooled image predicted by the fold model that did not train on it), which
-:func:`mtcsnn.reporting.cross_validation.refit_plan` reads from the sweep.
+:func:`mtcsnn.reporting.refit.refit_plan` reads from the sweep.
 """
 
 from __future__ import annotations

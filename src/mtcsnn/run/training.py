@@ -38,7 +38,7 @@ from mtcsnn.run.distributed import (
     owns_run_dir,
     use_job_commands_for_ddp_children,
 )
-from mtcsnn.run.evaluation import evaluation_results, referral_of, refit_results
+from mtcsnn.run.evaluation import evaluation_results, referral_of
 from mtcsnn.run.failures import clear_failure, in_multirun
 from mtcsnn.run.files import (
     best_epoch_number,
@@ -292,12 +292,10 @@ def fit_and_test(cfg: DictConfig, test: bool = True, refit: Refit | None = None)
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["state_dict"])
         epoch = int(state["epoch"]) + 1  # Lightning counts from 0
-    if refit is None:
-        results = evaluation_results(
-            model, datamodule, cfg.trainer, loggers, test=test, referral=referral_of(cfg)
-        )
-    else:
-        results = refit_results(model, datamodule, cfg.trainer, refit, loggers, referral_of(cfg))
+    results = evaluation_results(
+        model, datamodule, cfg.trainer, loggers, test=test, referral=referral_of(cfg), refit=refit
+    )
+    if refit is not None:
         results["refit"] = refit.record()
     results.update(
         best_epoch_number=epoch,
