@@ -224,3 +224,74 @@ def test_the_report_puts_each_seeds_folds_together_out_of_fold_and_as_an_ensembl
     (only,) = summary["cross_validation"]["configurations"]  # the MTCSNN set alone
     assert only["out_of_fold"] == rows["loss=mtcsnn"]["out_of_fold"]
     assert summary["cross_validation"]["out_of_fold_vs_ce"] == []
+
+
+def _noisy_probs(grades: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
+    logits = np.eye(5)[grades] * 2.0 + rng.normal(0.0, noise, (len(grades), 5))
+    exp = np.exp(logits - logits.max(1, keepdims=True))
+    return exp / exp.sum(1, keepdims=True)
+
+
+def test_the_cv_choice_is_compared_with_what_it_passed_over_out_of_fold_and_on_test():
+    from pathlib import Path
+
+    from mtcsnn.grading.comparison import grade_figures
+    from mtcsnn.reporting.comparing import chosen_against_the_rest, chosen_on_val
+    from mtcsnn.reporting.cross_validation import FoldSet, add_oof_differences
+    from mtcsnn.reporting.grouping import group_runs, label
+    from mtcsnn.reporting.page import chosen_on_val_lines
+
+    rng = np.random.default_rng(0)
+    pool, test = np.arange(300) % 5, np.arange(200) % 5
+    # "adamw" is the better out of fold and the worse on test: chosen on the first alone
+    noise = {"adam": (2.5, 1.5), "adamw": (1.5, 2.5)}
+    sets, figures = [], {}
+    for optimizer, (oof_noise, test_noise) in noise.items():
+        for seed in (1, 2, 3):
+            oof_probs = _noisy_probs(pool, oof_noise, rng)
+            test_probs = _noisy_probs(test, test_noise, rng)
+            metrics = {
+                "seed": seed,
+                "val": grade_figures(pool, oof_probs),
+                "test": grade_figures(test, test_probs),
+            }
+            settings = {"choices.loss": "ce", "choices.model/optimizer": optimizer}
+            sets.append(
+                FoldSet(
+                    path=Path(f"{optimizer}/{seed}"),
+                    metrics=metrics,
+                    grades=test,
+                    probs=test_probs,
+                    settings=settings,
+                    oof_grades=pool,
+                    oof_probs=oof_probs,
+                )
+            )
+            figures[optimizer, seed] = (
+                roc_auc_score(pool, oof_probs, multi_class="ovr"),
+                roc_auc_score(test, test_probs, multi_class="ovr"),
+            )
+    groups = group_runs(sets)
+    (ranking,) = chosen_on_val(groups)
+    assert [label(c) for c in ranking["ranked"]] == [
+        "model/optimizer=adamw",
+        "model/optimizer=adam",
+    ]
+    rows = chosen_against_the_rest(groups, 200)
+    (row,) = rows
+    assert label(row["config"]) == "model/optimizer=adamw"
+    assert label(row["baseline"]) == "model/optimizer=adam"
+    assert row["seeds"] == 3
+    on_test = np.mean([figures["adamw", s][1] - figures["adam", s][1] for s in (1, 2, 3)])
+    assert row["auroc"][0] == pytest.approx(on_test) and on_test < 0
+    assert row["auroc"][1] <= on_test <= row["auroc"][2]
+    add_oof_differences(rows, groups, 200)
+    out_of_fold = np.mean([figures["adamw", s][0] - figures["adam", s][0] for s in (1, 2, 3)])
+    assert row["out_of_fold"]["auroc"][0] == pytest.approx(out_of_fold) and out_of_fold > 0
+    assert row["out_of_fold"]["auroc"][1] <= out_of_fold <= row["out_of_fold"]["auroc"][2]
+    (line,) = [
+        line
+        for line in chosen_on_val_lines(groups, [], rows)
+        if line.startswith("| model/optimizer=adamw | model/optimizer=adam | 3 |")
+    ]
+    assert f"{on_test:+.4f}" in line and f"{out_of_fold:+.4f}" in line

@@ -505,6 +505,15 @@ def test_val_chooses_the_recipe_per_loss_and_test_plays_no_part(tmp_path):
     assert "| mtcsnn | val AUROC | 2 | loss=mtcsnn, data.augment=strong | 3 |" in table
     assert "| ce | val AUROC | - | loss=ce, data.augment=flip | 1 | 0.9900 | - |" in table
     assert [dict(c)["config.data.augment"] for c in rows[0]["too_few"]] == ["flip"]
+    # each choice against what it passed over (not the one-seed recipe: it was not ranked);
+    # runs of the official split have no out-of-fold figures
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    passed = {r["configuration"]: r for r in summary["chosen_vs_passed_over"]}
+    assert set(passed) == {"loss=ce, data.augment=dihedral", "loss=mtcsnn, data.augment=dihedral"}
+    for loss in ("ce", "mtcsnn"):
+        row = passed[f"loss={loss}, data.augment=dihedral"]
+        assert row["passed_over"] == f"loss={loss}, data.augment=strong"
+        assert row["paired_seeds"] == 3 and row["out_of_fold"] is None
 
 
 def write_val_predictions(folder, probs: np.ndarray, grades: np.ndarray) -> None:

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from mtcsnn.reporting.comparing import (
+    chosen_against_the_rest,
     comparisons,
     ensemble_rows,
     pooled_comparison,
@@ -24,6 +25,7 @@ from mtcsnn.reporting.comparing import (
 )
 from mtcsnn.reporting.cross_validation import (
     FoldSet,
+    add_oof_differences,
     combine_folds,
     cv_lines,
     cv_rows,
@@ -95,6 +97,8 @@ def report(argv: list[str] | None) -> int:
     robust = robustness_rows(groups)
     choices = val_choices_compared(groups, args.bootstrap)
     add_corruption_errors(choices, groups)
+    margins = chosen_against_the_rest(groups, args.bootstrap)
+    add_oof_differences(margins, groups, args.bootstrap)
     folds, folds_compared = cv_rows(groups), oof_comparisons(groups, args.bootstrap)
     markdown = results_markdown(
         groups,
@@ -107,10 +111,20 @@ def report(argv: list[str] | None) -> int:
         robust,
         choices,
         cv_lines(folds, folds_compared),
+        margins,
     )
     write_text_atomic(out / "results.md", markdown)
     summary = report_summary(
-        groups, compared, ensembles, pooled, root, args.bootstrap, referrals, robust, choices
+        groups,
+        compared,
+        ensembles,
+        pooled,
+        root,
+        args.bootstrap,
+        referrals,
+        robust,
+        choices,
+        margins,
     )
     if folds:
         summary["cross_validation"] = cv_summary(folds, folds_compared)

@@ -169,6 +169,20 @@ def val_choices_compared(groups: dict[tuple, list[Run]], num_resamples: int) -> 
     return rows
 
 
+def chosen_against_the_rest(groups: dict[tuple, list[Run]], num_resamples: int) -> list[dict]:
+    """Each loss's val-chosen configuration (:func:`chosen_on_val`) against every other it was
+    ranked above, seed by seed on test: what the choice was worth on images that chose nothing.
+    The row's ``baseline`` is the configuration passed over."""
+    rows = []
+    for ranking in chosen_on_val(groups):
+        chosen, *passed_over = ranking["ranked"] or [None]
+        for other in passed_over:
+            row = _compared(chosen, other, groups, num_resamples)
+            if row is not None:
+                rows.append(row)
+    return rows
+
+
 def pooled_comparison(compared: list[dict], num_resamples: int) -> dict | None:
     """MTCSNN - CE over the pairs of every configuration compared, with
     :func:`mtcsnn.grading.comparison.pooled_difference`'s CI (pairs and test images resampled).

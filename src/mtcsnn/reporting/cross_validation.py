@@ -205,26 +205,43 @@ def oof_comparisons(groups: dict[tuple, list[Run]], num_resamples: int) -> list[
     """Each fold-set configuration against its CE one (:func:`baseline_of`), seed by seed, on
     the out-of-fold predictions: the difference with a paired bootstrap 95% CI over the pool."""
     rows = []
-    for config, runs in groups.items():
+    for config in groups:
         base = baseline_of(config, groups)
-        if base is None:
-            continue
-        by_seed = {r.seed: r for r in groups[base] if isinstance(r, FoldSet)}
-        pairs = [
-            (r, by_seed[r.seed])
-            for r in runs
-            if isinstance(r, FoldSet)
-            and r.seed in by_seed
-            and np.array_equal(r.oof_grades, by_seed[r.seed].oof_grades)
-        ]
-        if not pairs:
-            continue
-        pooled = [((a.oof_grades, a.oof_probs), (b.oof_grades, b.oof_probs)) for a, b in pairs]
-        row = {"config": config, "baseline": base, "seeds": len(pairs)}
-        for metric in PAIRED_METRICS:
-            row[metric] = compare(pooled, metric, num_resamples)
-        rows.append(row)
+        row = oof_difference(config, base, groups, num_resamples) if base is not None else None
+        if row is not None:
+            rows.append(row)
     return rows
+
+
+def oof_difference(
+    config: tuple, base: tuple, groups: dict[tuple, list[Run]], num_resamples: int
+) -> dict | None:
+    """``config`` - ``base`` on the out-of-fold predictions, seed by seed (paired bootstrap
+    over the pool), or None where no seed of both was cross-validated on the same pool."""
+    by_seed = {r.seed: r for r in groups[base] if isinstance(r, FoldSet)}
+    pairs = [
+        (r, by_seed[r.seed])
+        for r in groups[config]
+        if isinstance(r, FoldSet)
+        and r.seed in by_seed
+        and np.array_equal(r.oof_grades, by_seed[r.seed].oof_grades)
+    ]
+    if not pairs:
+        return None
+    pooled = [((a.oof_grades, a.oof_probs), (b.oof_grades, b.oof_probs)) for a, b in pairs]
+    row = {"config": config, "baseline": base, "seeds": len(pairs)}
+    for metric in PAIRED_METRICS:
+        row[metric] = compare(pooled, metric, num_resamples)
+    return row
+
+
+def add_oof_differences(
+    compared: list[dict], groups: dict[tuple, list[Run]], num_resamples: int
+) -> None:
+    """Sets each comparison row's ``out_of_fold`` (:func:`oof_difference` of its configuration
+    against its baseline), None where the two were not both cross-validated."""
+    for row in compared:
+        row["out_of_fold"] = oof_difference(row["config"], row["baseline"], groups, num_resamples)
 
 
 def cv_lines(rows: list[dict], compared: list[dict]) -> list[str]:

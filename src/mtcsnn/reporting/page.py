@@ -33,6 +33,7 @@ def results_markdown(
     robustness: list[dict] | None = None,
     choices: list[dict] | None = None,
     cross_validation: list[str] | None = None,
+    margins: list[dict] | None = None,
 ) -> str:
     # columns every run has: off-by-one accuracy is missing from runs of older versions
     extra = [
@@ -124,7 +125,7 @@ def results_markdown(
     lines += screening_lines(groups, compared)
     lines += referral_lines(referrals or [])
     lines += robustness_lines(robustness or [])
-    lines += chosen_on_val_lines(groups, choices or [])
+    lines += chosen_on_val_lines(groups, choices or [], margins or [])
     lines += score_decoding_lines(groups)
     lines += held_out_problem_lines(groups)
     lines += skipped_lines(skipped)
@@ -305,7 +306,9 @@ def score_decoding_lines(groups: dict[tuple, list[Run]]) -> list[str]:
     ]
 
 
-def chosen_on_val_lines(groups: dict[tuple, list[Run]], choices: list[dict]) -> list[str]:
+def chosen_on_val_lines(
+    groups: dict[tuple, list[Run]], choices: list[dict], margins: list[dict]
+) -> list[str]:
     rows = chosen_on_val(groups)
     if not rows:
         return []
@@ -333,6 +336,25 @@ def chosen_on_val_lines(groups: dict[tuple, list[Run]], choices: list[dict]) -> 
             lines.append(
                 f"| {md(row['loss'])} | {by} | {rank} | {name} | {seeds_cell(groups[config])} | "
                 f"{mean_std(*s['val/auroc'])} | {held_out} | {mean_std(*s['test/auroc'])} |"
+            )
+    if margins:
+        lines += [
+            "",
+            "The chosen configuration against each it was ranked above, seed by seed: on test "
+            "(paired bootstrap 95% CI over the test images), and out of fold where both were "
+            "cross-validated (over the pooled images: the figures that made the choice).",
+            "",
+            "| chosen | over | paired seeds | test AUROC difference [95% CI] "
+            "| test accuracy difference [95% CI] | out-of-fold AUROC difference [95% CI] "
+            "| out-of-fold accuracy difference [95% CI] |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for row in margins:
+            oof = difference_cells(row["out_of_fold"]) if row.get("out_of_fold") else ["-", "-"]
+            lines.append(
+                f"| {md(label(row['config']))} | {md(label(row['baseline']))} | {row['seeds']} | "
+                + " | ".join([*difference_cells(row), *oof])
+                + " |"
             )
     if choices:
         lines += [

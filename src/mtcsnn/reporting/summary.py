@@ -109,6 +109,7 @@ def report_summary(
     referrals: list[dict] | None = None,
     robustness: list[dict] | None = None,
     choices: list[dict] | None = None,
+    margins: list[dict] | None = None,
 ) -> dict:
     """The summary of one report: per configuration, the comparisons, ensembles, val's choice."""
     ordered = sorted(groups.items(), key=lambda kv: label(kv[0]))
@@ -187,6 +188,19 @@ def report_summary(
                 "too_few_seeds": [label(c) for c in row["too_few"]],
             }
             for row in chosen_on_val(groups)
+        ],
+        # each loss's val-chosen configuration against those it was ranked above, seed by seed
+        "chosen_vs_passed_over": [
+            {
+                "configuration": label(row["config"]),
+                "passed_over": label(row["baseline"]),
+                "paired_seeds": row["seeds"],
+                "test": difference_summary(row),
+                "out_of_fold": (
+                    difference_summary(row["out_of_fold"]) if row.get("out_of_fold") else None
+                ),
+            }
+            for row in margins or []
         ],
         # each multi-task loss's val-chosen configuration against CE's, seed by seed
         "val_choices_vs_ce": [
