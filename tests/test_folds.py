@@ -295,3 +295,5 @@ def test_the_cv_choice_is_compared_with_what_it_passed_over_out_of_fold_and_on_t
         if line.startswith("| model/optimizer=adamw | model/optimizer=adam | 3 |")
     ]
     assert f"{on_test:+.4f}" in line and f"{out_of_fold:+.4f}" in line
+    ranked = [line for line in chosen_on_val_lines(groups, [], rows) if line.startswith("| ce |")]
+    assert len(ranked) == 2 and all("| out-of-fold AUROC |" in line for line in ranked)

@@ -16,6 +16,7 @@ from mtcsnn.reporting.comparing import (
     screening_summary,
     summarise,
 )
+from mtcsnn.reporting.cross_validation import FoldSet
 from mtcsnn.reporting.grouping import label
 from mtcsnn.reporting.markdown import difference_cells, md, mean_std, seeds_cell
 from mtcsnn.reporting.referring import FIGURES as REFERRAL_FIGURES
@@ -326,7 +327,12 @@ def chosen_on_val_lines(
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
+        # a cross-validated configuration's val figures are its out-of-fold ones
+        cross_validated = all(
+            isinstance(r, FoldSet) for c in row["ranked"] + row["too_few"] for r in groups[c]
+        )
         by = "held-out val AUROC" if row["metric"] == HELD_OUT else "val AUROC"
+        by = "out-of-fold AUROC" if cross_validated else by
         listed = [(str(i), c) for i, c in enumerate(row["ranked"], 1)]
         listed += [("-", c) for c in row["too_few"]]
         for rank, config in listed:
