@@ -325,6 +325,21 @@ REFIT_RECIPE = (
     "seed=1,2,3 hydra/launcher=parallel hydra.launcher.n_jobs=2 "
     "hydra.sweep.dir=logs/refit/multiruns/seeds123"
 )
+# each loss's val-chosen settings, cross-validated (docs/results.md)
+CV_CANDIDATE = "python -m mtcsnn.train experiment=cv seed=1,2,3 "
+CV_VAL_CHOSEN_CE = CV_CANDIDATE + (
+    "loss=ce model/optimizer=adamw model/scheduler=cosine optimized_metric=val/loss "
+    "hydra/launcher=parallel hydra.launcher.n_jobs=2 "
+    "hydra.sweep.dir=logs/cv/multiruns/val_chosen_ce"
+)
+CV_VAL_CHOSEN_MTCSNN = CV_CANDIDATE + (
+    "loss=mtcsnn loss.label_smoothing=0.1 optimized_metric=val/loss hydra/launcher=parallel "
+    "hydra.launcher.n_jobs=2 hydra.sweep.dir=logs/cv/multiruns/val_chosen_mtcsnn"
+)
+CV_CANDIDATES_REPORT = (
+    "python -m mtcsnn.report logs/cv/multiruns/seeds123 logs/cv/multiruns/val_chosen_ce "
+    "logs/cv/multiruns/val_chosen_mtcsnn --out docs/results/cv_recipes"
+)
 
 RUN = {
     "python -m mtcsnn.train": Run("trainer.max_epochs=1", runs(1)),
@@ -383,6 +398,10 @@ RUN = {
     REFIT_RECIPE: Run(SMALL + " seed=1", refitted(2)),
     "python -m mtcsnn.report logs/cv/multiruns/seeds123 logs/refit/multiruns/seeds123 "
     "--out docs/results/cv": Run("", cross_validated(2)),
+    # two folds of one seed each; the report puts them beside the default recipe's above
+    CV_VAL_CHOSEN_CE: Run(ONE_SEED + " data.folds=2 'data.fold=range(0,2)'", runs(2)),
+    CV_VAL_CHOSEN_MTCSNN: Run(ONE_SEED + " data.folds=2 'data.fold=range(0,2)'", runs(2)),
+    CV_CANDIDATES_REPORT: Run("", cross_validated(4)),
     # each loss's val-chosen settings and the corruption augmentation (docs/results.md), one seed
     VAL_CHOSEN_CE: Run(ONE_SEED, runs(1)),
     VAL_CHOSEN_CE + " resume=true corruptions=all": Run(ONE_SEED, measured(1)),
