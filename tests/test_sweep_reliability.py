@@ -342,3 +342,21 @@ def test_a_linked_record_folder_or_source_is_refused(tmp_path, planted):
             (keep_original if planted == "folder" else restore_original)(run_dir)
     assert list(elsewhere.iterdir()) == [] and outside.read_text() == "keep: me\n"
     assert (run_dir / ".hydra" / "config.yaml").read_text() == "config.yaml: now\n"
+
+
+def test_a_job_that_failed_on_a_nearly_full_disk_says_how_much_was_free(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from mtcsnn.run import failures
+
+    usage = namedtuple("usage", "total used free")
+    error = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 124 vs 12")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 * 2**30, 10 * 2**30, 3 * 2**20))
+    failures.record_failure(tmp_path, error, announce=False)
+    reason = json.loads((tmp_path / "failed.json").read_text())["error"]
+    assert reason == f"{error} (the disk holding {tmp_path} has 3 MiB free)"
+    # with room on the disk the reason is the error alone
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 * 2**30, 0, 10 * 2**30))
+    failures.record_failure(tmp_path, error, announce=False)
+    assert json.loads((tmp_path / "failed.json").read_text())["error"] == str(error)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import sys
 import traceback
 from collections.abc import Callable
@@ -30,6 +31,9 @@ from mtcsnn.run.run_dir import RunDirError, hold, release
 
 log = logging.getLogger(__name__)
 FAILED = "failed.json"
+# below this much free space a failed job's reason says so: a full disk makes PyTorch's
+# checkpoint writer fail with "enforce fail at inline_container.cc ... unexpected pos"
+LOW_DISK_BYTES = 512 * 2**20
 
 
 def in_multirun() -> bool:
@@ -106,7 +110,7 @@ def record_failure(out_dir: Path, error: BaseException, announce: bool = True) -
     ``announce=False`` where the caller prints the error itself (a single run's one line).
     """
     record: dict[str, Any] = {
-        "error": str(error) or type(error).__name__,
+        "error": (str(error) or type(error).__name__) + low_disk_note(out_dir),
         "type": type(error).__name__,
     }
     if isinstance(error, BuildError) and error.__cause__ is not None:
@@ -119,6 +123,18 @@ def record_failure(out_dir: Path, error: BaseException, announce: bool = True) -
         pass
     if announce:
         log.error("job failed: %s (recorded in %s)", record["error"], out_dir / FAILED)
+
+
+def low_disk_note(out_dir: Path) -> str:
+    """`` (the disk holding <dir> has N MiB free)`` where it has under :data:`LOW_DISK_BYTES`:
+    a failure's likely cause, which the libraries' own errors do not name; else ``""``."""
+    try:
+        free = shutil.disk_usage(out_dir).free
+    except OSError:
+        return ""
+    if free >= LOW_DISK_BYTES:
+        return ""
+    return f" (the disk holding {out_dir} has {free // 2**20} MiB free)"
 
 
 def clear_failure(out_dir: Path) -> None:
