@@ -63,6 +63,7 @@ SMALL = (
     "trainer.max_epochs=1"
 )
 ONE_SEED = SMALL + " seed=1"
+TWO_FOLDS = ONE_SEED + " data.folds=2 'data.fold=range(0,2)'"
 # the photograph folders of the README's examples, made by the scratch fixture: a smaller size
 PHOTOS = "data.size=64 data.batch_size=16 trainer.max_epochs=1"
 
@@ -325,20 +326,27 @@ REFIT_RECIPE = (
     "seed=1,2,3 hydra/launcher=parallel hydra.launcher.n_jobs=2 "
     "hydra.sweep.dir=logs/refit/multiruns/seeds123"
 )
-# each loss's val-chosen settings, cross-validated (docs/results.md)
-CV_CANDIDATE = "python -m mtcsnn.train experiment=cv seed=1,2,3 "
-CV_VAL_CHOSEN_CE = CV_CANDIDATE + (
-    "loss=ce model/optimizer=adamw model/scheduler=cosine optimized_metric=val/loss "
-    "hydra/launcher=parallel hydra.launcher.n_jobs=2 "
-    "hydra.sweep.dir=logs/cv/multiruns/val_chosen_ce"
-)
-CV_VAL_CHOSEN_MTCSNN = CV_CANDIDATE + (
-    "loss=mtcsnn loss.label_smoothing=0.1 optimized_metric=val/loss hydra/launcher=parallel "
-    "hydra.launcher.n_jobs=2 hydra.sweep.dir=logs/cv/multiruns/val_chosen_mtcsnn"
-)
+# candidate recipes cross-validated like the default one (docs/results.md): folder -> settings
+CV_CANDIDATES = {
+    "val_chosen_ce": (
+        "loss=ce model/optimizer=adamw model/scheduler=cosine optimized_metric=val/loss"
+    ),
+    "val_chosen_mtcsnn": "loss=mtcsnn loss.label_smoothing=0.1 optimized_metric=val/loss",
+    "mtcsnn_lam01": "loss=mtcsnn loss.lam=0.1",
+}
+
+
+def cv_candidate(folder: str, settings: str) -> str:
+    return (
+        f"python -m mtcsnn.train experiment=cv seed=1,2,3 {settings} hydra/launcher=parallel "
+        f"hydra.launcher.n_jobs=2 hydra.sweep.dir=logs/cv/multiruns/{folder}"
+    )
+
+
 CV_CANDIDATES_REPORT = (
-    "python -m mtcsnn.report logs/cv/multiruns/seeds123 logs/cv/multiruns/val_chosen_ce "
-    "logs/cv/multiruns/val_chosen_mtcsnn --out docs/results/cv_recipes"
+    "python -m mtcsnn.report logs/cv/multiruns/seeds123 "
+    + " ".join(f"logs/cv/multiruns/{folder}" for folder in CV_CANDIDATES)
+    + " --out docs/results/cv_recipes"
 )
 
 RUN = {
@@ -371,9 +379,7 @@ RUN = {
     "python -m mtcsnn.train experiment=paper_table": Run(ONE_SEED, runs(6)),
     "python -m mtcsnn.train experiment=lambda_sweep": Run(ONE_SEED, runs(6)),
     # two folds of one seed for each loss
-    "python -m mtcsnn.train experiment=cv loss=ce,mtcsnn seed=1,2,3": Run(
-        ONE_SEED + " data.folds=2 'data.fold=range(0,2)'", runs(4)
-    ),
+    "python -m mtcsnn.train experiment=cv loss=ce,mtcsnn seed=1,2,3": Run(TWO_FOLDS, runs(4)),
     "python -m mtcsnn.report logs/cv/multiruns/<date>_<time>": Run("", cross_validated(2)),
     # the settings of the sweep above: its folds of seed 1
     "python -m mtcsnn.train refit_from=logs/cv/multiruns/<date>_<time> loss=mtcsnn seed=1": Run(
@@ -394,14 +400,17 @@ RUN = {
     "python -m mtcsnn.report logs/paper_table/multiruns/<date>_<time> "
     "--out docs/results/default_recipe": Run("", report(2, 1)),
     # the default recipe cross-validated and refit (docs/results.md): two folds of one seed
-    CV_RECIPE: Run(ONE_SEED + " data.folds=2 'data.fold=range(0,2)'", runs(4)),
+    CV_RECIPE: Run(TWO_FOLDS, runs(4)),
     REFIT_RECIPE: Run(SMALL + " seed=1", refitted(2)),
     "python -m mtcsnn.report logs/cv/multiruns/seeds123 logs/refit/multiruns/seeds123 "
     "--out docs/results/cv": Run("", cross_validated(2)),
     # two folds of one seed each; the report puts them beside the default recipe's above
-    CV_VAL_CHOSEN_CE: Run(ONE_SEED + " data.folds=2 'data.fold=range(0,2)'", runs(2)),
-    CV_VAL_CHOSEN_MTCSNN: Run(ONE_SEED + " data.folds=2 'data.fold=range(0,2)'", runs(2)),
-    CV_CANDIDATES_REPORT: Run("", cross_validated(4)),
+    **{
+        cv_candidate(folder, settings): Run(TWO_FOLDS, runs(2))
+        for folder, settings in CV_CANDIDATES.items()
+    },
+    # the default recipe's two configurations and one for each candidate
+    CV_CANDIDATES_REPORT: Run("", cross_validated(2 + len(CV_CANDIDATES))),
     # each loss's val-chosen settings and the corruption augmentation (docs/results.md), one seed
     VAL_CHOSEN_CE: Run(ONE_SEED, runs(1)),
     VAL_CHOSEN_CE + " resume=true corruptions=all": Run(ONE_SEED, measured(1)),
