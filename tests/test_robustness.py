@@ -356,6 +356,96 @@ def test_a_full_disk_ends_the_run_in_one_line_and_keeps_the_last_good_checkpoint
     assert not list(tmp_path.glob("val_predictions.csv*")) and not list(tmp_path.glob(".*.tmp"))
 
 
+@pytest.mark.slow
+def test_a_write_the_kernel_refuses_mid_checkpoint_ends_the_run_in_one_line(tmp_path):
+    """A real failed write, not a stub: under a file size limit (``ulimit -f``) the kernel
+    refuses the checkpoint's bytes, as a full disk does, and PyTorch's writer reports that as
+    its own ``[enforce fail ...] unexpected pos``, which must still end in our one line."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    train_command = shlex.join(
+        [
+            sys.executable,
+            "-m",
+            "mtcsnn.train",
+            "data=synthetic",
+            "data.num_train=32",
+            "data.num_val=20",
+            "data.num_test=20",
+            "trainer.max_epochs=1",
+            "trainer.enable_progress_bar=false",
+            f"hydra.run.dir={tmp_path}",
+        ]
+    )
+    # 2 MiB per file: the logs fit, a checkpoint (tens of MB) does not; SIGXFSZ is ignored so
+    # the write fails with EFBIG instead of killing the process
+    done = subprocess.run(
+        ["bash", "-c", f"trap '' XFSZ; ulimit -f 2048; exec {train_command}"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "WANDB_MODE": "offline"},
+        timeout=600,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and "inline_container" not in done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("error:")]
+    assert re.fullmatch(r"error: cannot write \S+checkpoints/\S+\.ckpt: File too large", line)
+    assert not list(tmp_path.rglob("*.tmp"))  # no half-written checkpoint left behind
+    failed = json.loads((tmp_path / "failed.json").read_text())
+    assert failed["error"] == line.removeprefix("error: ")
+
+
+def test_only_a_failed_write_behind_a_librarys_error_is_called_one():
+    import errno
+
+    from mtcsnn.writing import failed_write
+
+    def raised_while_handling(first: BaseException, then: BaseException) -> BaseException:
+        try:
+            try:
+                raise first
+            except BaseException:
+                raise then  # noqa: B904 (raised while handling: that context is the point)
+        except BaseException as err:
+            return err
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+    wrapped = raised_while_handling(full, RuntimeError("unexpected pos 704 vs 598"))
+    assert failed_write(wrapped) is full
+    assert failed_write(full) is full
+    # a library that looked for a file and then failed for another reason did not fail a write
+    missing = raised_while_handling(FileNotFoundError(errno.ENOENT, "x"), ValueError("bad"))
+    assert failed_write(missing) is None
+    assert failed_write(raised_while_handling(full, KeyboardInterrupt())) is None
+
+
+def test_a_write_the_disk_refused_anywhere_in_a_run_is_reported_in_one_line():
+    """Not only our own files: a library's log writer meeting a full disk ends a single run
+    with ``error: cannot write <file>: ...``, and a sweep job's failed.json says the same."""
+    import errno
+
+    from mtcsnn.errors import WriteError
+    from mtcsnn.run.failures import our_error
+
+    log = OSError(errno.ENOSPC, "No space left on device", "/r/csv/metrics.csv")
+    reported = our_error(log)
+    assert isinstance(reported, WriteError)
+    assert str(reported) == "cannot write /r/csv/metrics.csv: No space left on device"
+    try:
+        try:
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos")  # noqa: B904
+    except RuntimeError as wrapped:
+        assert str(our_error(wrapped)) == "cannot write: Disk quota exceeded"
+    # other OS errors are not failed writes: they stay what they are
+    missing = FileNotFoundError(errno.ENOENT, "No such file or directory", "/data/x.npz")
+    assert our_error(missing) is missing
+
+
 @pytest.mark.parametrize(
     ("config_name", "override", "expected"),
     [

@@ -15,6 +15,7 @@ side files.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import os
 import re
@@ -27,8 +28,10 @@ from mtcsnn.errors import WriteError
 
 __all__ = [
     "FILE_MODE",
+    "WRITE_FAILURES",
     "create_new",
     "csv_text",
+    "failed_write",
     "spreadsheet_row",
     "spreadsheet_text",
     "write_atomic",
@@ -95,13 +98,35 @@ def write_atomic(path: str | Path, write: Callable[[IO], object], binary: bool =
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as err:
+    except BaseException as raised:
         tmp.unlink(missing_ok=True)
+        err = failed_write(raised)
+        if err is None:
+            raise
         kept = " (the previous file is kept)" if path.exists() else ""
         raise WriteError(f"cannot write {path}: {err.strerror or err}{kept}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+
+# the OS's errors for a write that did not fit: full disk, quota, file size limit, I/O
+WRITE_FAILURES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+
+
+def failed_write(error: BaseException) -> OSError | None:
+    """The OS's error behind ``error``, if a write's failure raised it: ``error`` itself, or
+    a full disk (or the like) that a library's own error was raised while handling (PyTorch's
+    checkpoint writer reports one as ``[enforce fail at inline_container.cc] unexpected pos``)."""
+    if isinstance(error, OSError):
+        return error
+    if not isinstance(error, Exception):  # a kill or Ctrl-C is never a failed write
+        return None
+    seen: set[int] = set()
+    cause = error.__cause__ or error.__context__
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, OSError) and cause.errno in WRITE_FAILURES:
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -24,10 +24,11 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from mtcsnn.errors import ConfigError, MTCSNNError, StoppedError
+from mtcsnn.errors import ConfigError, MTCSNNError, StoppedError, WriteError
 from mtcsnn.run.distributed import owns_run_dir
 from mtcsnn.run.files import write_json
 from mtcsnn.run.run_dir import RunDirError, hold, release
+from mtcsnn.writing import WRITE_FAILURES, failed_write
 
 log = logging.getLogger(__name__)
 FAILED = "failed.json"
@@ -47,7 +48,17 @@ class BuildError(MTCSNNError):
 
 def our_error(error: BaseException) -> BaseException:
     """The error to report for ``error``: ours where Hydra's instantiate wrapped one of ours,
-    a :class:`BuildError` (one line) where it wrapped another's, else ``error`` itself."""
+    a :class:`BuildError` (one line) where it wrapped another's, a :class:`WriteError` for a
+    write the disk refused (a library's own writer, a log: not only our files), else ``error``
+    itself."""
+    refused = failed_write(error)
+    if (
+        refused is not None
+        and refused.errno in WRITE_FAILURES
+        and not isinstance(error, MTCSNNError)
+    ):
+        where = f" {refused.filename}" if refused.filename else ""
+        return WriteError(f"cannot write{where}: {refused.strerror or refused}")
     if not isinstance(error, InstantiationException):
         return error
     text = str(error)
