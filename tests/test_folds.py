@@ -190,6 +190,7 @@ def test_the_report_puts_each_seeds_folds_together_out_of_fold_and_as_an_ensembl
     summary = json.loads((sweep / "summary.json").read_text())
     rows = {r["configuration"]: r for r in summary["cross_validation"]["configurations"]}
     assert set(rows) == {"loss=ce", "loss=mtcsnn"}
+    configurations = {c["configuration"]: c for c in summary["configurations"]}
     by_hand = _oof_by_hand(sweep)
     for loss in ("ce", "mtcsnn"):
         row = rows[f"loss={loss}"]
@@ -207,6 +208,15 @@ def test_the_report_puts_each_seeds_folds_together_out_of_fold_and_as_an_ensembl
         test_grades = tests[0]["grade"][np.argsort(tests[0]["index"])].astype(int)
         expected = roc_auc_score(test_grades, averaged, multi_class="ovr", labels=range(5))
         assert row["fold_ensemble_test"]["auroc"] == pytest.approx(expected, abs=1e-5)
+        # referable DR (grade >= 2): the threshold the target sensitivity chooses on the
+        # pooled images, applied to the fold ensemble
+        p, referable = probs[:, 2:].sum(1), grades >= 2
+        threshold = max(t for t in p if np.mean(p[referable] >= t) >= 0.87 - 1e-12)
+        screened = configurations[f"loss={loss}"]["test"]["referable"]
+        assert screened["threshold"]["mean"] == pytest.approx(threshold, abs=1e-9)
+        p_test, referable_test = averaged[:, 2:].sum(1), test_grades >= 2
+        sensitivity = np.mean(p_test[referable_test] >= threshold)
+        assert screened["sensitivity"]["mean"] == pytest.approx(sensitivity)
     (compared,) = summary["cross_validation"]["out_of_fold_vs_ce"]
     assert compared["configuration"] == "loss=mtcsnn" and compared["baseline"] == "loss=ce"
     page = (sweep / "results.md").read_text()

@@ -11,6 +11,7 @@ from mtcsnn.grading.referral import (
     choose_threshold,
     referable_metrics,
     referable_probability,
+    referral_settings,
 )
 
 
@@ -79,6 +80,19 @@ def test_a_cut_outside_the_grades_and_an_unknown_rule_are_refused():
     for cuts in ([], [2, 2], [0], [5], [True], "2"):
         with pytest.raises(ConfigError, match="referable_cuts"):
             ReferralSettings(referable_cuts=cuts)
+
+
+def test_a_runs_grading_section_gives_its_settings_and_the_defaults_for_what_it_lacks():
+    """A metrics.json's config (a report reads runs of any version, from anyone)."""
+    given = {"referable_cuts": [3], "threshold_rule": "youden", "target_sensitivity": 0.9}
+    assert referral_settings(given) == ReferralSettings((3,), "youden", 0.9)
+    assert referral_settings(None) == ReferralSettings()
+    assert referral_settings({"threshold_rule": "youden"}) == ReferralSettings(
+        threshold_rule="youden"
+    )
+    for bad in ({"referable_cuts": 2}, {"target_sensitivity": "high"}, "youden", [2, 3]):
+        with pytest.raises(ConfigError):
+            referral_settings(bad)
 
 
 def numpy_ece(grades, probs, bins=15):

@@ -13,7 +13,7 @@ Pure functions of grades and probabilities (NumPy or torch in, floats out).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,6 +76,20 @@ class ReferralSettings:
     def key(index: int, cut: int) -> str:
         """``referable`` for the first cut, ``referable_<cut>`` for the others."""
         return "referable" if index == 0 else f"referable_{cut}"
+
+
+def referral_settings(grading: Mapping | None) -> ReferralSettings:
+    """The settings of a config's ``grading`` section (a command's, or a run's
+    ``metrics.json``); the defaults for a section or key it lacks (a run of an older version).
+    A value that is not allowed is a ConfigError."""
+    if grading is not None and not isinstance(grading, Mapping):
+        raise ConfigError("grading", grading, "it must be a section of settings")
+    fields = ("referable_cuts", "threshold_rule", "target_sensitivity")
+    given = {k: grading[k] for k in fields if grading and k in grading}
+    if "referable_cuts" in given:
+        check_cuts(given["referable_cuts"])
+        given["referable_cuts"] = tuple(given["referable_cuts"])
+    return ReferralSettings(**given)
 
 
 def _tensor(values, dtype=torch.float64) -> torch.Tensor:

@@ -6,7 +6,9 @@ rest of the report treats as one run:
 - its *val* figures are out-of-fold: every pooled train+val image predicted by the fold model
   that did not train on it (each at the epoch its own fold's val chose), 1,200 images on
   RetinaMNIST instead of 120, so configurations are chosen on them;
-- its *test* predictions are the fold ensemble: the K models' test probabilities averaged.
+- its *test* predictions are the fold ensemble: the K models' test probabilities averaged;
+  its referral thresholds and calibration temperature are chosen on the out-of-fold
+  predictions (as a run's are on val) and applied to the fold ensemble.
 
 A set is used only when it is whole: folds ``0 .. K-1`` each once, their val images disjoint and
 together the whole pool, all tested on the same images. Otherwise its runs are left out with the
@@ -23,8 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from mtcsnn.data.folds import ALL
+from mtcsnn.errors import ConfigError
 from mtcsnn.grading.comparison import PAIRED_METRICS, grade_figures
 from mtcsnn.grading.comparison import paired_difference as compare
+from mtcsnn.grading.referral import referral_settings, screening_metrics
 from mtcsnn.reporting.comparing import baseline_of
 from mtcsnn.reporting.grouping import ignored, label
 from mtcsnn.reporting.markdown import difference_cells, md, mean_std
@@ -105,10 +109,18 @@ def fold_set(runs: list[Run]) -> FoldSet | str:
     index, grades, probs = pooled
     test_probs = np.mean([r.probs for r in ordered], axis=0)
     first = ordered[0]
-    test = grade_figures(first.grades, test_probs)
+    try:
+        referral = referral_settings((first.metrics.get("config") or {}).get("grading"))
+    except ConfigError as err:
+        return f"the grading settings of seed {first.seed}'s folds cannot be used: {err}"
+    # referable DR and calibration as a run has them, thresholds and temperature chosen on
+    # the out-of-fold predictions and applied to the fold ensemble
+    val_screening, test_screening = screening_metrics(
+        (grades, probs), (first.grades, test_probs), referral
+    )
     metrics = {
-        "test": test,
-        "val": grade_figures(grades, probs),
+        "test": {**grade_figures(first.grades, test_probs), **test_screening},
+        "val": {**grade_figures(grades, probs), **val_screening},
         "seed": first.seed,
         "test_data": first.metrics.get("test_data"),
         "test_confusion": _confusion(first.grades, test_probs).tolist(),

@@ -167,9 +167,11 @@ def screening_lines(groups: dict[tuple, list[Run]], compared: list[dict]) -> lis
         "",
         "Referable AUROC: of P(grade >= cut), the sum of those grades' probabilities. "
         "Sensitivity and specificity: referring at the threshold each run chose on val (its "
-        "`grading` settings). ECE: expected calibration error of the top grade's probability, "
-        "15 bins. Mean +/- std over seeds. MTCSNN - CE: referable AUROC (grade >= "
-        f"{REFERABLE_CUT}) on the same seed, 95% CI from a paired bootstrap over test images.",
+        "`grading` settings; a cross-validated configuration's fold ensemble: the threshold "
+        "chosen on its out-of-fold predictions). ECE: expected calibration error of the top "
+        "grade's probability, 15 bins. Mean +/- std over seeds. MTCSNN - CE: referable AUROC "
+        f"(grade >= {REFERABLE_CUT}) on the same seed, 95% CI from a paired bootstrap over "
+        "test images.",
         "",
         "| configuration | seeds | referable AUROC | sensitivity | specificity | threshold "
         "| ECE | Brier | MTCSNN - CE referable AUROC [95% CI] |",

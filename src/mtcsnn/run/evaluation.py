@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from mtcsnn.data import PairDataModule
 from mtcsnn.grading.comparison import grade_figures, grade_scores
 from mtcsnn.grading.metrics import warn_once_together
-from mtcsnn.grading.referral import ReferralSettings, screening_metrics
+from mtcsnn.grading.referral import ReferralSettings, referral_settings, screening_metrics
 from mtcsnn.grading.score_decoding import decode_if_trained
 from mtcsnn.models import MTCSNNModule
 from mtcsnn.models.lit_module import NonFiniteOutputError
@@ -127,11 +127,7 @@ def ensemble_results(
 def referral_of(cfg: DictConfig) -> ReferralSettings:
     """The ``grading`` settings of a command's config (the defaults where it has none)."""
     node = cfg.get("grading")
-    if node is None:
-        return ReferralSettings()
-    settings = OmegaConf.to_container(node, resolve=True)
-    settings["referable_cuts"] = tuple(settings["referable_cuts"])
-    return ReferralSettings(**settings)
+    return referral_settings(None if node is None else OmegaConf.to_container(node, resolve=True))
 
 
 def averaged_predictions(predictions: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
