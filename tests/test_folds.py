@@ -282,12 +282,13 @@ def test_the_cv_choice_is_compared_with_what_it_passed_over_out_of_fold_and_on_t
                 roc_auc_score(test, test_probs, multi_class="ovr"),
             )
     groups = group_runs(sets)
-    (ranking,) = chosen_on_val(groups)
+    rankings = chosen_on_val(groups)
+    (ranking,) = rankings
     assert [label(c) for c in ranking["ranked"]] == [
         "model/optimizer=adamw",
         "model/optimizer=adam",
     ]
-    rows = chosen_against_the_rest(groups, 200)
+    rows = chosen_against_the_rest(groups, rankings, 200)
     (row,) = rows
     assert label(row["config"]) == "model/optimizer=adamw"
     assert label(row["baseline"]) == "model/optimizer=adam"
@@ -301,9 +302,13 @@ def test_the_cv_choice_is_compared_with_what_it_passed_over_out_of_fold_and_on_t
     assert row["out_of_fold"]["auroc"][1] <= out_of_fold <= row["out_of_fold"]["auroc"][2]
     (line,) = [
         line
-        for line in chosen_on_val_lines(groups, [], rows)
+        for line in chosen_on_val_lines(groups, rankings, [], rows)
         if line.startswith("| model/optimizer=adamw | model/optimizer=adam | 3 |")
     ]
     assert f"{on_test:+.4f}" in line and f"{out_of_fold:+.4f}" in line
-    ranked = [line for line in chosen_on_val_lines(groups, [], rows) if line.startswith("| ce |")]
+    ranked = [
+        line
+        for line in chosen_on_val_lines(groups, rankings, [], rows)
+        if line.startswith("| ce |")
+    ]
     assert len(ranked) == 2 and all("| out-of-fold AUROC |" in line for line in ranked)

@@ -681,7 +681,8 @@ def test_each_loss_s_val_choice_is_compared_with_ce_s_own(tmp_path):
             write_robustness(folder, 0.75, {"contrast_down": 0.03 if loss == "ce" else 0.06})
             folders[loss, augment, seed] = folder
     runs, _ = collect_runs(tmp_path)
-    (row,) = val_choices_compared(group_runs(runs), 200)
+    groups = group_runs(runs)
+    (row,) = val_choices_compared(groups, chosen_on_val(groups), 200)
     assert dict(row["config"])["config.data.augment"] == "strong"
     assert dict(row["baseline"])["config.data.augment"] == "dihedral"
 

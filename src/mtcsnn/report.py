@@ -16,27 +16,11 @@ import os
 import sys
 from pathlib import Path
 
-from mtcsnn.reporting.comparing import (
-    chosen_against_the_rest,
-    comparisons,
-    ensemble_rows,
-    pooled_comparison,
-    val_choices_compared,
-)
-from mtcsnn.reporting.cross_validation import (
-    FoldSet,
-    add_oof_differences,
-    combine_folds,
-    cv_lines,
-    cv_rows,
-    cv_summary,
-    oof_comparisons,
-)
+from mtcsnn.reporting.cross_validation import FoldSet, combine_folds, cv_summary
 from mtcsnn.reporting.figures import write_figures
+from mtcsnn.reporting.findings import find
 from mtcsnn.reporting.grouping import group_runs
 from mtcsnn.reporting.page import results_markdown
-from mtcsnn.reporting.referring import referral_rows
-from mtcsnn.reporting.robustness import add_corruption_errors, robustness_rows
 from mtcsnn.reporting.runs import collect_runs
 from mtcsnn.reporting.summary import report_summary
 from mtcsnn.run.files import write_text_atomic
@@ -90,44 +74,12 @@ def report(argv: list[str] | None) -> int:
     out = args.out or root
     out.mkdir(parents=True, exist_ok=True)
     groups = group_runs(runs)
-    compared = comparisons(groups, args.bootstrap)
-    ensembles = ensemble_rows(groups, args.bootstrap)
-    pooled = pooled_comparison(compared, args.bootstrap)
-    referrals = referral_rows(groups)
-    robust = robustness_rows(groups)
-    choices = val_choices_compared(groups, args.bootstrap)
-    add_corruption_errors(choices, groups)
-    margins = chosen_against_the_rest(groups, args.bootstrap)
-    add_oof_differences(margins, groups, args.bootstrap)
-    folds, folds_compared = cv_rows(groups), oof_comparisons(groups, args.bootstrap)
-    markdown = results_markdown(
-        groups,
-        compared,
-        skipped,
-        ", ".join(map(str, args.folders)),
-        ensembles,
-        pooled,
-        referrals,
-        robust,
-        choices,
-        cv_lines(folds, folds_compared),
-        margins,
-    )
-    write_text_atomic(out / "results.md", markdown)
-    summary = report_summary(
-        groups,
-        compared,
-        ensembles,
-        pooled,
-        root,
-        args.bootstrap,
-        referrals,
-        robust,
-        choices,
-        margins,
-    )
-    if folds:
-        summary["cross_validation"] = cv_summary(folds, folds_compared)
+    findings = find(groups, skipped, args.bootstrap)
+    title = ", ".join(map(str, args.folders))
+    write_text_atomic(out / "results.md", results_markdown(findings, title))
+    summary = report_summary(findings, root, args.bootstrap)
+    if findings.folds:
+        summary["cross_validation"] = cv_summary(findings.folds, findings.folds_compared)
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     figures = write_figures(groups, out)
     print(f"{len(runs)} run(s) in {len(groups)} configuration(s), {len(skipped)} skipped")

@@ -154,11 +154,13 @@ def _compared(
     return row
 
 
-def val_choices_compared(groups: dict[tuple, list[Run]], num_resamples: int) -> list[dict]:
-    """Each multi-task loss's val-chosen configuration (:func:`chosen_on_val`) against CE's,
-    seed by seed: does the severity loss help when each loss has the settings its own val
-    chose? Empty unless both were chosen among several configurations."""
-    chosen = {row["loss"]: row["ranked"][0] for row in chosen_on_val(groups) if row["ranked"]}
+def val_choices_compared(
+    groups: dict[tuple, list[Run]], rankings: list[dict], num_resamples: int
+) -> list[dict]:
+    """Each multi-task loss's val-chosen configuration (``rankings``: :func:`chosen_on_val`)
+    against CE's, seed by seed: does the severity loss help when each loss has the settings its
+    own val chose? Empty unless both were chosen among several configurations."""
+    chosen = {row["loss"]: row["ranked"][0] for row in rankings if row["ranked"]}
     if "ce" not in chosen:
         return []
     rows = []
@@ -169,12 +171,14 @@ def val_choices_compared(groups: dict[tuple, list[Run]], num_resamples: int) -> 
     return rows
 
 
-def chosen_against_the_rest(groups: dict[tuple, list[Run]], num_resamples: int) -> list[dict]:
-    """Each loss's val-chosen configuration (:func:`chosen_on_val`) against every other it was
-    ranked above, seed by seed on test: what the choice was worth on images that chose nothing.
-    The row's ``baseline`` is the configuration passed over."""
+def chosen_against_the_rest(
+    groups: dict[tuple, list[Run]], rankings: list[dict], num_resamples: int
+) -> list[dict]:
+    """Each loss's val-chosen configuration (``rankings``: :func:`chosen_on_val`) against every
+    other it was ranked above, seed by seed on test: what the choice was worth on images that
+    chose nothing. The row's ``baseline`` is the configuration passed over."""
     rows = []
-    for ranking in chosen_on_val(groups):
+    for ranking in rankings:
         chosen, *passed_over = ranking["ranked"] or [None]
         for other in passed_over:
             row = _compared(chosen, other, groups, num_resamples)

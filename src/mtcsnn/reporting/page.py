@@ -12,30 +12,20 @@ from mtcsnn.reporting.comparing import (
     HELD_OUT,
     MIN_SEEDS_TO_CHOOSE,
     SCREENING,
-    chosen_on_val,
     screening_summary,
     summarise,
 )
-from mtcsnn.reporting.cross_validation import FoldSet
+from mtcsnn.reporting.cross_validation import FoldSet, cv_lines
+from mtcsnn.reporting.findings import Findings
 from mtcsnn.reporting.grouping import label
 from mtcsnn.reporting.markdown import difference_cells, md, mean_std, seeds_cell
 from mtcsnn.reporting.referring import FIGURES as REFERRAL_FIGURES
 from mtcsnn.reporting.runs import DEBUG_RUN, METRICS, OPTIONAL_METRICS, UNTESTED_TRIAL, Run
 
 
-def results_markdown(
-    groups: dict[tuple, list[Run]],
-    compared: list[dict],
-    skipped: list[tuple[Path, str]],
-    root: Path | str,
-    ensembles: list[dict] | None = None,
-    pooled: dict | None = None,
-    referrals: list[dict] | None = None,
-    robustness: list[dict] | None = None,
-    choices: list[dict] | None = None,
-    cross_validation: list[str] | None = None,
-    margins: list[dict] | None = None,
-) -> str:
+def results_markdown(findings: Findings, root: Path | str) -> str:
+    """The page of a report of the runs under ``root``."""
+    groups, compared, pooled = findings.groups, findings.compared, findings.pooled
     # columns every run has: off-by-one accuracy is missing from runs of older versions
     extra = [
         m
@@ -98,7 +88,7 @@ def results_markdown(
                 "moves between seeds and configurations. Each pair counts once: pool only runs "
                 "that trained differently (not one sweep's runs again under another name).",
             ]
-    if ensembles:
+    if findings.ensembles:
         lines += [
             "",
             "## Seed ensembles",
@@ -111,7 +101,7 @@ def results_markdown(
             "| test MAE | vs | AUROC difference [95% CI] | accuracy difference [95% CI] |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
-        for row in ensembles:
+        for row in findings.ensembles:
             scores = [f"{row['scores'][m]:.4f}" for m in ("auroc", "acc", "kappa", "mae")]
             if "baseline" in row:
                 diffs = [md(label(row["baseline"])), *difference_cells(row)]
@@ -122,14 +112,14 @@ def results_markdown(
                 + " | ".join(scores + diffs)
                 + " |"
             )
-    lines += cross_validation or []  # :func:`mtcsnn.reporting.cross_validation.cv_lines`
+    lines += cv_lines(findings.folds, findings.folds_compared)
     lines += screening_lines(groups, compared)
-    lines += referral_lines(referrals or [])
-    lines += robustness_lines(robustness or [])
-    lines += chosen_on_val_lines(groups, choices or [], margins or [])
+    lines += referral_lines(findings.referrals)
+    lines += robustness_lines(findings.robustness)
+    lines += chosen_on_val_lines(groups, findings.rankings, findings.choices, findings.margins)
     lines += score_decoding_lines(groups)
     lines += held_out_problem_lines(groups)
-    lines += skipped_lines(skipped)
+    lines += skipped_lines(findings.skipped)
     return "\n".join(lines) + "\n"
 
 
@@ -310,9 +300,9 @@ def score_decoding_lines(groups: dict[tuple, list[Run]]) -> list[str]:
 
 
 def chosen_on_val_lines(
-    groups: dict[tuple, list[Run]], choices: list[dict], margins: list[dict]
+    groups: dict[tuple, list[Run]], rankings: list[dict], choices: list[dict], margins: list[dict]
 ) -> list[str]:
-    rows = chosen_on_val(groups)
+    rows = rankings
     if not rows:
         return []
     lines = [

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mtcsnn.grading.comparison import PAIRED_METRICS
-from mtcsnn.reporting.comparing import HELD_OUT, chosen_on_val, screening_summary, summarise
+from mtcsnn.reporting.comparing import HELD_OUT, screening_summary, summarise
 from mtcsnn.reporting.grouping import label
 from mtcsnn.reporting.referring import FIGURES as REFERRAL_FIGURES
 from mtcsnn.reporting.runs import Run
+
+if TYPE_CHECKING:  # findings imports cross_validation, which uses this module
+    from mtcsnn.reporting.findings import Findings
 
 SUMMARY_FORMAT = 1
 
@@ -99,19 +103,11 @@ def _relative(path: Path, root: Path) -> str:
         return str(path)
 
 
-def report_summary(
-    groups: dict[tuple, list[Run]],
-    compared: list[dict],
-    ensembles: list[dict],
-    pooled: dict | None,
-    root: Path,
-    num_resamples: int,
-    referrals: list[dict] | None = None,
-    robustness: list[dict] | None = None,
-    choices: list[dict] | None = None,
-    margins: list[dict] | None = None,
-) -> dict:
-    """The summary of one report: per configuration, the comparisons, ensembles, val's choice."""
+def report_summary(findings: Findings, root: Path, num_resamples: int) -> dict:
+    """The summary of one report: per configuration, the comparisons, ensembles, val's choice
+    (a cross-validation's own numbers are added by
+    :func:`mtcsnn.reporting.cross_validation.cv_summary`)."""
+    groups, compared, pooled = findings.groups, findings.compared, findings.pooled
     ordered = sorted(groups.items(), key=lambda kv: label(kv[0]))
     versions = sorted(
         {
@@ -153,7 +149,7 @@ def report_summary(
                     else {}
                 ),
             }
-            for row in ensembles
+            for row in findings.ensembles
         ],
         "referring_the_uncertain": [
             {
@@ -163,7 +159,7 @@ def report_summary(
                 "uncertainty": row["uncertainty"],
                 **{f: mean_std_summary(row[f]) for f in REFERRAL_FIGURES if f in row},
             }
-            for row in referrals or []
+            for row in findings.referrals
         ],
         "robustness": [
             {
@@ -178,7 +174,7 @@ def report_summary(
                     else {}
                 ),
             }
-            for row in robustness or []
+            for row in findings.robustness
         ],
         "chosen_on_val": [
             {
@@ -187,7 +183,7 @@ def report_summary(
                 "ranked": [label(c) for c in row["ranked"]],
                 "too_few_seeds": [label(c) for c in row["too_few"]],
             }
-            for row in chosen_on_val(groups)
+            for row in findings.rankings
         ],
         # each loss's val-chosen configuration against those it was ranked above, seed by seed
         "chosen_vs_passed_over": [
@@ -200,7 +196,7 @@ def report_summary(
                     difference_summary(row["out_of_fold"]) if row.get("out_of_fold") else None
                 ),
             }
-            for row in margins or []
+            for row in findings.margins
         ],
         # each multi-task loss's val-chosen configuration against CE's, seed by seed
         "val_choices_vs_ce": [
@@ -211,7 +207,7 @@ def report_summary(
                 **difference_summary(row),
                 **({"mce": number_or_null(row["mce"])} if "mce" in row else {}),
             }
-            for row in choices or []
+            for row in findings.choices
         ],
         "versions": [dict(v) for v in versions],
     }
