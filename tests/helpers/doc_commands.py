@@ -333,6 +333,7 @@ CV_CANDIDATES = {
     ),
     "val_chosen_mtcsnn": "loss=mtcsnn loss.label_smoothing=0.1 optimized_metric=val/loss",
     "mtcsnn_lam01": "loss=mtcsnn loss.lam=0.1",
+    "mtcsnn_lam1": "loss=mtcsnn loss.lam=1",
 }
 
 
