@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from mtcsnn.reporting.cross_validation import FoldSet, combine_folds, cv_summary
+from mtcsnn.reporting.cross_validation import FoldSet, combine_folds
 from mtcsnn.reporting.figures import write_figures
 from mtcsnn.reporting.findings import find
 from mtcsnn.reporting.grouping import group_runs
@@ -78,8 +78,6 @@ def report(argv: list[str] | None) -> int:
     title = ", ".join(map(str, args.folders))
     write_text_atomic(out / "results.md", results_markdown(findings, title))
     summary = report_summary(findings, root, args.bootstrap)
-    if findings.folds:
-        summary["cross_validation"] = cv_summary(findings.folds, findings.folds_compared)
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     figures = write_figures(groups, out)
     print(f"{len(runs)} run(s) in {len(groups)} configuration(s), {len(skipped)} skipped")

@@ -34,7 +34,6 @@ from mtcsnn.reporting.grouping import ignored, label
 from mtcsnn.reporting.markdown import difference_cells, md, mean_std
 from mtcsnn.reporting.predictions import read_val_epochs
 from mtcsnn.reporting.runs import Run
-from mtcsnn.reporting.summary import difference_summary, mean_std_summary, number_or_null
 from mtcsnn.run.files import best_epoch_number
 
 FOLDS = "config.data.folds"
@@ -309,30 +308,3 @@ def _epochs_cell(epochs: list[int]) -> str:
     if not epochs:
         return "-"
     return f"{min(epochs)}-{max(epochs)} ({float(np.median(epochs)):g})"
-
-
-def cv_summary(rows: list[dict], compared: list[dict]) -> dict:
-    """The cross-validation section of ``summary.json``: the numbers of :func:`cv_lines`."""
-    return {
-        "configurations": [
-            {
-                "configuration": label(row["config"]),
-                "folds": row["folds"],
-                "seeds": row["seeds"],
-                "fold_val_auroc": mean_std_summary(row["fold_val_auroc"]),
-                "chosen_epochs": row["chosen_epochs"],
-                "out_of_fold": {m: number_or_null(row[f"oof_{m}"]) for m in METRICS},
-                "fold_ensemble_test": {m: number_or_null(row[f"ensemble_{m}"]) for m in METRICS},
-            }
-            for row in sorted(rows, key=lambda r: label(r["config"]))
-        ],
-        "out_of_fold_vs_ce": [
-            {
-                "configuration": label(row["config"]),
-                "baseline": label(row["baseline"]),
-                "paired_seeds": row["seeds"],
-                **difference_summary(row),
-            }
-            for row in compared
-        ],
-    }

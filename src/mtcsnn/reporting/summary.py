@@ -15,11 +15,12 @@ import numpy as np
 
 from mtcsnn.grading.comparison import PAIRED_METRICS
 from mtcsnn.reporting.comparing import HELD_OUT, screening_summary, summarise
+from mtcsnn.reporting.cross_validation import METRICS as CV_METRICS
 from mtcsnn.reporting.grouping import label
 from mtcsnn.reporting.referring import FIGURES as REFERRAL_FIGURES
 from mtcsnn.reporting.runs import Run
 
-if TYPE_CHECKING:  # findings imports cross_validation, which uses this module
+if TYPE_CHECKING:
     from mtcsnn.reporting.findings import Findings
 
 SUMMARY_FORMAT = 1
@@ -104,9 +105,8 @@ def _relative(path: Path, root: Path) -> str:
 
 
 def report_summary(findings: Findings, root: Path, num_resamples: int) -> dict:
-    """The summary of one report: per configuration, the comparisons, ensembles, val's choice
-    (a cross-validation's own numbers are added by
-    :func:`mtcsnn.reporting.cross_validation.cv_summary`)."""
+    """The summary of one report: per configuration, the comparisons, ensembles, val's choice,
+    and the cross-validated configurations where there are any."""
     groups, compared, pooled = findings.groups, findings.compared, findings.pooled
     ordered = sorted(groups.items(), key=lambda kv: label(kv[0]))
     versions = sorted(
@@ -210,4 +210,37 @@ def report_summary(findings: Findings, root: Path, num_resamples: int) -> dict:
             for row in findings.choices
         ],
         "versions": [dict(v) for v in versions],
+        **(
+            {"cross_validation": cv_summary(findings.folds, findings.folds_compared)}
+            if findings.folds
+            else {}
+        ),
+    }
+
+
+def cv_summary(rows: list[dict], compared: list[dict]) -> dict:
+    """The cross-validation section: the numbers of
+    :func:`mtcsnn.reporting.cross_validation.cv_lines`."""
+    return {
+        "configurations": [
+            {
+                "configuration": label(row["config"]),
+                "folds": row["folds"],
+                "seeds": row["seeds"],
+                "fold_val_auroc": mean_std_summary(row["fold_val_auroc"]),
+                "chosen_epochs": row["chosen_epochs"],
+                "out_of_fold": {m: number_or_null(row[f"oof_{m}"]) for m in CV_METRICS},
+                "fold_ensemble_test": {m: number_or_null(row[f"ensemble_{m}"]) for m in CV_METRICS},
+            }
+            for row in sorted(rows, key=lambda r: label(r["config"]))
+        ],
+        "out_of_fold_vs_ce": [
+            {
+                "configuration": label(row["config"]),
+                "baseline": label(row["baseline"]),
+                "paired_seeds": row["seeds"],
+                **difference_summary(row),
+            }
+            for row in compared
+        ],
     }
