@@ -334,6 +334,7 @@ CV_CANDIDATES = {
     "val_chosen_mtcsnn": "loss=mtcsnn loss.label_smoothing=0.1 optimized_metric=val/loss",
     "mtcsnn_lam01": "loss=mtcsnn loss.lam=0.1",
     "mtcsnn_lam1": "loss=mtcsnn loss.lam=1",
+    "ce_adamw_cosine": "loss=ce model/optimizer=adamw model/scheduler=cosine",
 }
 
 
