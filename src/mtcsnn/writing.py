@@ -100,7 +100,7 @@ def write_atomic(path: str | Path, write: Callable[[IO], object], binary: bool =
         os.replace(tmp, path)
     except BaseException as raised:
         tmp.unlink(missing_ok=True)
-        err = failed_write(raised)
+        err = raised if isinstance(raised, OSError) else failed_write(raised)
         if err is None:
             raise
         kept = " (the previous file is kept)" if path.exists() else ""
@@ -112,20 +112,19 @@ WRITE_FAILURES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
 
 
 def failed_write(error: BaseException) -> OSError | None:
-    """The OS's error behind ``error``, if a write's failure raised it: ``error`` itself, or
-    a full disk (or the like) that a library's own error was raised while handling (PyTorch's
-    checkpoint writer reports one as ``[enforce fail at inline_container.cc] unexpected pos``)."""
-    if isinstance(error, OSError):
-        return error
+    """The write the OS refused (:data:`WRITE_FAILURES`) behind ``error``: ``error`` itself, or
+    the error a library's own was raised while handling (PyTorch's checkpoint writer reports a
+    full disk as ``[enforce fail at inline_container.cc] unexpected pos``); else None."""
     if not isinstance(error, Exception):  # a kill or Ctrl-C is never a failed write
         return None
     seen: set[int] = set()
-    cause = error.__cause__ or error.__context__
+    cause: BaseException | None = error
     while cause is not None and id(cause) not in seen:
         if isinstance(cause, OSError) and cause.errno in WRITE_FAILURES:
             return cause
         seen.add(id(cause))
-        cause = cause.__cause__ or cause.__context__
+        # as a traceback shows it: a ``raise ... from None`` hides what it was handling
+        cause = cause.__cause__ or (None if cause.__suppress_context__ else cause.__context__)
     return None
 
 

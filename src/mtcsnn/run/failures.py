@@ -28,12 +28,12 @@ from mtcsnn.errors import ConfigError, MTCSNNError, StoppedError, WriteError
 from mtcsnn.run.distributed import owns_run_dir
 from mtcsnn.run.files import write_json
 from mtcsnn.run.run_dir import RunDirError, hold, release
-from mtcsnn.writing import WRITE_FAILURES, failed_write
+from mtcsnn.writing import failed_write
 
 log = logging.getLogger(__name__)
 FAILED = "failed.json"
-# below this much free space a failed job's reason says so: a full disk makes PyTorch's
-# checkpoint writer fail with "enforce fail at inline_container.cc ... unexpected pos"
+# below this much free space a failed job's reason says so: the likely cause of an error
+# that does not name it
 LOW_DISK_BYTES = 512 * 2**20
 
 
@@ -52,11 +52,7 @@ def our_error(error: BaseException) -> BaseException:
     write the disk refused (a library's own writer, a log: not only our files), else ``error``
     itself."""
     refused = failed_write(error)
-    if (
-        refused is not None
-        and refused.errno in WRITE_FAILURES
-        and not isinstance(error, MTCSNNError)
-    ):
+    if refused is not None and not isinstance(error, MTCSNNError):
         where = f" {refused.filename}" if refused.filename else ""
         return WriteError(f"cannot write{where}: {refused.strerror or refused}")
     if not isinstance(error, InstantiationException):
