@@ -336,6 +336,7 @@ CV_CANDIDATES = {
     "mtcsnn_lam1": "loss=mtcsnn loss.lam=1",
     "ce_adamw_cosine": "loss=ce model/optimizer=adamw model/scheduler=cosine",
     "mtcsnn_ls01": "loss=mtcsnn loss.label_smoothing=0.1",
+    "ce_ls01": "loss=ce loss.label_smoothing=0.1",
 }
 
 
