@@ -337,6 +337,7 @@ CV_CANDIDATES = {
     "ce_adamw_cosine": "loss=ce model/optimizer=adamw model/scheduler=cosine",
     "mtcsnn_ls01": "loss=mtcsnn loss.label_smoothing=0.1",
     "ce_ls01": "loss=ce loss.label_smoothing=0.1",
+    "mtcsnn_adamw_cosine": "loss=mtcsnn model/optimizer=adamw model/scheduler=cosine",
 }
 
 
