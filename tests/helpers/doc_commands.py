@@ -338,6 +338,7 @@ CV_CANDIDATES = {
     "mtcsnn_ls01": "loss=mtcsnn loss.label_smoothing=0.1",
     "ce_ls01": "loss=ce loss.label_smoothing=0.1",
     "mtcsnn_adamw_cosine": "loss=mtcsnn model/optimizer=adamw model/scheduler=cosine",
+    "ce_val_loss": "loss=ce optimized_metric=val/loss",
 }
 
 
