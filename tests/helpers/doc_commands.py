@@ -339,6 +339,7 @@ CV_CANDIDATES = {
     "ce_ls01": "loss=ce loss.label_smoothing=0.1",
     "mtcsnn_adamw_cosine": "loss=mtcsnn model/optimizer=adamw model/scheduler=cosine",
     "ce_val_loss": "loss=ce optimized_metric=val/loss",
+    "mtcsnn_val_loss": "loss=mtcsnn optimized_metric=val/loss",
 }
 
 
